@@ -1,0 +1,143 @@
+//! `cascade serve`: load the bundle, wire the components, listen.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cascade_shared::config as env_names;
+
+use faiss::Index;
+
+use crate::auth::Auth;
+use crate::bundle::{Bundle, read_embeddings};
+use crate::config::{Config, Mode};
+use crate::http::{AppState, router};
+use crate::metrics::Metrics;
+use crate::ranker::{TorchRanker, pick_device};
+use crate::recommend::Recommender;
+use crate::retrieval::{FaissRetriever, build_index};
+use crate::store::EmbeddingStore;
+use crate::store::memory::MemoryStore;
+use crate::store::redis_shards::RedisShardStore;
+
+/// The secret to verify edge signatures with: the configured one, or in development a random one.
+fn secret(config: &Config) -> String {
+    match (&config.secret, config.mode) {
+        (Some(secret), _) => secret.clone(),
+        (None, _) => {
+            // `Config::validate` refuses production without a secret, so this is development.
+            tracing::warn!(
+                "no {} set: development mode generated a random one; edge calls will fail until both sides share one",
+                env_names::SECRET
+            );
+            format!("{:032x}", rand::random::<u128>())
+        }
+    }
+}
+
+/// Builds everything `serve` runs: bundle, store, index, ranker, recommender, HTTP state.
+pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
+    let bundle_dir = config.bundle.clone();
+    let bundle = tokio::task::spawn_blocking(move || Bundle::load(&bundle_dir)).await??;
+    let bundle = Arc::new(bundle);
+    tracing::info!(bundle = bundle.id(), items = bundle.items.ids.len(), dim = bundle.metadata.dim, "bundle loaded");
+
+    let store: Arc<dyn EmbeddingStore> = if config.redis.shards.is_empty() {
+        let users = read_embeddings(&bundle.users_path(), bundle.id(), bundle.metadata.dim)?;
+        tracing::info!(users = users.ids.len(), "in-process embedding store");
+        Arc::new(MemoryStore::with_users(&users))
+    } else {
+        let timeout = Duration::from_millis(config.redis.timeout_ms);
+        Arc::new(RedisShardStore::new(&config.redis.shards, bundle.id(), bundle.metadata.dim, timeout)?)
+    };
+
+    let index_path = bundle.index_path();
+    let (factory, nprobe, parallelism) =
+        (config.retrieval.factory.clone(), config.retrieval.nprobe, config.retrieval.parallelism);
+    let index_bundle = Arc::clone(&bundle);
+    let retriever = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let (index, how) = if index_path.exists() {
+            (FaissRetriever::read(&index_path)?, format!("from {}", index_path.display()))
+        } else {
+            (
+                build_index(&factory, index_bundle.metadata.dim, &index_bundle.items.values)?,
+                format!("built at start ({factory})"),
+            )
+        };
+        if index.ntotal() as usize != index_bundle.items.ids.len() {
+            anyhow::bail!(
+                "{} holds {} vectors, the bundle {} items",
+                index_path.display(),
+                index.ntotal(),
+                index_bundle.items.ids.len()
+            );
+        }
+        tracing::info!(ms = started.elapsed().as_millis() as u64, "faiss index {how}");
+        Ok(FaissRetriever::new(index, parallelism, nprobe, &how)?)
+    })
+    .await??;
+
+    let device = pick_device(config.ranker.device)?;
+    let ranker = TorchRanker::start(
+        &bundle.model_path(),
+        device,
+        bundle.metadata.input_width,
+        &bundle.reference.batch,
+        config.ranker.threads,
+        config.ranker.intra_op_threads,
+        config.ranker.queue_capacity,
+    )
+    .with_context(|| format!("loading {}", bundle.model_path().display()))?;
+
+    let metrics = Arc::new(Metrics::new());
+    let recommender = Recommender::new(
+        bundle,
+        store,
+        Arc::new(retriever),
+        Arc::new(ranker),
+        Arc::clone(&metrics),
+        config.retrieval.candidates,
+        Duration::from_millis(config.serving.deadline_ms),
+    )
+    .await;
+    for (component, description) in recommender.describe() {
+        tracing::info!(component, "{description}");
+    }
+    let auth = Auth::new(&secret(config), &config.api_keys, config.signature_window_secs);
+    Ok(AppState::new(Arc::new(recommender), Arc::new(auth), metrics, config.serving.max_in_flight))
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    if config.mode == Mode::Development {
+        tracing::info!("development mode");
+    }
+    let state = build_state(&config).await?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "cascade origin listening");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

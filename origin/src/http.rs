@@ -1,0 +1,224 @@
+//! The origin's HTTP interface: `fn router(state) -> Router`, its handlers and middleware.
+//!
+//! | route | |
+//! |---|---|
+//! | `GET /v1/users/{user_id}/recs?n=&page=&device=&country=` | a user's list (signed or bearer) |
+//! | `GET /v1/segments/{segment}/recs?n=` | a segment's list (what the edge caches) |
+//! | `POST /v1/events` | user actions, validated and deduplicated |
+//! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness with degraded components, Prometheus |
+//!
+//! Every response carries `x-request-id` (the caller's, or a new one) and the recs responses a
+//! `Server-Timing` header. Admission control answers 503 at once when more than
+//! `serving.max_in_flight` requests are being served.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cascade_shared::segment::SegmentKey;
+use cascade_shared::validate::{FieldError, QueryParams, RecsQuery, parse_n, validate_id};
+use cascade_shared::wire::{EventsAccepted, parse_events};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::auth::Auth;
+use crate::error::AppError;
+use crate::metrics::Metrics;
+use crate::recommend::{Answer, Recommender};
+
+/// Header that follows one request from edge to ranker.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The request path.
+    pub recommender: Arc<Recommender>,
+    /// Credentials.
+    pub auth: Arc<Auth>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Admission control: one permit per request in flight.
+    pub admission: Arc<Semaphore>,
+    /// Idempotency keys seen recently (bounded, with a TTL).
+    pub seen_events: moka::sync::Cache<String, ()>,
+}
+
+impl AppState {
+    /// State with an events deduplication window of one day, at most a million keys.
+    pub fn new(recommender: Arc<Recommender>, auth: Arc<Auth>, metrics: Arc<Metrics>, max_in_flight: usize) -> Self {
+        AppState {
+            recommender,
+            auth,
+            metrics,
+            admission: Arc::new(Semaphore::new(max_in_flight)),
+            seen_events: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(Duration::from_secs(86_400))
+                .build(),
+        }
+    }
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+/// The router, with every middleware; tests drive it with `tower::ServiceExt::oneshot`.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/users/{user_id}/recs", get(user_recs))
+        .route("/v1/segments/{segment}/recs", get(segment_recs))
+        .route("/v1/events", post(events))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { AppError::NotFound("no such route; see README.md for the API".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), admit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Request id, logging span and request metrics.
+async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        request.headers_mut().insert(REQUEST_ID, value);
+    }
+    let route =
+        request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let method = request.method().clone();
+    let started = Instant::now();
+    let span = tracing::info_span!("request", %request_id, %method, %route);
+    let mut response = {
+        let _entered = span.enter();
+        next.run(request).await
+    };
+    let status = response.status();
+    state.metrics.requests.with_label_values(&[&route, status.as_str()]).inc();
+    tracing::info!(parent: &span, status = status.as_u16(), ms = started.elapsed().as_secs_f64() * 1000.0, "served");
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// Admission control: a permit per request, or 503 at once.
+async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = state.admission.clone().try_acquire_owned() else {
+        return AppError::Overloaded.into_response();
+    };
+    state.metrics.in_flight.inc();
+    let response = next.run(request).await;
+    state.metrics.in_flight.dec();
+    response
+}
+
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let uri = request.uri();
+    let checked = state.auth.check(
+        request.method().as_str(),
+        uri.path(),
+        uri.query().unwrap_or(""),
+        request.headers(),
+        unix_now().as_secs(),
+    );
+    match checked {
+        Ok(_caller) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+fn recs_response(answer: Answer, cache_control: &'static str) -> Response {
+    let mut response = Json(answer.list).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&answer.timings.header_value()) {
+        headers.insert(HeaderName::from_static("server-timing"), value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    response
+}
+
+async fn user_recs(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, AppError> {
+    validate_id("user_id", &user_id)?;
+    let query = RecsQuery::parse(query.as_deref().unwrap_or(""))?;
+    let answer = state.recommender.user_recs(&user_id, query).await?;
+    Ok(recs_response(answer, "private, no-store"))
+}
+
+async fn segment_recs(
+    State(state): State<AppState>,
+    Path(segment): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, AppError> {
+    let segment = SegmentKey::parse(&segment).map_err(|e| FieldError::new("segment", e.to_string()))?;
+    let params = QueryParams::parse(query.as_deref().unwrap_or(""))?;
+    let n = parse_n(params.get("n"))?;
+    let answer = state.recommender.segment_recs(segment, n)?;
+    Ok(recs_response(answer, "public, max-age=60"))
+}
+
+async fn events(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, AppError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json {
+        return Err(FieldError::new("content-type", "must be application/json").into());
+    }
+    let events = parse_events(&body, unix_now().as_millis() as u64)?;
+    let mut accepted = 0;
+    let mut duplicates = 0;
+    for event in &events {
+        let fresh = match &event.idempotency_key {
+            Some(key) => state.seen_events.entry(format!("{}:{key}", event.user_id)).or_insert(()).is_fresh(),
+            None => true,
+        };
+        if fresh {
+            accepted += 1;
+            tracing::debug!(user_id = %event.user_id, kind = ?event.kind, "event accepted");
+        } else {
+            duplicates += 1;
+        }
+    }
+    Ok((StatusCode::ACCEPTED, Json(EventsAccepted { accepted, duplicates })).into_response())
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let components = state.recommender.health().await;
+    let degraded: Vec<&str> = components.iter().filter(|c| !c.healthy).map(|c| c.name.as_str()).collect();
+    let described: serde_json::Map<String, serde_json::Value> =
+        state.recommender.describe().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    // Ready while the origin can answer at all: fallbacks cover a shard that is down.
+    let body = json!({
+        "ready": true,
+        "degraded": degraded,
+        "components": components,
+        "serving": described,
+        "training_metrics": state.recommender.bundle().metadata.metrics,
+    });
+    Json(body).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], Body::from(state.metrics.render())).into_response()
+}

@@ -1,0 +1,139 @@
+//! `cascade`: the origin service and its tools. Parses the command line, sets up logging, and
+//! hands over to `cascade_origin::commands`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cascade_origin::commands;
+use cascade_origin::config::Config;
+use cascade_shared::config as env_names;
+use clap::{Parser, Subcommand};
+
+/// Cascade's origin: recommendations from sharded embeddings, FAISS and a TorchScript ranker.
+#[derive(Parser)]
+#[command(name = "cascade", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (with no configuration: the embedded default on 127.0.0.1:8080).
+    Serve {
+        /// TOML config file (also $CASCADE_CONFIG); environment variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Bulk-load a bundle's embeddings into the Redis shards, then verify them.
+    Load {
+        /// Bundle folder.
+        #[arg(long, env = env_names::BUNDLE, default_value = "data/bundle")]
+        bundle: PathBuf,
+        /// Comma-separated shard URLs, in shard order.
+        #[arg(long, env = env_names::REDIS_SHARDS, value_delimiter = ',')]
+        redis: Vec<String>,
+        /// Vectors per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Load users only (items are served from the bundle).
+        #[arg(long)]
+        users_only: bool,
+    },
+    /// FAISS index tools.
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+    },
+    /// Memory and shard counts for a deployment.
+    Plan {
+        /// Users.
+        #[arg(long)]
+        users: u64,
+        /// Items.
+        #[arg(long)]
+        items: u64,
+        /// Embedding dimensions.
+        #[arg(long, default_value_t = 128)]
+        dim: u64,
+        /// Store values as float16.
+        #[arg(long)]
+        f16: bool,
+        /// Usable memory per Redis node, GiB.
+        #[arg(long, default_value_t = 64)]
+        node_memory_gib: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Train and write `items.faiss` into the bundle.
+    Build {
+        /// Bundle folder.
+        #[arg(long, env = env_names::BUNDLE, default_value = "data/bundle")]
+        bundle: PathBuf,
+        /// FAISS factory string, or `auto`.
+        #[arg(long, default_value = "auto")]
+        factory: String,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env_names::LOG)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var(env_names::LOG_FORMAT).is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = Config::load(config.as_deref(), &|name| std::env::var(name).ok())?;
+            commands::serve::run(config).await
+        }
+        Command::Load { bundle, redis, batch, users_only } => {
+            commands::load::run(&bundle, &redis, batch, users_only).await.map(|_| ())
+        }
+        Command::Index { command: IndexCommand::Build { bundle, factory } } => {
+            tokio::task::spawn_blocking(move || commands::index::build(&bundle, &factory)).await?
+        }
+        Command::Plan { users, items, dim, f16, node_memory_gib } => {
+            anyhow::ensure!(
+                dim > 0 && users + items > 0 && node_memory_gib > 0,
+                "--users/--items, --dim and --node-memory-gib must be positive"
+            );
+            let input = commands::plan::PlanInput { users, items, dim, f16, node_memory: node_memory_gib << 30 };
+            print!("{}", commands::plan::render(input));
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("error: {error:#}");
+            // 64 (EX_USAGE) for configuration mistakes, 1 for everything else.
+            if error.downcast_ref::<cascade_origin::config::ConfigError>().is_some() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

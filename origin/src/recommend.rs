@@ -1,0 +1,300 @@
+//! The request path: a user's list in real time (embedding → FAISS → ranker) within a deadline,
+//! and the fallback chain when it cannot answer (DESIGN.md, "When something fails").
+//!
+//! Chain for a user: real-time, then the user's segment list, then the global popular list. An
+//! unknown user (cold start) and a user whose shard is down get the segment list, not an error.
+//! (Caches and precomputed lists join the chain in the caching issue.)
+//!
+//! Segment lists are ranked once at start: the bundle's popular items, scored by the model in each
+//! page/device context for a "typical visitor" (the mean embedding of the most popular items).
+//! Country is part of the cache key but not of the model's context, so countries share a list.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cascade_shared::keys::EntityKind;
+use cascade_shared::segment::{DEVICES, Device, PAGES, Page, SegmentKey};
+use cascade_shared::validate::{MAX_N, RecsQuery};
+use cascade_shared::wire::{RecItem, RecList, Source};
+
+use crate::bundle::Bundle;
+use crate::error::AppError;
+use crate::features::build_rows;
+use crate::metrics::Metrics;
+use crate::ranker::Ranker;
+use crate::retrieval::Retriever;
+use crate::store::{EmbeddingStore, StoreError};
+
+/// Stage durations of one request, for `Server-Timing` and the stage histogram.
+#[derive(Debug, Default, Clone)]
+pub struct Timings(pub Vec<(&'static str, Duration)>);
+
+impl Timings {
+    /// Records a stage.
+    pub fn add(&mut self, stage: &'static str, duration: Duration) {
+        self.0.push((stage, duration));
+    }
+
+    /// The `Server-Timing` header value: `embed;dur=0.41, retrieve;dur=1.20, …` (milliseconds).
+    pub fn header_value(&self) -> String {
+        self.0
+            .iter()
+            .map(|(stage, d)| format!("{stage};dur={:.2}", d.as_secs_f64() * 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A list and how it was made.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The list.
+    pub list: RecList,
+    /// Stage times.
+    pub timings: Timings,
+}
+
+/// Why the real-time path gave up (a metrics label).
+#[derive(Debug, thiserror::Error)]
+enum RealtimeFailure {
+    #[error("deadline")]
+    Deadline,
+    #[error("{0}")]
+    Rank(#[from] crate::ranker::RankError),
+    #[error("{0}")]
+    Retrieve(String),
+}
+
+/// The recommender: everything the request path needs, shared by all handlers.
+pub struct Recommender {
+    bundle: Arc<Bundle>,
+    store: Arc<dyn EmbeddingStore>,
+    retriever: Arc<dyn Retriever>,
+    ranker: Arc<dyn Ranker>,
+    metrics: Arc<Metrics>,
+    candidates: usize,
+    deadline: Duration,
+    /// Ranked list per (page, device), [`MAX_N`] long.
+    segment_lists: HashMap<(usize, usize), Vec<RecItem>>,
+    popular: Vec<RecItem>,
+}
+
+impl Recommender {
+    /// Builds the recommender and ranks the segment lists (falling back to popularity order if the
+    /// ranker cannot).
+    pub async fn new(
+        bundle: Arc<Bundle>,
+        store: Arc<dyn EmbeddingStore>,
+        retriever: Arc<dyn Retriever>,
+        ranker: Arc<dyn Ranker>,
+        metrics: Arc<Metrics>,
+        candidates: usize,
+        deadline: Duration,
+    ) -> Self {
+        let popular: Vec<RecItem> = bundle
+            .metadata
+            .popular
+            .iter()
+            .filter(|id| bundle.item_index.contains_key(*id))
+            .enumerate()
+            .map(|(rank, id)| RecItem { id: id.clone(), score: 1.0 / (rank as f32 + 1.0), title: bundle.title(id) })
+            .collect();
+        let mut recommender = Recommender {
+            bundle,
+            store,
+            retriever,
+            ranker,
+            metrics,
+            candidates,
+            deadline,
+            segment_lists: HashMap::new(),
+            popular,
+        };
+        recommender.segment_lists = recommender.rank_segment_lists().await;
+        recommender
+    }
+
+    /// The bundle being served.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// The store's components' health.
+    pub async fn health(&self) -> Vec<crate::store::ComponentHealth> {
+        self.store.health().await
+    }
+
+    /// Describes each component, for the start-up log and `/readyz`.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("bundle", self.bundle.id().to_string()),
+            ("store", self.store.describe()),
+            ("retriever", self.retriever.describe()),
+            ("ranker", self.ranker.describe()),
+        ]
+    }
+
+    async fn rank_segment_lists(&self) -> HashMap<(usize, usize), Vec<RecItem>> {
+        let rows: Vec<usize> =
+            self.popular.iter().filter_map(|item| self.bundle.item_index.get(&item.id).copied()).collect();
+        let dim = self.bundle.metadata.dim;
+        let typical = rows.iter().take(50).fold(vec![0.0f32; dim], |mut sum, &row| {
+            sum.iter_mut().zip(self.bundle.items.row(row)).for_each(|(s, v)| *s += v);
+            sum
+        });
+        let typical: Vec<f32> = typical.iter().map(|v| v / rows.len().clamp(1, 50) as f32).collect();
+        let mut lists = HashMap::new();
+        for page in PAGES.iter().filter_map(|p| Page::parse(p)) {
+            for device in DEVICES.iter().filter_map(|d| Device::parse(d)) {
+                let mut features = Vec::new();
+                build_rows(&typical, rows.iter().map(|&r| self.bundle.items.row(r)), page, device, &mut features);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let list = match self.ranker.score(features, deadline).await {
+                    Ok(scores) => self.top_items(rows.iter().copied().zip(scores), MAX_N),
+                    Err(error) => {
+                        tracing::warn!(%error, "segment lists fall back to popularity order");
+                        self.popular.iter().take(MAX_N).cloned().collect()
+                    }
+                };
+                lists.insert((page.index(), device.index()), list);
+            }
+        }
+        lists
+    }
+
+    /// Sorts (row, score) pairs by score, best first, and keeps `n` as items.
+    fn top_items(&self, scored: impl IntoIterator<Item = (usize, f32)>, n: usize) -> Vec<RecItem> {
+        let mut scored: Vec<(usize, f32)> = scored.into_iter().collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        scored
+            .into_iter()
+            .take(n)
+            .map(|(row, score)| {
+                let id = &self.bundle.items.ids[row];
+                RecItem { id: id.clone(), score, title: self.bundle.title(id) }
+            })
+            .collect()
+    }
+
+    fn list(
+        &self,
+        user_id: Option<&str>,
+        segment: SegmentKey,
+        source: Source,
+        mut items: Vec<RecItem>,
+        n: usize,
+    ) -> RecList {
+        items.truncate(n);
+        self.metrics.sources.with_label_values(&[source.as_str()]).inc();
+        RecList {
+            user_id: user_id.map(str::to_string),
+            segment: segment.to_string(),
+            source,
+            model_version: self.bundle.id().to_string(),
+            items,
+        }
+    }
+
+    /// A segment's list (`GET /v1/segments/{segment}/recs`).
+    pub fn segment_recs(&self, segment: SegmentKey, n: usize) -> Result<Answer, AppError> {
+        let started = Instant::now();
+        let key = (segment.page.index(), segment.device.index());
+        let (source, items) = match self.segment_lists.get(&key) {
+            Some(items) if !items.is_empty() => (Source::Segment, items.clone()),
+            _ if !self.popular.is_empty() => (Source::Popular, self.popular.clone()),
+            _ => return Err(AppError::NothingToServe("no segment or popular list in this bundle".into())),
+        };
+        let mut timings = Timings::default();
+        timings.add("segment", started.elapsed());
+        Ok(Answer { list: self.list(None, segment, source, items, n), timings })
+    }
+
+    /// A user's list (`GET /v1/users/{id}/recs`): real time within the deadline, else the chain.
+    pub async fn user_recs(&self, user_id: &str, query: RecsQuery) -> Result<Answer, AppError> {
+        let started = Instant::now();
+        let deadline = started + self.deadline;
+        let mut timings = Timings::default();
+
+        let lookup = self.store.get(EntityKind::User, user_id).await;
+        timings.add("embed", started.elapsed());
+        let fallback_reason = match lookup {
+            Ok(Some(user)) => {
+                match tokio::time::timeout_at(deadline.into(), self.realtime(&user, query, deadline, &mut timings))
+                    .await
+                {
+                    Ok(Ok(items)) => {
+                        timings.add("total", started.elapsed());
+                        return Ok(Answer {
+                            list: self.list(Some(user_id), query.segment, Source::Realtime, items, query.n),
+                            timings,
+                        });
+                    }
+                    Ok(Err(failure)) => {
+                        tracing::warn!(user_id, error = %failure, "real-time path failed; falling back");
+                        match failure {
+                            RealtimeFailure::Deadline => "deadline",
+                            RealtimeFailure::Rank(crate::ranker::RankError::Overloaded) => "ranker_overloaded",
+                            RealtimeFailure::Rank(crate::ranker::RankError::DeadlineExceeded) => "deadline",
+                            RealtimeFailure::Rank(_) => "ranker_error",
+                            RealtimeFailure::Retrieve(_) => "retrieval_error",
+                        }
+                    }
+                    Err(_) => "deadline",
+                }
+            }
+            Ok(None) => "cold_start",
+            Err(StoreError::Unavailable { shard, message }) => {
+                tracing::warn!(user_id, shard, %message, "user's shard unavailable; falling back");
+                "shard_unavailable"
+            }
+            Err(StoreError::Corrupt { key, message }) => {
+                tracing::error!(user_id, %key, %message, "corrupt user embedding; falling back");
+                "corrupt_embedding"
+            }
+        };
+        self.metrics.fallbacks.with_label_values(&[fallback_reason]).inc();
+        let mut answer = self.segment_recs(query.segment, query.n)?;
+        answer.list.user_id = Some(user_id.to_string());
+        timings.0.extend(answer.timings.0);
+        timings.add("total", started.elapsed());
+        answer.timings = timings;
+        Ok(answer)
+    }
+
+    async fn realtime(
+        &self,
+        user: &[f32],
+        query: RecsQuery,
+        deadline: Instant,
+        timings: &mut Timings,
+    ) -> Result<Vec<RecItem>, RealtimeFailure> {
+        let stage = Instant::now();
+        let retriever = Arc::clone(&self.retriever);
+        let (query_vector, k) = (user.to_vec(), self.candidates);
+        let candidates = tokio::task::spawn_blocking(move || retriever.search(&query_vector, k))
+            .await
+            .map_err(|e| RealtimeFailure::Retrieve(e.to_string()))?
+            .map_err(|e| RealtimeFailure::Retrieve(e.to_string()))?;
+        timings.add("retrieve", stage.elapsed());
+        self.metrics.stage_seconds.with_label_values(&["retrieve"]).observe(stage.elapsed().as_secs_f64());
+        if Instant::now() >= deadline {
+            return Err(RealtimeFailure::Deadline);
+        }
+
+        let stage = Instant::now();
+        let rows: Vec<usize> = candidates.iter().map(|c| c.row).collect();
+        let mut features = Vec::with_capacity(rows.len() * self.ranker.input_width());
+        build_rows(
+            user,
+            rows.iter().map(|&r| self.bundle.items.row(r)),
+            query.segment.page,
+            query.segment.device,
+            &mut features,
+        );
+        let scores = self.ranker.score(features, deadline).await?;
+        timings.add("rank", stage.elapsed());
+        self.metrics.stage_seconds.with_label_values(&["rank"]).observe(stage.elapsed().as_secs_f64());
+        Ok(self.top_items(rows.into_iter().zip(scores), query.n))
+    }
+}

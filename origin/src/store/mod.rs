@@ -1,0 +1,70 @@
+//! [`EmbeddingStore`]: where user (and item) embeddings live.
+//!
+//! Two implementations: [`memory::MemoryStore`] for the embedded default, and
+//! [`redis_shards::RedisShardStore`] over N Redis servers with jump consistent hashing. Every lookup
+//! says which of three things happened: found, missing (the store answered: no such id), or
+//! unavailable (the shard that owns the id did not answer) — never a silent "unknown" for a
+//! shard that is down.
+
+pub mod memory;
+pub mod redis_shards;
+
+use async_trait::async_trait;
+use cascade_shared::keys::EntityKind;
+use serde::Serialize;
+
+/// A lookup that could not be answered.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// The shard owning the id did not answer (down, or slower than the timeout).
+    #[error("shard {shard} unavailable: {message}")]
+    Unavailable {
+        /// Position of the shard in the configured list.
+        shard: usize,
+        /// What happened.
+        message: String,
+    },
+    /// The stored value is malformed (e.g. wrong length for the dimension).
+    #[error("value at {key} is malformed: {message}")]
+    Corrupt {
+        /// The Redis key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The result of looking up one id: `Ok(None)` is "the store has no such id".
+pub type Lookup = Result<Option<Vec<f32>>, StoreError>;
+
+/// Health of one component, for `/readyz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentHealth {
+    /// Name, e.g. `redis_shard_1`.
+    pub name: String,
+    /// Whether it answered.
+    pub healthy: bool,
+    /// Details (address, error).
+    pub detail: String,
+}
+
+/// Embedding lookups and writes.
+#[async_trait]
+pub trait EmbeddingStore: Send + Sync {
+    /// Looks up many ids at once; the result has one entry per id, in order.
+    async fn get_batch(&self, kind: EntityKind, ids: &[String]) -> Vec<Lookup>;
+
+    /// Writes many embeddings; returns how many were written.
+    async fn set_batch(&self, kind: EntityKind, entries: &[(String, Vec<f32>)]) -> Result<usize, StoreError>;
+
+    /// Health of each backing component.
+    async fn health(&self) -> Vec<ComponentHealth>;
+
+    /// One line for logs, e.g. `redis (3 shards)`.
+    fn describe(&self) -> String;
+
+    /// Looks up one id.
+    async fn get(&self, kind: EntityKind, id: &str) -> Lookup {
+        self.get_batch(kind, &[id.to_string()]).await.pop().unwrap_or(Ok(None))
+    }
+}

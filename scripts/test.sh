@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs every Cascade test: the README's test command.
+#
+#   scripts/test.sh
+#
+# Installs what is missing (scripts/setup.sh), trains the test bundle once per version of
+# scripts/train.py (kept under $CASCADE_HOME/bundles), builds the `cascade` binary, then runs:
+#   1. the workspace's unit and integration tests (shared, edge, origin),
+#   2. shared's golden vectors on wasm32 under Node (wasm-bindgen-test),
+#   3. the end-to-end test (two Redis shards, the origin, the Worker under wrangler dev),
+#   4. `wrangler deploy --dry-run`, printing the Worker bundle's gzip size.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+cascade_setup
+
+step() { printf '\n\033[1;32m==> %s\033[0m\n' "$*" >&2; }
+
+bundle_version=$(sha256sum scripts/train.py | cut -c1-12)
+export CASCADE_TEST_BUNDLE=$CASCADE_HOME/bundles/test-$bundle_version
+if [ ! -f "$CASCADE_TEST_BUNDLE/metadata.json" ]; then
+  step "training the test bundle into $CASCADE_TEST_BUNDLE"
+  python scripts/train.py --out "$CASCADE_TEST_BUNDLE.tmp" --users 1000 --items 800 --epochs 10 --ranker-epochs 4
+  rm -rf "$CASCADE_TEST_BUNDLE" && mv "$CASCADE_TEST_BUNDLE.tmp" "$CASCADE_TEST_BUNDLE"
+fi
+
+step "cargo build (cascade binary)"
+cargo build -p cascade-origin --bin cascade
+
+step "cargo test (workspace: unit, integration, end to end)"
+cargo test --workspace
+
+step "shared golden vectors on wasm32 (Node)"
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  cargo test -p cascade-shared --target wasm32-unknown-unknown
+
+step "wrangler deploy --dry-run (Worker bundle size)"
+dist=$(mktemp -d)
+trap 'rm -rf "$dist"' EXIT
+wrangler deploy --dry-run --outdir "$dist" >"$dist.log" 2>&1 || { cat "$dist.log"; exit 1; }
+wasm=$(find "$dist" -name '*.wasm' | head -1)
+total_gzip=$(find "$dist" -type f \( -name '*.wasm' -o -name '*.js' -o -name '*.mjs' \) -exec cat {} + | gzip -9 | wc -c)
+echo "worker bundle: $(du -b "$wasm" | cut -f1) bytes wasm, $total_gzip bytes gzipped (all modules)"
+if [ "$total_gzip" -gt 1048576 ]; then
+  echo "worker bundle is over 1 MB gzipped" >&2
+  exit 1
+fi
+step "all tests passed"

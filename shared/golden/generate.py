@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Writes shared/golden/vectors.json: the contracts' golden test vectors.
+
+The values are computed here, in Python, independently of the Rust code, so the Rust tests in
+shared/tests/golden.rs (run natively and on wasm32) check the implementation against a second one.
+Segment keys and Redis keys are the contract's literal examples. Run: python3 shared/golden/generate.py
+"""
+import hashlib
+import hmac
+import json
+import pathlib
+import struct
+
+MASK = (1 << 64) - 1
+
+
+def stable_hash64(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h ^= b
+        h = (h * 0x100000001B3) & MASK
+    z = h
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    return z ^ (z >> 31)
+
+
+def jump(key: int, buckets: int) -> int:
+    b, j = -1, 0
+    while j < buckets:
+        b = j
+        key = (key * 2862933555777941757 + 1) & MASK
+        j = int((b + 1) * (float(1 << 31) / float((key >> 33) + 1)))
+    return b
+
+
+def sign(secret: bytes, method: str, path: str, query: str, ts: int) -> str:
+    msg = f"{method.upper()}\n{path}\n{query}\n{ts}".encode()
+    return hmac.new(secret, msg, hashlib.sha256).hexdigest()
+
+
+def emb_file(bundle: str, dim: int, rows) -> bytes:
+    out = b"CEMB" + struct.pack("<HHIQH", 1, 0, dim, len(rows), len(bundle)) + bundle.encode()
+    for id_, vec in rows:
+        out += struct.pack("<H", len(id_)) + id_.encode() + struct.pack(f"<{dim}f", *vec)
+    return out
+
+
+ids = ["1", "42", "user_000001", "u-9.x", "i123", "a" * 64]
+vectors = {
+    "hash": [
+        {"id": i, "stable_hash64": str(stable_hash64(i.encode())),
+         "shards": {str(n): jump(stable_hash64(i.encode()), n) for n in (1, 2, 3, 5, 16, 100)}}
+        for i in ids
+    ],
+    "signing": [
+        {"secret": s, "method": m, "path": p, "query": q, "timestamp": t, "signature": sign(s.encode(), m, p, q, t)}
+        for (s, m, p, q, t) in [
+            ("dev-secret-0123456789", "GET", "/v1/segments/home.desktop.us/recs", "n=100", 1764201600),
+            ("another-secret-abcdefgh", "get", "/v1/users/42/recs", "n=10&page=browse&device=mobile", 1),
+            ("dev-secret-0123456789", "POST", "/v1/events", "", 1764201601),
+        ]
+    ],
+    "segments": [
+        {"page": "home", "device": "desktop", "country": "US", "key": "home.desktop.us"},
+        {"page": "BROWSE", "device": "Mobile", "country": "de", "key": "browse.mobile.de"},
+        {"page": "checkout", "device": "fridge", "country": "USA", "key": "home.desktop.zz"},
+        {"page": None, "device": None, "country": None, "key": "home.desktop.zz"},
+        {"page": "search", "device": "tablet", "country": "jp", "key": "search.tablet.jp"},
+        {"page": "detail", "device": "mobile", "country": "1x", "key": "detail.mobile.zz"},
+    ],
+    "queries": [
+        {"query": "page=browse&device=mobile&n=5", "n": 5, "segment": "browse.mobile.zz"},
+        {"query": "n=100&utm_source=spam&page=%3Cscript%3E", "n": 100, "segment": "home.desktop.zz"},
+        {"query": "", "n": 20, "segment": "home.desktop.zz"},
+        {"query": "n=0", "error_field": "n"},
+        {"query": "n=abc", "error_field": "n"},
+    ],
+    "redis_keys": [
+        {"kind": "user", "bundle": "b1", "id": "1", "key": "cascade:emb:u:b1:1"},
+        {"kind": "item", "bundle": "b1", "id": "1", "key": "cascade:emb:i:b1:1"},
+        {"kind": "recs", "bundle": "b1", "id": "42", "key": "cascade:recs:b1:42"},
+    ],
+    "embedding_value": {"values": [1.0, -0.5, 3.25, 0.0], "hex": struct.pack("<4f", 1.0, -0.5, 3.25, 0.0).hex()},
+    "embedding_file": {
+        "bundle_id": "golden", "dim": 3,
+        "ids": ["i1", "i22"], "values": [0.5, -1.0, 2.0, 0.25, 0.125, -8.0],
+        "hex": emb_file("golden", 3, [("i1", [0.5, -1.0, 2.0]), ("i22", [0.25, 0.125, -8.0])]).hex(),
+    },
+    "rec_list_json": '{"user_id":"42","segment":"home.mobile.us","source":"realtime","model_version":"b1",'
+                     '"items":[{"id":"i7","score":0.75,"title":"Toy Story (1995)"},{"id":"i3","score":0.5}]}',
+    "error_json": '{"error":{"code":"invalid_parameter","message":"n: must be an integer from 1 to 100, got \\"0\\"","field":"n"}}',
+}
+
+path = pathlib.Path(__file__).with_name("vectors.json")
+path.write_text(json.dumps(vectors, indent=1) + "\n")
+print(f"wrote {path}")

@@ -1,0 +1,29 @@
+//! The configuration's outer contract: the file format and every environment variable name.
+//!
+//! The origin reads defaults, then a TOML file (`--config` or [`CONFIG_FILE`]), then the environment
+//! variables below, each starting with [`ENV_PREFIX`]; later layers win. Every variable Cascade reads
+//! is declared here and nowhere else.
+
+/// Prefix of every Cascade environment variable.
+pub const ENV_PREFIX: &str = "CASCADE_";
+/// Path of the config file.
+pub const CONFIG_FILE: &str = "CASCADE_CONFIG";
+/// The shared edge ↔ origin signing secret (also a wrangler secret named `ORIGIN_SECRET`).
+pub const SECRET: &str = "CASCADE_SECRET";
+/// `development` or `production`.
+pub const MODE: &str = "CASCADE_MODE";
+/// Address the origin listens on.
+pub const LISTEN: &str = "CASCADE_LISTEN";
+/// The model bundle folder.
+pub const BUNDLE: &str = "CASCADE_BUNDLE";
+/// Comma-separated Redis shard URLs, in shard order.
+pub const REDIS_SHARDS: &str = "CASCADE_REDIS_SHARDS";
+/// Comma-separated bearer keys for internal callers.
+pub const API_KEYS: &str = "CASCADE_API_KEYS";
+/// Log filter (`tracing` env-filter syntax) and format (`text` or `json`).
+pub const LOG: &str = "CASCADE_LOG";
+/// `text` or `json`.
+pub const LOG_FORMAT: &str = "CASCADE_LOG_FORMAT";
+
+/// Every variable, for `--help` and the docs.
+pub const ALL: &[&str] = &[CONFIG_FILE, SECRET, MODE, LISTEN, BUNDLE, REDIS_SHARDS, API_KEYS, LOG, LOG_FORMAT];

@@ -1,0 +1,53 @@
+//! The Redis key schema.
+//!
+//! Every key starts with `cascade:`, then the kind of thing it holds, then the version of the data
+//! it belongs to, then the id: user `1` and item `1` never collide, and two model bundles can live
+//! side by side (switching or rolling back a bundle never reads the other's embeddings).
+//!
+//! | key | value |
+//! |---|---|
+//! | `cascade:emb:u:{bundle}:{user_id}` | user embedding, [`crate::embedding`] value encoding |
+//! | `cascade:emb:i:{bundle}:{item_id}` | item embedding, same encoding |
+//! | `cascade:recs:{bundle}:{user_id}` | precomputed list, JSON [`crate::wire::RecList`] |
+//!
+//! Ids are validated ([`crate::validate::validate_id`]) so they never contain `:`.
+
+/// What an embedding belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntityKind {
+    /// A user (`u`).
+    User,
+    /// An item (`i`).
+    Item,
+}
+
+impl EntityKind {
+    /// The one-letter tag used in keys.
+    pub fn tag(self) -> &'static str {
+        match self {
+            EntityKind::User => "u",
+            EntityKind::Item => "i",
+        }
+    }
+}
+
+/// Key of an embedding.
+pub fn embedding_key(kind: EntityKind, bundle: &str, id: &str) -> String {
+    format!("cascade:emb:{}:{bundle}:{id}", kind.tag())
+}
+
+/// Key of a user's precomputed list.
+pub fn precomputed_key(bundle: &str, user_id: &str) -> String {
+    format!("cascade:recs:{bundle}:{user_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_and_items_never_collide() {
+        assert_ne!(embedding_key(EntityKind::User, "v1", "1"), embedding_key(EntityKind::Item, "v1", "1"));
+        assert_ne!(embedding_key(EntityKind::User, "v1", "1"), embedding_key(EntityKind::User, "v2", "1"));
+    }
+}

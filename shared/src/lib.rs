@@ -1,0 +1,26 @@
+//! Cascade's contracts: everything the edge and the origin (or two origin components) must agree on,
+//! defined once and checked against the golden vectors in `shared/golden/vectors.json`, natively and
+//! on wasm32.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`wire`] | request/response JSON: recommendation lists, `source`, events, the error body |
+//! | [`validate`] | ids, `n`, and the query-string parsing both sides use |
+//! | [`segment`] | the canonical segment key (allowlisted page/device/country) |
+//! | [`signing`] | HMAC-SHA256 signing of edge → origin requests, with a timestamp window |
+//! | [`hashing`] | the stable id hash and jump consistent hashing (id → shard) |
+//! | [`keys`] | the Redis key schema |
+//! | [`embedding`] | the embedding export file format and the Redis value encoding |
+//! | [`config`] | the environment-variable prefix and every variable name |
+//!
+//! Nothing here reads a clock or a random source: callers pass the time in, so the same code runs in
+//! a Worker (where `SystemTime::now()` panics) and in the origin.
+
+pub mod config;
+pub mod embedding;
+pub mod hashing;
+pub mod keys;
+pub mod segment;
+pub mod signing;
+pub mod validate;
+pub mod wire;

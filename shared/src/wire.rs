@@ -1,0 +1,253 @@
+//! The JSON both sides exchange: recommendation lists, events and errors.
+
+use serde::{Deserialize, Serialize};
+
+use crate::validate::{FieldError, validate_id};
+
+/// Where a list came from. Every response names one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The origin's in-process cache.
+    CacheL1,
+    /// The origin's Redis cache.
+    CacheL2,
+    /// Retrieved and ranked for this request.
+    Realtime,
+    /// The user's list from the offline job.
+    Precomputed,
+    /// The list of the user's segment.
+    Segment,
+    /// The global popular list.
+    Popular,
+}
+
+impl Source {
+    /// The JSON and metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::CacheL1 => "cache_l1",
+            Source::CacheL2 => "cache_l2",
+            Source::Realtime => "realtime",
+            Source::Precomputed => "precomputed",
+            Source::Segment => "segment",
+            Source::Popular => "popular",
+        }
+    }
+}
+
+/// One recommended item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecItem {
+    /// Item id.
+    pub id: String,
+    /// The ranking model's score (higher is better); lists are sorted by it, descending.
+    pub score: f32,
+    /// Display title, when the bundle knows one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+/// A recommendation list: the body of every recs response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecList {
+    /// The user it is for (absent for segment lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The canonical segment of the request's context.
+    pub segment: String,
+    /// Where the list came from.
+    pub source: Source,
+    /// Version id of the model bundle that ranked it.
+    pub model_version: String,
+    /// The items, best first.
+    pub items: Vec<RecItem>,
+}
+
+impl RecList {
+    /// Keeps the first `n` items (the edge caches the longest list and cuts it per request).
+    pub fn truncate(&mut self, n: usize) {
+        self.items.truncate(n);
+    }
+}
+
+/// The error body: `{"error": {"code": "...", "message": "...", "field": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_parameter`, `unauthorized`, `unavailable`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The offending field, for a caller's mistake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ErrorBody {
+    /// An error body.
+    pub fn new(code: &str, message: impl Into<String>, field: Option<String>) -> Self {
+        ErrorBody { error: ErrorDetail { code: code.to_string(), message: message.into(), field } }
+    }
+
+    /// The body for a caller's mistake.
+    pub fn invalid(error: &FieldError) -> Self {
+        ErrorBody::new("invalid_parameter", error.to_string(), Some(error.field.clone()))
+    }
+
+    /// Serialises to JSON (infallible for this type).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| r#"{"error":{"code":"internal","message":"error"}}"#.to_string())
+    }
+}
+
+/// What a user did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Saw an item's page.
+    View,
+    /// Clicked a recommendation.
+    Click,
+    /// Added to the cart.
+    AddToCart,
+    /// Bought (significant: purchased items are filtered out of later lists).
+    Purchase,
+    /// Rated.
+    Rate,
+    /// Changed their profile (significant).
+    ProfileUpdate,
+}
+
+impl EventKind {
+    /// Every kind, for error messages.
+    pub const ALL: [&'static str; 6] = ["view", "click", "add_to_cart", "purchase", "rate", "profile_update"];
+}
+
+/// One user action, as `POST /v1/events` takes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Who.
+    pub user_id: String,
+    /// What kind of action.
+    pub kind: EventKind,
+    /// On which item (absent only for `profile_update`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<String>,
+    /// When, in Unix milliseconds (default: when received).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_ms: Option<u64>,
+    /// Deduplication key: an event sent twice with the same key counts once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// How far in the future an event's timestamp may be (clock skew allowance).
+pub const MAX_EVENT_FUTURE_MS: u64 = 5 * 60 * 1000;
+/// Most events in one `POST /v1/events`.
+pub const MAX_EVENTS_PER_BATCH: usize = 1000;
+
+/// The answer to `POST /v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsAccepted {
+    /// Events taken.
+    pub accepted: usize,
+    /// Events skipped as duplicates of an earlier idempotency key.
+    pub duplicates: usize,
+}
+
+/// Parses a body holding one event object, or `{"events": [...]}`, and validates each event.
+/// Errors name the offending event as `events[i].field`.
+pub fn parse_events(body: &[u8], now_ms: u64) -> Result<Vec<Event>, FieldError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| FieldError::new("body", format!("not valid JSON: {e}")))?;
+    let (raw_events, batch) = match value {
+        serde_json::Value::Object(mut map) if map.contains_key("events") => match map.remove("events") {
+            Some(serde_json::Value::Array(items)) => (items, true),
+            _ => return Err(FieldError::new("events", "must be an array of events")),
+        },
+        single @ serde_json::Value::Object(_) => (vec![single], false),
+        _ => return Err(FieldError::new("body", "must be an event object or {\"events\": [...]}")),
+    };
+    if raw_events.is_empty() {
+        return Err(FieldError::new("events", "must not be empty"));
+    }
+    if raw_events.len() > MAX_EVENTS_PER_BATCH {
+        return Err(FieldError::new("events", format!("at most {MAX_EVENTS_PER_BATCH} events per request")));
+    }
+    raw_events
+        .into_iter()
+        .enumerate()
+        .map(|(index, raw)| {
+            let prefix = if batch { format!("events[{index}]") } else { "event".to_string() };
+            let event: Event = serde_json::from_value(raw)
+                .map_err(|e| FieldError::new(prefix.clone(), format!("{e} (kinds: {})", EventKind::ALL.join(", "))))?;
+            validate_event(&event, now_ms).map_err(|e| FieldError::new(format!("{prefix}.{}", e.field), e.message))?;
+            Ok(event)
+        })
+        .collect()
+}
+
+fn validate_event(event: &Event, now_ms: u64) -> Result<(), FieldError> {
+    validate_id("user_id", &event.user_id)?;
+    match (&event.item_id, event.kind) {
+        (Some(item), _) => validate_id("item_id", item)?,
+        (None, EventKind::ProfileUpdate) => {}
+        (None, _) => return Err(FieldError::new("item_id", "is required for this kind")),
+    }
+    if let Some(ts) = event.timestamp_ms {
+        if ts > now_ms + MAX_EVENT_FUTURE_MS {
+            return Err(FieldError::new("timestamp_ms", format!("is {} s in the future", (ts - now_ms) / 1000)));
+        }
+    }
+    if let Some(key) = &event.idempotency_key {
+        if key.is_empty() || key.len() > 128 {
+            return Err(FieldError::new("idempotency_key", "must be 1 to 128 bytes"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_single_and_batch() {
+        let one = parse_events(br#"{"user_id":"u1","kind":"view","item_id":"i1"}"#, 0).unwrap();
+        assert_eq!(one[0].kind, EventKind::View);
+        let batch = parse_events(br#"{"events":[{"user_id":"u1","kind":"purchase","item_id":"i1"},{"user_id":"u2","kind":"profile_update"}]}"#, 0).unwrap();
+        assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn event_errors_name_the_index_and_field() {
+        let err = parse_events(br#"{"events":[{"user_id":"u1","kind":"view","item_id":"i1"},{"user_id":"u1","kind":"teleport","item_id":"i1"}]}"#, 0).unwrap_err();
+        assert_eq!(err.field, "events[1]");
+        let err = parse_events(br#"{"events":[{"user_id":"","kind":"view","item_id":"i1"}]}"#, 0).unwrap_err();
+        assert_eq!(err.field, "events[0].user_id");
+        let err =
+            parse_events(br#"{"user_id":"u","kind":"view","item_id":"i","timestamp_ms":999999999}"#, 1000).unwrap_err();
+        assert_eq!(err.field, "event.timestamp_ms");
+        let err = parse_events(br#"{"user_id":"u","kind":"click"}"#, 0).unwrap_err();
+        assert_eq!(err.field, "event.item_id");
+        assert_eq!(parse_events(b"[1]", 0).unwrap_err().field, "body");
+        assert_eq!(parse_events(br#"{"events":[]}"#, 0).unwrap_err().field, "events");
+    }
+
+    #[test]
+    fn source_labels_match_serde() {
+        for source in
+            [Source::CacheL1, Source::CacheL2, Source::Realtime, Source::Precomputed, Source::Segment, Source::Popular]
+        {
+            assert_eq!(serde_json::to_string(&source).unwrap(), format!("\"{}\"", source.as_str()));
+        }
+    }
+}

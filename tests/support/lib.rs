@@ -1,0 +1,281 @@
+//! Fixtures for Cascade's end-to-end tests and benchmarks: real processes on loopback ports.
+//!
+//! Every fixture owns its process (in its own process group) and stops it in `Drop`, so a failing
+//! test still leaves nothing running. Ports are picked free by binding port 0 first.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The `cascade` binary: `$CASCADE_BIN`, or next to this test's own executable's folder
+/// (`target/<profile>/cascade`). `scripts/test.sh` builds it first.
+pub fn cascade_bin() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("CASCADE_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let candidate = exe.parent().and_then(Path::parent).map(|dir| dir.join("cascade")).context("no parent folder")?;
+    if candidate.exists() {
+        Ok(candidate)
+    } else {
+        bail!("{} not found: build it with `cargo build -p cascade-origin` (scripts/test.sh does)", candidate.display())
+    }
+}
+
+/// The model bundle tests use: `$CASCADE_TEST_BUNDLE` or `data/bundle` (made by scripts/test.sh).
+pub fn bundle_dir() -> anyhow::Result<PathBuf> {
+    let dir =
+        std::env::var_os("CASCADE_TEST_BUNDLE").map(PathBuf::from).unwrap_or_else(|| repo_root().join("data/bundle"));
+    if dir.join("metadata.json").exists() {
+        Ok(dir)
+    } else {
+        bail!(
+            "no bundle at {}: run `python scripts/train.py --out {}` (scripts/test.sh does)",
+            dir.display(),
+            dir.display()
+        )
+    }
+}
+
+/// A child process in its own process group, killed with its group on drop.
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `command` with stdout and stderr to `log`.
+    pub fn spawn(name: &str, mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(&log)?;
+        command.stdout(file.try_clone()?).stderr(file).stdin(Stdio::null()).process_group(0);
+        let child = command.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Process { name: name.to_string(), child, log })
+    }
+
+    /// The process's output so far (for failure messages).
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails if the process has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited with {status}:\n{}", self.name, tail(&self.output(), 4000));
+        }
+        Ok(())
+    }
+
+    /// Stops the whole process group (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop(&mut self) {
+        let pid = self.child.id() as i32;
+        let _ = Command::new("kill").args(["-TERM", &format!("-{pid}")]).stderr(Stdio::null()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("kill").args(["-KILL", &format!("-{pid}")]).stderr(Stdio::null()).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn tail(text: &str, max: usize) -> &str {
+    let start = text.len().saturating_sub(max);
+    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+    &text[start..]
+}
+
+/// Waits until `check` succeeds, failing with the process's output after `timeout`.
+pub async fn wait_until<F, Fut>(process: &mut Process, timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        process.check_running()?;
+        if check().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{} not ready after {timeout:?}:\n{}", process.name, tail(&process.output(), 4000));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A scratch folder removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A new empty folder under the system temp dir.
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
+    }
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// A real `redis-server` on a loopback port, with no persistence.
+pub struct RedisServer {
+    /// `redis://127.0.0.1:port`.
+    pub url: String,
+    /// The port.
+    pub port: u16,
+    process: Process,
+    _dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers PING.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = TempDir::new("cascade-redis")?;
+        let port = free_port()?;
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path());
+        let mut process = Process::spawn("redis-server", command, dir.path().join("redis.log"))?;
+        wait_until(&mut process, Duration::from_secs(10), || async move {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await?;
+        Ok(RedisServer { url: format!("redis://127.0.0.1:{port}"), port, process, _dir: dir })
+    }
+
+    /// Stops it (a shard going down).
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+}
+
+/// The origin (`cascade serve`) on a free port.
+pub struct Origin {
+    /// `http://127.0.0.1:port`.
+    pub url: String,
+    process: Process,
+    _dir: TempDir,
+}
+
+impl Origin {
+    /// Starts `cascade serve` with `env` (CASCADE_* variables) and waits for `/healthz`.
+    pub async fn start(env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let dir = TempDir::new("cascade-origin")?;
+        let port = free_port()?;
+        let mut command = Command::new(cascade_bin()?);
+        command.arg("serve").env("CASCADE_LISTEN", format!("127.0.0.1:{port}")).env("OPENBLAS_NUM_THREADS", "1");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut process = Process::spawn("cascade serve", command, dir.path().join("origin.log"))?;
+        let url = format!("http://127.0.0.1:{port}");
+        let health = format!("{url}/healthz");
+        let client = reqwest::Client::new();
+        wait_until(&mut process, Duration::from_secs(60), || {
+            let (client, health) = (client.clone(), health.clone());
+            async move { client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await?;
+        Ok(Origin { url, process, _dir: dir })
+    }
+
+    /// The origin's log so far.
+    pub fn output(&self) -> String {
+        self.process.output()
+    }
+
+    /// Stops it.
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+}
+
+/// The edge Worker under `wrangler dev`, with a fresh cache folder.
+pub struct Edge {
+    /// `http://127.0.0.1:port`.
+    pub url: String,
+    process: Process,
+    _dir: TempDir,
+}
+
+impl Edge {
+    /// Starts `wrangler dev` against `origin_url` with the signing `secret`; waits for `/healthz`
+    /// (the first start builds the Worker: about a minute cold).
+    pub async fn start(origin_url: &str, secret: &str, extra_vars: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = TempDir::new("cascade-edge")?;
+        let port = free_port()?;
+        let mut command = Command::new("wrangler");
+        command
+            .current_dir(repo_root())
+            .args(["dev", "--port", &port.to_string(), "--ip", "127.0.0.1", "--persist-to"])
+            .arg(dir.path().join("state"))
+            .args(["--var", &format!("ORIGIN_URL:{origin_url}"), "--var", &format!("ORIGIN_SECRET:{secret}")])
+            .args(["--log-level", "warn", "--show-interactive-dev-session=false"])
+            .env("CI", "true");
+        for (name, value) in extra_vars {
+            command.args(["--var", &format!("{name}:{value}")]);
+        }
+        let mut process = Process::spawn("wrangler dev", command, dir.path().join("wrangler.log"))?;
+        let url = format!("http://127.0.0.1:{port}");
+        let health = format!("{url}/healthz");
+        let client = reqwest::Client::new();
+        wait_until(&mut process, Duration::from_secs(240), || {
+            let (client, health) = (client.clone(), health.clone());
+            async move { client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await?;
+        Ok(Edge { url, process, _dir: dir })
+    }
+
+    /// wrangler's output so far.
+    pub fn output(&self) -> String {
+        self.process.output()
+    }
+}
+
+/// Runs `cascade` with `args` to completion; fails with its output if it fails.
+pub fn run_cascade(args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(cascade_bin()?).args(args).env("OPENBLAS_NUM_THREADS", "1").output()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    if !output.status.success() {
+        bail!("cascade {} failed ({}):\n{text}", args.join(" "), output.status);
+    }
+    Ok(text)
+}
