@@ -32,7 +32,7 @@ cargo test --workspace
 
 step "shared golden vectors on wasm32 (Node)"
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-  cargo test -p cascade-shared --target wasm32-unknown-unknown
+  cargo test -p cascade-shared --target wasm32-unknown-unknown --test golden
 
 step "wrangler deploy --dry-run (Worker bundle size)"
 dist=$(mktemp -d)

@@ -9,9 +9,10 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use faiss::index::IndexImpl;
 use faiss::index::TryClone;
 use faiss::index::autotune::ParameterSpace;
-use faiss::{Index, IndexImpl, MetricType, index_factory};
+use faiss::{Index, MetricType, index_factory};
 
 /// A candidate: the item's row in the bundle and its inner product with the query.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -73,7 +73,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
                 index_bundle.items.ids.len()
             );
         }
-        tracing::info!(ms = started.elapsed().as_millis() as u64, "faiss index {how}");
+        tracing::info!(ms = started.elapsed().as_millis() as u64, how = %how, "faiss index ready");
         Ok(FaissRetriever::new(index, parallelism, nprobe, &how)?)
     })
     .await??;

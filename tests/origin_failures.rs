@@ -1,0 +1,109 @@
+//! The origin's failure behaviour with real Redis shards: a shard that goes down degrades answers
+//! to the fallback chain, never to a 5xx, and `/readyz` stays ready while naming it.
+
+use cascade_e2e::{Origin, RedisServer, bundle_dir, run_cascade};
+use cascade_shared::hashing::shard_for;
+use cascade_shared::wire::{RecList, Source};
+use serde_json::Value;
+
+const API_KEY: &str = "failures-internal-key-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_down_degrades_to_the_segment_list() {
+    let bundle = bundle_dir().unwrap();
+    let mut shards = [RedisServer::start().await.unwrap(), RedisServer::start().await.unwrap()];
+    let shard_list = format!("{},{}", shards[0].url, shards[1].url);
+    run_cascade(&["load", "--bundle", bundle.to_str().unwrap(), "--redis", &shard_list, "--users-only"]).unwrap();
+    let origin = Origin::start(&[
+        ("CASCADE_BUNDLE", bundle.display().to_string()),
+        ("CASCADE_REDIS_SHARDS", shard_list),
+        ("CASCADE_API_KEYS", API_KEY.to_string()),
+    ])
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    // Users u0..u19 split over both shards.
+    let on_shard = |shard: u32| (0..20).map(|i| format!("u{i}")).find(|id| shard_for(id, 2) == shard).unwrap();
+    let (alive_user, doomed_user) = (on_shard(0), on_shard(1));
+    let recs = |user: String| {
+        let http = http.clone();
+        let url = format!("{}/v1/users/{user}/recs?n=5", origin.url);
+        async move {
+            let response = http.get(url).bearer_auth(API_KEY).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<RecList>().await.unwrap()
+        }
+    };
+    assert_eq!(recs(doomed_user.clone()).await.source, Source::Realtime);
+
+    shards[1].stop();
+    let degraded = recs(doomed_user.clone()).await;
+    assert_eq!(degraded.source, Source::Segment, "{}", origin.output());
+    assert_eq!(degraded.items.len(), 5);
+    assert_eq!(recs(alive_user).await.source, Source::Realtime, "the other shard still serves");
+
+    let ready = http.get(format!("{}/readyz", origin.url)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["degraded"], serde_json::json!(["redis_shard_1"]));
+
+    let metrics = http.get(format!("{}/metrics", origin.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("cascade_fallbacks_total{reason=\"shard_unavailable\"}"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_without_a_secret_refuses_to_start_and_bad_requests_get_400() {
+    let bundle = bundle_dir().unwrap();
+    let refused = std::process::Command::new(cascade_e2e::cascade_bin().unwrap())
+        .arg("serve")
+        .env("CASCADE_MODE", "production")
+        .env("CASCADE_BUNDLE", &bundle)
+        .env_remove("CASCADE_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("secret"));
+
+    let origin =
+        Origin::start(&[("CASCADE_BUNDLE", bundle.display().to_string()), ("CASCADE_API_KEYS", API_KEY.to_string())])
+            .await
+            .unwrap();
+    let http = reqwest::Client::new();
+    let cases = [
+        ("/v1/users/u1/recs?n=1000", "n"),
+        ("/v1/users/u1/recs?n=abc", "n"),
+        ("/v1/segments/Home.desktop.us/recs", "segment"),
+        ("/v1/segments/home.desktop/recs", "segment"),
+    ];
+    for (path, field) in cases {
+        let response = http.get(format!("{}{path}", origin.url)).bearer_auth(API_KEY).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["field"], field, "{path}");
+    }
+    let events = http
+        .post(format!("{}/v1/events", origin.url))
+        .bearer_auth(API_KEY)
+        .json(&serde_json::json!({"events": [{"user_id": "u1", "kind": "view", "item_id": "i1", "idempotency_key": "k1"},
+                                             {"user_id": "u1", "kind": "view", "item_id": "i1", "idempotency_key": "k1"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 202);
+    let accepted: Value = events.json().await.unwrap();
+    assert_eq!((accepted["accepted"].as_u64(), accepted["duplicates"].as_u64()), (Some(1), Some(1)));
+    let bad_event = http
+        .post(format!("{}/v1/events", origin.url))
+        .bearer_auth(API_KEY)
+        .json(&serde_json::json!({"events": [{"user_id": "u1", "kind": "view", "item_id": "i1"}, {"user_id": "u1", "kind": "teleport", "item_id": "i1"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_event.status(), 400);
+    assert_eq!(bad_event.json::<Value>().await.unwrap()["error"]["field"], "events[1]");
+    // Unknown routes are JSON 404s.
+    let missing = http.get(format!("{}/nope", origin.url)).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.json::<Value>().await.unwrap()["error"]["code"], "not_found");
+}
