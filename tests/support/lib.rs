@@ -83,7 +83,7 @@ impl Process {
     /// Stops the whole process group (SIGTERM, then SIGKILL after 5 s).
     pub fn stop(&mut self) {
         let pid = self.child.id() as i32;
-        let _ = Command::new("kill").args(["-TERM", &format!("-{pid}")]).stderr(Stdio::null()).status();
+        signal_group("TERM", pid);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -91,9 +91,17 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = Command::new("kill").args(["-KILL", &format!("-{pid}")]).stderr(Stdio::null()).status();
+        signal_group("KILL", pid);
+        // The direct child, in case it left its group; then reap it.
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `signal` to the process group `pgid` (`kill -s SIG -- -PGID`: without `--`, `-PGID` reads
+/// as an option).
+fn signal_group(signal: &str, pgid: i32) {
+    let _ = Command::new("kill").args(["-s", signal, "--", &format!("-{pgid}")]).stderr(Stdio::null()).status();
 }
 
 impl Drop for Process {
