@@ -23,8 +23,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn drive(origin: &str, paths: Arc<Vec<String>>, concurrency: usize, seconds: u64) -> serde_json::Value {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+async fn drive(
+    origin: &str,
+    paths: Arc<Vec<String>>,
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<serde_json::Value> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
@@ -56,33 +61,32 @@ async fn drive(origin: &str, paths: Arc<Vec<String>>, concurrency: usize, second
     let mut all = Vec::new();
     let mut errors = 0;
     for worker in workers {
-        let (latencies, e) = worker.await.unwrap();
+        let (latencies, e) = worker.await?;
         all.extend(latencies);
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort_by(f64::total_cmp);
-    json!({
+    Ok(json!({
         "requests": all.len(),
         "errors": errors,
         "requests_per_sec": all.len() as f64 / elapsed,
         "p50_ms": percentile(&all, 0.50),
         "p99_ms": percentile(&all, 0.99),
-    })
+    }))
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> anyhow::Result<()> {
     let seconds: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let concurrency: usize = std::env::var("BENCH_CONCURRENCY").ok().and_then(|s| s.parse().ok()).unwrap_or(32);
-    let bundle = bundle_dir().unwrap();
+    let bundle = bundle_dir()?;
     let origin = Origin::start(&[
         ("CASCADE_BUNDLE", bundle.display().to_string()),
         ("CASCADE_API_KEYS", API_KEY.to_string()),
         ("CASCADE_LOG", "warn".to_string()),
     ])
-    .await
-    .unwrap();
+    .await?;
     let users: Arc<Vec<String>> = Arc::new((0..500).map(|u| format!("/v1/users/u{u}/recs?n=20")).collect());
     let segments: Arc<Vec<String>> = Arc::new(
         ["home.desktop.us", "browse.mobile.de", "search.tablet.zz"]
@@ -91,9 +95,9 @@ async fn main() {
             .collect(),
     );
     // Warm up both paths, then measure them one after the other in the same run.
-    drive(&origin.url, users.clone(), concurrency, 1).await;
-    let realtime = drive(&origin.url, users, concurrency, seconds).await;
-    let segment = drive(&origin.url, segments, concurrency, seconds).await;
+    drive(&origin.url, users.clone(), concurrency, 1).await?;
+    let realtime = drive(&origin.url, users, concurrency, seconds).await?;
+    let segment = drive(&origin.url, segments, concurrency, seconds).await?;
     let ratio =
         segment["requests_per_sec"].as_f64().unwrap_or(0.0) / realtime["requests_per_sec"].as_f64().unwrap_or(1.0);
     let report = json!({
@@ -107,7 +111,9 @@ async fn main() {
         "note": "closed loop over loopback HTTP, client and server on the same machine",
     });
     let dir = repo_root().join("target/cascade-bench");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("request_path.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
-    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    std::fs::create_dir_all(&dir)?;
+    let text = serde_json::to_string_pretty(&report)?;
+    std::fs::write(dir.join("request_path.json"), &text)?;
+    println!("{text}");
+    Ok(())
 }

@@ -1,6 +1,8 @@
 //! End to end, every hop real: two Redis shards, `cascade load`, the origin (`cascade serve` with
 //! FAISS and the TorchScript model), and the Worker under `wrangler dev`, driven over HTTP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 

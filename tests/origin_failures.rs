@@ -1,6 +1,8 @@
 //! The origin's failure behaviour with real Redis shards: a shard that goes down degrades answers
 //! to the fallback chain, never to a 5xx, and `/readyz` stays ready while naming it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
 use cascade_e2e::{Origin, RedisServer, bundle_dir, run_cascade};
 use cascade_shared::hashing::shard_for;
 use cascade_shared::wire::{RecList, Source};

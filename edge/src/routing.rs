@@ -250,9 +250,11 @@ mod tests {
         let get = |name: &str| request.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         let verified = cascade_shared::signing::verify(
             b"0123456789abcdef",
-            "GET",
-            "/v1/segments/home.desktop.us/recs",
-            "n=100",
+            cascade_shared::signing::RequestTarget {
+                method: "GET",
+                path: "/v1/segments/home.desktop.us/recs",
+                query: "n=100",
+            },
             get(TIMESTAMP_HEADER),
             get(SIGNATURE_HEADER),
             1_001,

@@ -5,7 +5,7 @@
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
-use cascade_shared::signing::{SIGNATURE_HEADER, TIMESTAMP_HEADER, verify};
+use cascade_shared::signing::{RequestTarget, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify};
 
 use crate::error::AppError;
 
@@ -59,9 +59,7 @@ impl Auth {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         verify(
             &self.secret,
-            method,
-            path,
-            query,
+            RequestTarget { method, path, query },
             header(TIMESTAMP_HEADER),
             header(SIGNATURE_HEADER),
             now,

@@ -150,7 +150,7 @@ impl TorchRanker {
 #[async_trait]
 impl Ranker for TorchRanker {
     async fn score(&self, rows: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, RankError> {
-        if rows.len() % self.input_width != 0 {
+        if !rows.len().is_multiple_of(self.input_width) {
             return Err(RankError::Model(format!(
                 "{} floats is not a whole number of {}-wide rows",
                 rows.len(),

@@ -61,17 +61,27 @@ pub fn sign(secret: &[u8], method: &str, path: &str, query: &str, timestamp: u64
     hex::encode(mac(secret, &canonical_request(method, path, query, timestamp)).finalize().into_bytes())
 }
 
+/// What a signature covers besides the timestamp: the method and the raw path and query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTarget<'a> {
+    /// HTTP method.
+    pub method: &'a str,
+    /// Raw (percent-encoded) path.
+    pub path: &'a str,
+    /// Raw query, without `?`.
+    pub query: &'a str,
+}
+
 /// Verifies a request's signature headers against `now` (Unix seconds).
 pub fn verify(
     secret: &[u8],
-    method: &str,
-    path: &str,
-    query: &str,
+    target: RequestTarget<'_>,
     timestamp: Option<&str>,
     signature: Option<&str>,
     now: u64,
     window_secs: u64,
 ) -> Result<(), SignatureError> {
+    let RequestTarget { method, path, query } = target;
     let (Some(timestamp), Some(signature)) = (timestamp, signature) else {
         return Err(SignatureError::Missing);
     };
@@ -92,8 +102,12 @@ mod tests {
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
+    fn target(query: &str) -> RequestTarget<'_> {
+        RequestTarget { method: "GET", path: "/v1/segments/home.desktop.us/recs", query }
+    }
+
     fn check(ts: &str, sig: &str, now: u64) -> Result<(), SignatureError> {
-        verify(SECRET, "GET", "/v1/segments/home.desktop.us/recs", "n=100", Some(ts), Some(sig), now, 300)
+        verify(SECRET, target("n=100"), Some(ts), Some(sig), now, 300)
     }
 
     #[test]
@@ -101,9 +115,8 @@ mod tests {
         let sig = sign(SECRET, "GET", "/v1/segments/home.desktop.us/recs", "n=100", 1_000);
         assert_eq!(check("1000", &sig, 1_100), Ok(()));
         assert_eq!(check("1001", &sig, 1_100), Err(SignatureError::Mismatch));
-        assert_eq!(check("1000", &sig.replace('a', "b"), 1_100).is_err(), true);
-        let other_query =
-            verify(SECRET, "GET", "/v1/segments/home.desktop.us/recs", "n=99", Some("1000"), Some(&sig), 1_000, 300);
+        assert!(check("1000", &sig.replace('a', "b"), 1_100).is_err());
+        let other_query = verify(SECRET, target("n=99"), Some("1000"), Some(&sig), 1_000, 300);
         assert_eq!(other_query, Err(SignatureError::Mismatch));
     }
 
@@ -114,7 +127,7 @@ mod tests {
         assert_eq!(check("1000", &sig, 1_301), Err(SignatureError::Expired { skew_secs: 301, window_secs: 300 }));
         assert_eq!(check("1000", &sig, 699), Err(SignatureError::Expired { skew_secs: 301, window_secs: 300 }));
         assert_eq!(check("soon", &sig, 1_000), Err(SignatureError::BadTimestamp));
-        let missing = verify(SECRET, "GET", "/", "", None, Some(&sig), 1_000, 300);
+        let missing = verify(SECRET, target(""), None, Some(&sig), 1_000, 300);
         assert_eq!(missing, Err(SignatureError::Missing));
     }
 }

@@ -202,15 +202,15 @@ fn validate_event(event: &Event, now_ms: u64) -> Result<(), FieldError> {
         (None, EventKind::ProfileUpdate) => {}
         (None, _) => return Err(FieldError::new("item_id", "is required for this kind")),
     }
-    if let Some(ts) = event.timestamp_ms {
-        if ts > now_ms + MAX_EVENT_FUTURE_MS {
-            return Err(FieldError::new("timestamp_ms", format!("is {} s in the future", (ts - now_ms) / 1000)));
-        }
+    if let Some(ts) = event.timestamp_ms
+        && ts > now_ms + MAX_EVENT_FUTURE_MS
+    {
+        return Err(FieldError::new("timestamp_ms", format!("is {} s in the future", (ts - now_ms) / 1000)));
     }
-    if let Some(key) = &event.idempotency_key {
-        if key.is_empty() || key.len() > 128 {
-            return Err(FieldError::new("idempotency_key", "must be 1 to 128 bytes"));
-        }
+    if let Some(key) = &event.idempotency_key
+        && (key.is_empty() || key.len() > 128)
+    {
+        return Err(FieldError::new("idempotency_key", "must be 1 to 128 bytes"));
     }
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! Golden vectors (computed independently by `shared/golden/generate.py`) checked against the Rust
 //! implementation, natively (`cargo test`) and on wasm32 under Node (`wasm-bindgen-test`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
 use cascade_shared::embedding::{decode_file, decode_value, encode_file, encode_value};
 use cascade_shared::hashing::{shard_for, stable_hash64};
 use cascade_shared::keys::{EntityKind, embedding_key, precomputed_key};
 use cascade_shared::segment::SegmentKey;
-use cascade_shared::signing::{sign, verify};
+use cascade_shared::signing::{RequestTarget, sign, verify};
 use cascade_shared::validate::RecsQuery;
 use cascade_shared::wire::{ErrorBody, RecList};
 use serde_json::Value;
@@ -44,8 +46,14 @@ fn signatures() {
         let ts = case["timestamp"].as_u64().unwrap();
         assert_eq!(sign(secret.as_bytes(), method, path, query, ts), s(&case["signature"]));
         let ts_text = ts.to_string();
-        let ok =
-            verify(secret.as_bytes(), method, path, query, Some(&ts_text), Some(s(&case["signature"])), ts + 10, 300);
+        let ok = verify(
+            secret.as_bytes(),
+            RequestTarget { method, path, query },
+            Some(&ts_text),
+            Some(s(&case["signature"])),
+            ts + 10,
+            300,
+        );
         assert_eq!(ok, Ok(()));
     }
 }
