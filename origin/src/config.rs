@@ -93,6 +93,10 @@ pub struct RankerConfig {
     pub device: DeviceChoice,
     /// Requests waiting for inference before new ones are refused (and fall back).
     pub queue_capacity: usize,
+    /// Most rows merged into one model call.
+    pub max_batch_rows: usize,
+    /// Longest a batch waits for more requests after its first, milliseconds.
+    pub max_wait_ms: f64,
     /// Inference threads.
     pub threads: usize,
     /// libtorch intra-op threads per inference thread.
@@ -140,7 +144,25 @@ impl Default for RetrievalConfig {
 
 impl Default for RankerConfig {
     fn default() -> Self {
-        RankerConfig { device: DeviceChoice::Auto, queue_capacity: 256, threads: 1, intra_op_threads: 1 }
+        RankerConfig {
+            device: DeviceChoice::Auto,
+            queue_capacity: 256,
+            max_batch_rows: 1024,
+            max_wait_ms: 5.0,
+            threads: 1,
+            intra_op_threads: 1,
+        }
+    }
+}
+
+impl RankerConfig {
+    /// The batcher's settings.
+    pub fn batch_config(&self) -> crate::batcher::BatchConfig {
+        crate::batcher::BatchConfig {
+            max_batch_rows: self.max_batch_rows,
+            max_wait: std::time::Duration::from_secs_f64(self.max_wait_ms / 1000.0),
+            queue_capacity: self.queue_capacity,
+        }
     }
 }
 
@@ -234,7 +256,8 @@ impl Config {
                 ));
             }
         }
-        let ranges: [(&str, usize, usize, usize); 6] = [
+        let ranges: [(&str, usize, usize, usize); 7] = [
+            ("ranker.max_batch_rows", self.ranker.max_batch_rows, 1, 1 << 20),
             ("retrieval.candidates", self.retrieval.candidates, 1, 10_000),
             ("retrieval.nprobe", self.retrieval.nprobe, 1, 65_536),
             ("retrieval.parallelism", self.retrieval.parallelism, 1, 256),
@@ -246,6 +269,9 @@ impl Config {
             if !(min..=max).contains(&value) {
                 return Err(config_error(field, format!("must be within {min}..={max}, got {value}")));
             }
+        }
+        if !(0.0..=1000.0).contains(&self.ranker.max_wait_ms) {
+            return Err(config_error("ranker.max_wait_ms", "must be within 0..=1000"));
         }
         if !(1..=60_000).contains(&self.serving.deadline_ms) {
             return Err(config_error("serving.deadline_ms", "must be within 1..=60000"));

@@ -8,7 +8,8 @@
 //! | [`store`] | [`store::EmbeddingStore`]: in-process, or N Redis shards by consistent hashing |
 //! | [`retrieval`] | [`retrieval::Retriever`]: FAISS inner-product search over the item embeddings |
 //! | [`features`] | the ranker's input rows (pure; the layout the training script defines) |
-//! | [`ranker`] | [`ranker::Ranker`]: the TorchScript model through tch on inference threads |
+//! | [`batcher`] | the dynamic batcher: rows of concurrent requests merged into one model call |
+//! | [`ranker`] | [`ranker::Ranker`]: the TorchScript model through tch, behind the batcher |
 //! | [`recommend`] | the request path: retrieve, rank, and the fallback chain |
 //! | [`auth`] | edge signatures and internal bearer keys |
 //! | [`metrics`] | Prometheus metrics |
@@ -16,6 +17,7 @@
 //! | [`commands`] | `serve`, `load`, `index`, `plan` |
 
 pub mod auth;
+pub mod batcher;
 pub mod bundle;
 pub mod commands;
 pub mod config;

@@ -1,6 +1,74 @@
 //! Prometheus metrics, served as text at `/metrics`.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// The dynamic batcher's metrics (`crate::batcher`).
+#[derive(Clone)]
+pub struct BatchMetrics {
+    /// `cascade_batch_requests`: requests merged per model call.
+    pub batch_requests: Histogram,
+    /// `cascade_batch_rows`: rows per model call.
+    pub batch_rows: Histogram,
+    /// `cascade_ranker_queue_depth`: requests waiting.
+    pub queue_depth: IntGauge,
+    /// `cascade_ranker_queue_wait_seconds`: time from queued to batched.
+    pub queue_wait_seconds: Histogram,
+    /// `cascade_ranker_inference_seconds`: one model call.
+    pub inference_seconds: Histogram,
+    /// `cascade_ranker_expired_total`: requests dropped because their deadline passed in the queue.
+    pub expired: IntCounter,
+    /// `cascade_ranker_overloaded_total`: requests refused because the queue was full.
+    pub overloaded: IntCounter,
+}
+
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .unwrap_or_else(|_| unreachable!("static metric definition"))
+}
+
+impl BatchMetrics {
+    /// New, unregistered metrics (benchmarks and tests use these as they are).
+    pub fn new() -> Self {
+        let sizes = vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+        let seconds = vec![0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5];
+        BatchMetrics {
+            batch_requests: histogram("cascade_batch_requests", "Requests merged per model call", sizes.clone()),
+            batch_rows: histogram("cascade_batch_rows", "Rows per model call", sizes),
+            queue_depth: IntGauge::new("cascade_ranker_queue_depth", "Requests waiting for inference")
+                .unwrap_or_else(|_| unreachable!("static metric definition")),
+            queue_wait_seconds: histogram(
+                "cascade_ranker_queue_wait_seconds",
+                "Time from queued to batched",
+                seconds.clone(),
+            ),
+            inference_seconds: histogram("cascade_ranker_inference_seconds", "One model call", seconds),
+            expired: IntCounter::new("cascade_ranker_expired_total", "Requests dropped past their deadline")
+                .unwrap_or_else(|_| unreachable!("static metric definition")),
+            overloaded: IntCounter::new("cascade_ranker_overloaded_total", "Requests refused with a full queue")
+                .unwrap_or_else(|_| unreachable!("static metric definition")),
+        }
+    }
+
+    fn register(self, registry: &Registry) -> Self {
+        BatchMetrics {
+            batch_requests: register(registry, self.batch_requests),
+            batch_rows: register(registry, self.batch_rows),
+            queue_depth: register(registry, self.queue_depth),
+            queue_wait_seconds: register(registry, self.queue_wait_seconds),
+            inference_seconds: register(registry, self.inference_seconds),
+            expired: register(registry, self.expired),
+            overloaded: register(registry, self.overloaded),
+        }
+    }
+}
+
+impl Default for BatchMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// Every metric the origin exports.
 pub struct Metrics {
@@ -15,6 +83,8 @@ pub struct Metrics {
     pub stage_seconds: HistogramVec,
     /// `cascade_requests_in_flight`.
     pub in_flight: IntGauge,
+    /// The ranker's batcher.
+    pub batcher: BatchMetrics,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -54,6 +124,7 @@ impl Metrics {
             fallbacks: register(&registry, fallbacks),
             stage_seconds: register(&registry, stage_seconds),
             in_flight: register(&registry, in_flight),
+            batcher: BatchMetrics::new().register(&registry),
             registry,
         }
     }

@@ -1,10 +1,10 @@
 //! [`Ranker`]: scores candidate rows with the bundle's TorchScript model through tch.
 //!
-//! Inference is blocking, so it runs on dedicated threads fed by a bounded queue; each request's
-//! rows go through the model as one batch and the scores come back through a oneshot channel.
-//! A full queue refuses at once ([`RankError::Overloaded`]) and a request whose deadline passed
-//! while queued is dropped before inference ([`RankError::DeadlineExceeded`]): the request path
-//! turns both into its fallback list. (Cross-request batching is the ranking issue's batcher.)
+//! Inference is blocking, so it runs on dedicated threads behind the dynamic batcher
+//! ([`crate::batcher`]): rows of concurrent requests are merged into one model call. A full queue
+//! refuses at once ([`RankError::Overloaded`]) and a request whose deadline passed while queued is
+//! dropped before inference ([`RankError::DeadlineExceeded`]): the request path turns both into
+//! its fallback list.
 //!
 //! Loading checks the model against the bundle: it must accept `input_width` columns and
 //! reproduce the training script's reference scores, or it is refused with an error saying which.
@@ -14,10 +14,13 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use tch::{CModule, Device, Kind, Tensor};
-use tokio::sync::oneshot;
+
+use crate::batcher::{Batcher, Scorer};
+use crate::bundle::Bundle;
+use crate::metrics::BatchMetrics;
 
 use crate::bundle::ReferenceBatch;
-use crate::config::DeviceChoice;
+use crate::config::{DeviceChoice, RankerConfig};
 
 /// Largest difference from the reference scores accepted at load.
 pub const REFERENCE_TOLERANCE: f32 = 1e-4;
@@ -51,16 +54,9 @@ pub trait Ranker: Send + Sync {
     fn describe(&self) -> String;
 }
 
-struct Job {
-    rows: Vec<f32>,
-    deadline: Instant,
-    reply: oneshot::Sender<Result<Vec<f32>, RankError>>,
-}
-
-/// The TorchScript model on inference threads.
+/// The TorchScript model on inference threads, behind the dynamic batcher.
 pub struct TorchRanker {
-    queue: crossbeam_channel::Sender<Job>,
-    input_width: usize,
+    batcher: Batcher,
     device: Device,
 }
 
@@ -108,71 +104,41 @@ fn load_checked(path: &Path, device: Device, width: usize, reference: &Reference
 }
 
 impl TorchRanker {
-    /// Loads `threads` copies of the model, checks each, and starts the inference threads.
+    /// Loads one checked copy of the bundle's model per inference thread (`config.threads`) and
+    /// starts the batcher.
     pub fn start(
-        path: &Path,
+        bundle: &Bundle,
         device: Device,
-        width: usize,
-        reference: &ReferenceBatch,
-        threads: usize,
-        intra_op_threads: usize,
-        queue_capacity: usize,
+        config: &RankerConfig,
+        metrics: BatchMetrics,
     ) -> Result<Self, RankError> {
-        tch::set_num_threads(i32::try_from(intra_op_threads.max(1)).unwrap_or(1));
-        let (sender, receiver) = crossbeam_channel::bounded::<Job>(queue_capacity);
-        for thread in 0..threads.max(1) {
-            let module = load_checked(path, device, width, reference)?;
-            let receiver = receiver.clone();
-            std::thread::Builder::new()
-                .name(format!("ranker-{thread}"))
-                .spawn(move || {
-                    while let Ok(job) = receiver.recv() {
-                        let result = if Instant::now() >= job.deadline {
-                            Err(RankError::DeadlineExceeded)
-                        } else {
-                            run_model(&module, &job.rows, width, device)
-                        };
-                        // The caller may have given up; that is fine.
-                        let _ = job.reply.send(result);
-                    }
-                })
-                .map_err(|e| RankError::Model(format!("cannot start inference thread: {e}")))?;
+        let (path, width, reference) = (bundle.model_path(), bundle.metadata.input_width, &bundle.reference.batch);
+        tch::set_num_threads(i32::try_from(config.intra_op_threads.max(1)).unwrap_or(1));
+        let mut scorers: Vec<Scorer> = Vec::new();
+        for _ in 0..config.threads.max(1) {
+            let module = load_checked(&path, device, width, reference)?;
+            scorers.push(Box::new(move |rows: &[f32]| run_model(&module, rows, width, device)));
         }
-        Ok(TorchRanker { queue: sender, input_width: width, device })
+        Ok(TorchRanker { batcher: Batcher::start(width, config.batch_config(), scorers, metrics)?, device })
     }
 
     /// Requests waiting for inference.
     pub fn queue_depth(&self) -> usize {
-        self.queue.len()
+        self.batcher.queue_depth()
     }
 }
 
 #[async_trait]
 impl Ranker for TorchRanker {
     async fn score(&self, rows: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, RankError> {
-        if !rows.len().is_multiple_of(self.input_width) {
-            return Err(RankError::Model(format!(
-                "{} floats is not a whole number of {}-wide rows",
-                rows.len(),
-                self.input_width
-            )));
-        }
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (reply, answer) = oneshot::channel();
-        self.queue.try_send(Job { rows, deadline, reply }).map_err(|e| match e {
-            crossbeam_channel::TrySendError::Full(_) => RankError::Overloaded,
-            crossbeam_channel::TrySendError::Disconnected(_) => RankError::Stopped,
-        })?;
-        answer.await.map_err(|_| RankError::Stopped)?
+        self.batcher.score(rows, deadline).await
     }
 
     fn input_width(&self) -> usize {
-        self.input_width
+        self.batcher.width()
     }
 
     fn describe(&self) -> String {
-        format!("torchscript on {:?} (input width {})", self.device, self.input_width)
+        format!("torchscript on {:?} (input width {}, dynamic batching)", self.device, self.batcher.width())
     }
 }

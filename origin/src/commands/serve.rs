@@ -78,19 +78,11 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     })
     .await??;
 
-    let device = pick_device(config.ranker.device)?;
-    let ranker = TorchRanker::start(
-        &bundle.model_path(),
-        device,
-        bundle.metadata.input_width,
-        &bundle.reference.batch,
-        config.ranker.threads,
-        config.ranker.intra_op_threads,
-        config.ranker.queue_capacity,
-    )
-    .with_context(|| format!("loading {}", bundle.model_path().display()))?;
-
     let metrics = Arc::new(Metrics::new());
+    let device = pick_device(config.ranker.device)?;
+    let ranker = TorchRanker::start(&bundle, device, &config.ranker, metrics.batcher.clone())
+        .with_context(|| format!("loading {}", bundle.model_path().display()))?;
+
     let recommender = Recommender::new(
         bundle,
         store,
