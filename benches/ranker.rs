@@ -1,0 +1,164 @@
+//! Ranker benchmark: the dynamic batcher driven closed-loop by 64 concurrent callers for a fixed
+//! time, same model, same threads, in two regimes and two modes each, in one run:
+//!
+//! - `single_row`: one row per call (the reference design's `predict`), batched
+//!   (`max_batch_rows` 64) against `max_batch_rows = 1`;
+//! - `multi_row`: a request's 100 candidates per call (Cascade's regime), batched
+//!   (`max_batch_rows` 1024) against unbatched (`max_batch_rows` 100: each request alone);
+//!
+//! plus `ceiling_rows_per_s`: 4096-row forward passes back to back, no batcher (the model's compute
+//! rate here).
+//!
+//!     scripts/bench.sh    (or: cargo bench -p cascade-e2e --bench ranker)
+//!
+//! Saves `target/cascade-bench/ranker.json`. BENCH_SECS (default 5) per mode, BENCH_DEVICE
+//! (`cpu` default, `cuda`, `auto`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use cascade_e2e::{bundle_dir, repo_root};
+use cascade_origin::bundle::Bundle;
+use cascade_origin::config::{DeviceChoice, RankerConfig};
+use cascade_origin::metrics::BatchMetrics;
+use cascade_origin::ranker::{Ranker, TorchRanker, pick_device};
+use serde_json::{Value, json};
+
+const CALLERS: usize = 64;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Runs `callers` closed-loop callers sending `rows_per_call` rows each for `seconds`.
+async fn drive(ranker: Arc<TorchRanker>, callers: usize, rows_per_call: usize, seconds: f64) -> anyhow::Result<Value> {
+    let width = ranker.input_width();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|caller| {
+            let (ranker, stop) = (ranker.clone(), stop.clone());
+            let rows: Vec<f32> =
+                (0..rows_per_call * width).map(|i| (((caller * 7919 + i) % 200) as f32 / 100.0) - 1.0).collect();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut failures = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    match ranker.score(rows.clone(), Instant::now() + Duration::from_secs(10)).await {
+                        Ok(scores) if scores.len() == rows_per_call => {
+                            latencies.push(t.elapsed().as_secs_f64() * 1000.0)
+                        }
+                        _ => failures += 1,
+                    }
+                }
+                (latencies, failures)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        let (latencies, f) = task.await?;
+        all.extend(latencies);
+        failures += f;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    Ok(json!({
+        "calls": all.len(),
+        "failures": failures,
+        "throughput_rows_per_s": (all.len() * rows_per_call) as f64 / elapsed,
+        "p50_ms": percentile(&all, 0.50),
+        "p99_ms": percentile(&all, 0.99),
+    }))
+}
+
+fn ranker(bundle: &Bundle, device: tch::Device, max_batch_rows: usize) -> anyhow::Result<Arc<TorchRanker>> {
+    let config = RankerConfig {
+        device: DeviceChoice::Auto,
+        queue_capacity: 4096,
+        max_batch_rows,
+        max_wait_ms: 5.0,
+        threads: 1,
+        intra_op_threads: 2,
+    };
+    Ok(Arc::new(TorchRanker::start(bundle, device, &config, BatchMetrics::new())?))
+}
+
+/// The model's compute rate here: `rows`-row forward passes back to back on one tensor, no batcher,
+/// no copies.
+fn ceiling_rows_per_s(bundle: &Bundle, device: tch::Device, rows: i64, seconds: f64) -> anyhow::Result<f64> {
+    let mut module = tch::CModule::load_on_device(bundle.model_path(), device)?;
+    module.set_eval();
+    let input = tch::Tensor::rand([rows, bundle.metadata.input_width as i64], (tch::Kind::Float, device));
+    let _ = tch::no_grad(|| module.forward_ts(&[&input]))?;
+    let started = Instant::now();
+    let mut passes = 0u64;
+    while started.elapsed().as_secs_f64() < seconds {
+        let output = tch::no_grad(|| module.forward_ts(&[&input]))?;
+        // Wait for the result (CUDA is asynchronous) by reading one value back.
+        let _ = output.double_value(&[0]);
+        passes += 1;
+    }
+    Ok(passes as f64 * rows as f64 / started.elapsed().as_secs_f64())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let seconds: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let device_choice = match std::env::var("BENCH_DEVICE").as_deref() {
+        Ok("cuda") => DeviceChoice::Cuda,
+        Ok("auto") => DeviceChoice::Auto,
+        _ => DeviceChoice::Cpu,
+    };
+    let device = pick_device(device_choice)?;
+    let bundle = Bundle::load(&bundle_dir()?)?;
+    let mut report = serde_json::Map::new();
+    for (regime, rows_per_call, batched_rows, unbatched_rows) in
+        [("single_row", 1, 64, 1), ("multi_row", 100, 1024, 100)]
+    {
+        let mut modes = serde_json::Map::new();
+        for (mode, max_batch_rows) in [("unbatched", unbatched_rows), ("batched", batched_rows)] {
+            let ranker = ranker(&bundle, device, max_batch_rows)?;
+            drive(ranker.clone(), CALLERS, rows_per_call, 0.5).await?; // warm-up
+            let figures = drive(ranker, CALLERS, rows_per_call, seconds).await?;
+            eprintln!("{regime} {mode} (max_batch_rows {max_batch_rows}): {figures}");
+            modes.insert(mode.to_string(), figures);
+        }
+        report.insert(regime.to_string(), Value::Object(modes));
+    }
+    let ceiling = ceiling_rows_per_s(&bundle, device, 4096, seconds)?;
+    let speedup = |regime: &str| {
+        report[regime]["batched"]["throughput_rows_per_s"].as_f64().unwrap_or(0.0)
+            / report[regime]["unbatched"]["throughput_rows_per_s"].as_f64().unwrap_or(f64::NAN)
+    };
+    let (single, multi) = (speedup("single_row"), speedup("multi_row"));
+    let result = json!({
+        "benchmark": "ranker",
+        "device": format!("{device:?}"),
+        "callers": CALLERS,
+        "seconds_per_mode": seconds,
+        "model": { "bundle": bundle.id(), "input_width": bundle.metadata.input_width },
+        "speedup_single_row": single,
+        "speedup_multi_row": multi,
+        "single_row": report["single_row"],
+        "multi_row": report["multi_row"],
+        "ceiling_rows_per_s": ceiling,
+        "multi_row_batched_share_of_ceiling": report["multi_row"]["batched"]["throughput_rows_per_s"].as_f64().unwrap_or(0.0)
+            / ceiling,
+        "settings": "1 inference thread, 2 libtorch intra-op threads, max_wait 5 ms, closed loop",
+    });
+    let dir = repo_root().join("target/cascade-bench");
+    std::fs::create_dir_all(&dir)?;
+    let text = serde_json::to_string_pretty(&result)?;
+    std::fs::write(dir.join("ranker.json"), &text)?;
+    println!("{text}");
+    Ok(())
+}
