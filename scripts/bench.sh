@@ -8,7 +8,5 @@ bundle_version=$(sha256sum scripts/train.py | cut -c1-12)
 export CASCADE_TEST_BUNDLE=${CASCADE_TEST_BUNDLE:-$CASCADE_HOME/bundles/test-$bundle_version}
 [ -f "$CASCADE_TEST_BUNDLE/metadata.json" ] || { echo "run scripts/test.sh first (it trains the bundle)" >&2; exit 1; }
 cargo build --release -p cascade-origin --bin cascade
-# Bench binaries link libtorch through cascade-origin but get no run path of their own.
-export LD_LIBRARY_PATH=$(python -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 CASCADE_BIN=$CARGO_TARGET_DIR/release/cascade cargo bench -p cascade-e2e
 ls -l target/cascade-bench/

@@ -23,7 +23,7 @@ use crate::bundle::ReferenceBatch;
 use crate::config::{DeviceChoice, RankerConfig};
 
 /// Largest difference from the reference scores accepted at load.
-pub const REFERENCE_TOLERANCE: f32 = 1e-4;
+pub const REFERENCE_TOLERANCE: f32 = 1e-5;
 
 /// Why rows were not scored.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
