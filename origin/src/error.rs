@@ -20,6 +20,9 @@ pub enum AppError {
     /// No such route or resource (404).
     #[error("{0}")]
     NotFound(String),
+    /// A bundle offered for loading failed its checks (422); the old one keeps serving.
+    #[error("bundle refused: {0}")]
+    BundleRejected(String),
     /// More requests in flight than configured (503, retry soon).
     #[error("too many requests in flight; retry shortly")]
     Overloaded,
@@ -38,6 +41,7 @@ impl AppError {
             AppError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_parameter"),
             AppError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AppError::BundleRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bundle_rejected"),
             AppError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             AppError::NothingToServe(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

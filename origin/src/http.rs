@@ -6,6 +6,7 @@
 //! | `GET /v1/segments/{segment}/recs?n=` | a segment's list (what the edge caches) |
 //! | `POST /v1/events` | user actions, validated and deduplicated |
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness with degraded components, Prometheus |
+//! | `POST /admin/bundle` `{"path": …}` | load, check and swap in a model bundle (bearer key only) |
 //!
 //! Every response carries `x-request-id` (the caller's, or a new one) and the recs responses a
 //! `Server-Timing` header. Admission control answers 503 at once when more than
@@ -26,11 +27,13 @@ use cascade_shared::validate::{FieldError, QueryParams, RecsQuery, parse_n, vali
 use cascade_shared::wire::{EventsAccepted, parse_events};
 use serde_json::json;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, Caller};
 use crate::error::AppError;
 use crate::metrics::Metrics;
-use crate::recommend::{Answer, Recommender};
+use crate::recommend::Answer;
+use crate::serving::Serving;
 
 /// Header that follows one request from edge to ranker.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -38,8 +41,8 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    /// The request path.
-    pub recommender: Arc<Recommender>,
+    /// The request path (swapped by bundle reloads).
+    pub serving: Arc<Serving>,
     /// Credentials.
     pub auth: Arc<Auth>,
     /// Metrics.
@@ -52,9 +55,9 @@ pub struct AppState {
 
 impl AppState {
     /// State with an events deduplication window of one day, at most a million keys.
-    pub fn new(recommender: Arc<Recommender>, auth: Arc<Auth>, metrics: Arc<Metrics>, max_in_flight: usize) -> Self {
+    pub fn new(serving: Arc<Serving>, auth: Arc<Auth>, metrics: Arc<Metrics>, max_in_flight: usize) -> Self {
         AppState {
-            recommender,
+            serving,
             auth,
             metrics,
             admission: Arc::new(Semaphore::new(max_in_flight)),
@@ -77,8 +80,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/segments/{segment}/recs", get(segment_recs))
         .route("/v1/events", post(events))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let admin = Router::new()
+        .route("/admin/bundle", post(load_bundle))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate_internal));
     Router::new()
         .merge(api)
+        .merge(admin)
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -105,10 +112,9 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     let method = request.method().clone();
     let started = Instant::now();
     let span = tracing::info_span!("request", %request_id, %method, %route);
-    let mut response = {
-        let _entered = span.enter();
-        next.run(request).await
-    };
+    // `instrument`, never `span.enter()` across an await: a guard held over a suspension point
+    // corrupts the subscriber's span stack (it panicked under the reload test's load).
+    let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
     state.metrics.requests.with_label_values(&[&route, status.as_str()]).inc();
     tracing::info!(parent: &span, status = status.as_u16(), ms = started.elapsed().as_secs_f64() * 1000.0, "served");
@@ -144,6 +150,39 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
     }
 }
 
+/// Admin routes take internal callers only: an edge signature is not enough.
+async fn authenticate_internal(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let uri = request.uri();
+    let checked = state.auth.check(
+        request.method().as_str(),
+        uri.path(),
+        uri.query().unwrap_or(""),
+        request.headers(),
+        unix_now().as_secs(),
+    );
+    match checked {
+        Ok(Caller::Internal) => next.run(request).await,
+        Ok(Caller::Edge) => AppError::Unauthorized("admin routes take a bearer key".into()).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// `POST /admin/bundle` `{"path": "/bundles/v2"}`: load, check and swap in a bundle (or roll back
+/// to an earlier one the same way).
+async fn load_bundle(State(state): State<AppState>, body: Bytes) -> Result<Response, AppError> {
+    #[derive(serde::Deserialize)]
+    struct LoadBundle {
+        path: String,
+    }
+    let request: LoadBundle = serde_json::from_slice(&body)
+        .map_err(|e| FieldError::new("body", format!("expected {{\"path\": \"<bundle folder>\"}}: {e}")))?;
+    if request.path.trim().is_empty() {
+        return Err(FieldError::new("path", "must not be empty").into());
+    }
+    let swapped = state.serving.load(std::path::Path::new(&request.path)).await?;
+    Ok(Json(swapped).into_response())
+}
+
 fn recs_response(answer: Answer, cache_control: &'static str) -> Response {
     let mut response = Json(answer.list).into_response();
     let headers = response.headers_mut();
@@ -161,7 +200,7 @@ async fn user_recs(
 ) -> Result<Response, AppError> {
     validate_id("user_id", &user_id)?;
     let query = RecsQuery::parse(query.as_deref().unwrap_or(""))?;
-    let answer = state.recommender.user_recs(&user_id, query).await?;
+    let answer = state.serving.current().user_recs(&user_id, query).await?;
     Ok(recs_response(answer, "private, no-store"))
 }
 
@@ -173,7 +212,7 @@ async fn segment_recs(
     let segment = SegmentKey::parse(&segment).map_err(|e| FieldError::new("segment", e.to_string()))?;
     let params = QueryParams::parse(query.as_deref().unwrap_or(""))?;
     let n = parse_n(params.get("n"))?;
-    let answer = state.recommender.segment_recs(segment, n)?;
+    let answer = state.serving.current().segment_recs(segment, n)?;
     Ok(recs_response(answer, "public, max-age=60"))
 }
 
@@ -204,17 +243,18 @@ async fn events(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let components = state.recommender.health().await;
+    let recommender = state.serving.current();
+    let components = recommender.health().await;
     let degraded: Vec<&str> = components.iter().filter(|c| !c.healthy).map(|c| c.name.as_str()).collect();
     let described: serde_json::Map<String, serde_json::Value> =
-        state.recommender.describe().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        recommender.describe().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     // Ready while the origin can answer at all: fallbacks cover a shard that is down.
     let body = json!({
         "ready": true,
         "degraded": degraded,
         "components": components,
         "serving": described,
-        "training_metrics": state.recommender.bundle().metadata.metrics,
+        "training_metrics": recommender.bundle().metadata.metrics,
     });
     Json(body).into_response()
 }

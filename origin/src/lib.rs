@@ -11,6 +11,7 @@
 //! | [`batcher`] | the dynamic batcher: rows of concurrent requests merged into one model call |
 //! | [`ranker`] | [`ranker::Ranker`]: the TorchScript model through tch, behind the batcher |
 //! | [`recommend`] | the request path: retrieve, rank, and the fallback chain |
+//! | [`serving`] | the recommender being served, and atomic bundle reloads |
 //! | [`auth`] | edge signatures and internal bearer keys |
 //! | [`metrics`] | Prometheus metrics |
 //! | [`http`] | the axum router, handlers and middleware |
@@ -28,4 +29,5 @@ pub mod metrics;
 pub mod ranker;
 pub mod recommend;
 pub mod retrieval;
+pub mod serving;
 pub mod store;

@@ -1,5 +1,6 @@
 //! `cascade serve`: load the bundle, wire the components, listen.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::ranker::{TorchRanker, pick_device};
 use crate::recommend::Recommender;
 use crate::retrieval::{FaissRetriever, build_index};
+use crate::serving::Serving;
 use crate::store::EmbeddingStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis_shards::RedisShardStore;
@@ -35,9 +37,23 @@ fn secret(config: &Config) -> String {
     }
 }
 
-/// Builds everything `serve` runs: bundle, store, index, ranker, recommender, HTTP state.
+/// Builds everything `serve` runs: the recommender for the configured bundle and the HTTP state.
 pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
-    let bundle_dir = config.bundle.clone();
+    let metrics = Arc::new(Metrics::new());
+    let recommender = build_recommender(config, &config.bundle, Arc::clone(&metrics)).await?;
+    let serving = Serving::new(recommender, config.clone(), Arc::clone(&metrics));
+    let auth = Auth::new(&secret(config), &config.api_keys, config.signature_window_secs);
+    Ok(AppState::new(Arc::new(serving), Arc::new(auth), metrics, config.serving.max_in_flight))
+}
+
+/// Loads a bundle and everything built from it: store, FAISS index, ranker (checked against the
+/// bundle's reference scores), recommender. Used at start and by every reload.
+pub async fn build_recommender(
+    config: &Config,
+    bundle_dir: &Path,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Recommender> {
+    let bundle_dir = bundle_dir.to_path_buf();
     let bundle = tokio::task::spawn_blocking(move || Bundle::load(&bundle_dir)).await??;
     let bundle = Arc::new(bundle);
     tracing::info!(bundle = bundle.id(), items = bundle.items.ids.len(), dim = bundle.metadata.dim, "bundle loaded");
@@ -78,7 +94,6 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     })
     .await??;
 
-    let metrics = Arc::new(Metrics::new());
     let device = pick_device(config.ranker.device)?;
     let ranker = TorchRanker::start(&bundle, device, &config.ranker, metrics.batcher.clone())
         .with_context(|| format!("loading {}", bundle.model_path().display()))?;
@@ -96,8 +111,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     for (component, description) in recommender.describe() {
         tracing::info!(component, "{description}");
     }
-    let auth = Auth::new(&secret(config), &config.api_keys, config.signature_window_secs);
-    Ok(AppState::new(Arc::new(recommender), Arc::new(auth), metrics, config.serving.max_in_flight))
+    Ok(recommender)
 }
 
 /// Runs the server until SIGINT or SIGTERM.

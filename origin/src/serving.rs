@@ -1,0 +1,67 @@
+//! The recommender being served, and bundle reloads: a new bundle is loaded, checked and warmed
+//! beside the old one, then swapped in atomically (model, embeddings and index together).
+//!
+//! Requests take the current recommender at their start and keep it to their end, so a swap never
+//! fails a request in flight; the old bundle's ranker threads stop when its last request is done.
+//! A bundle that fails any check (unreadable or corrupt model, reference scores not reproduced,
+//! parts from different bundles) is refused with the reason, logged, and the old one keeps
+//! serving. Rolling back is loading the previous bundle again.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::commands::serve::build_recommender;
+use crate::config::Config;
+use crate::error::AppError;
+use crate::metrics::Metrics;
+use crate::recommend::Recommender;
+
+/// The current recommender and how to build another.
+pub struct Serving {
+    current: ArcSwap<Recommender>,
+    config: Config,
+    metrics: Arc<Metrics>,
+    /// One reload at a time: two concurrent loads would race for the swap.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// What a successful reload replaced.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Swapped {
+    /// The bundle served before.
+    pub previous: String,
+    /// The bundle served now.
+    pub current: String,
+}
+
+impl Serving {
+    /// Serves `recommender`; reloads build with `config` (the bundle path aside).
+    pub fn new(recommender: Recommender, config: Config, metrics: Arc<Metrics>) -> Self {
+        Serving { current: ArcSwap::from_pointee(recommender), config, metrics, reloading: tokio::sync::Mutex::new(()) }
+    }
+
+    /// The recommender to use for one request.
+    pub fn current(&self) -> Arc<Recommender> {
+        self.current.load_full()
+    }
+
+    /// Loads the bundle in `dir` beside the current one and swaps it in, or refuses it.
+    pub async fn load(&self, dir: &Path) -> Result<Swapped, AppError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let previous = self.current().bundle().id().to_string();
+        match build_recommender(&self.config, dir, Arc::clone(&self.metrics)).await {
+            Ok(recommender) => {
+                let current = recommender.bundle().id().to_string();
+                self.current.store(Arc::new(recommender));
+                tracing::info!(%previous, %current, dir = %dir.display(), "bundle swapped");
+                Ok(Swapped { previous, current })
+            }
+            Err(error) => {
+                tracing::error!(dir = %dir.display(), error = format!("{error:#}"), "bundle refused; still serving {previous}");
+                Err(AppError::BundleRejected(format!("{error:#}")))
+            }
+        }
+    }
+}
