@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cascade_e2e::{bundle_dir, repo_root};
+use cascade_e2e::{bench_dir, bundle_dir};
 use cascade_origin::bundle::Bundle;
 use cascade_origin::config::{DeviceChoice, RankerConfig};
 use cascade_origin::metrics::BatchMetrics;
@@ -155,8 +155,7 @@ async fn main() -> anyhow::Result<()> {
             / ceiling,
         "settings": "1 inference thread, 2 libtorch intra-op threads, max_wait 5 ms, closed loop",
     });
-    let dir = repo_root().join("target/cascade-bench");
-    std::fs::create_dir_all(&dir)?;
+    let dir = bench_dir()?;
     let text = serde_json::to_string_pretty(&result)?;
     std::fs::write(dir.join("ranker.json"), &text)?;
     println!("{text}");

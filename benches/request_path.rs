@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cascade_e2e::{Origin, bundle_dir, repo_root};
+use cascade_e2e::{Origin, bench_dir, bundle_dir};
 use serde_json::json;
 
 const API_KEY: &str = "bench-internal-key-0123456789";
@@ -110,8 +110,7 @@ async fn main() -> anyhow::Result<()> {
         "bundle": bundle.display().to_string(),
         "note": "closed loop over loopback HTTP, client and server on the same machine",
     });
-    let dir = repo_root().join("target/cascade-bench");
-    std::fs::create_dir_all(&dir)?;
+    let dir = bench_dir()?;
     let text = serde_json::to_string_pretty(&report)?;
     std::fs::write(dir.join("request_path.json"), &text)?;
     println!("{text}");

@@ -3,8 +3,10 @@
 #
 #   here:   scripts/gpu-check.sh prepare      # strips the release binary + copies the test bundle to data/gpu/
 #   device: scripts/gpu-check.sh run          # serves on CPU and on CUDA, compares the lists
+#   device: scripts/gpu-check.sh bench        # the ranker benchmark on CPU and on CUDA
 #
-# `run` writes $OUT/gpu-check.json (or ./gpu-check.json) with both devices' answers and timings.
+# `run` writes $OUT/gpu-check.json (or ./gpu-check.json) with both devices' answers and timings;
+# `bench` writes $OUT/{cpu,cuda}/ranker.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +14,15 @@ case "${1:-}" in
   prepare)
     source scripts/env.sh
     mkdir -p data/gpu
+    cargo build --release -p cascade-origin --bin cascade
     strip -o data/gpu/cascade "$CARGO_TARGET_DIR/release/cascade"
+    bench=$(cargo bench -p cascade-e2e --bench ranker --no-run --message-format=json 2>/dev/null \
+      | python -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "ranker" and m.get("executable"):
+        print(m["executable"])')
+    strip -o data/gpu/ranker-bench "$bench"
     bundle=$CASCADE_HOME/bundles/test-$(sha256sum scripts/train.py | cut -c1-12)
     rm -rf data/gpu/bundle && cp -r "$bundle" data/gpu/bundle && rm -f data/gpu/bundle/items.faiss
     # FAISS links the system BLAS (apt's libopenblas here); the device machine may not have it.
@@ -76,5 +86,15 @@ json.dump(report, open(f"{out}/gpu-check.json", "w"), indent=1)
 print(json.dumps(report, indent=1))
 PY
     ;;
-  *) echo "usage: $0 prepare|run" >&2; exit 2 ;;
+  bench)
+    out=${OUT:-.}
+    torch_dir=$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+    export LD_LIBRARY_PATH=$torch_dir/lib:${LD_LIBRARY_PATH:-}:$PWD/data/gpu/lib
+    for device in cuda cpu; do
+      mkdir -p "$out/$device"
+      CASCADE_TEST_BUNDLE=data/gpu/bundle CASCADE_BENCH_DIR=$out/$device BENCH_DEVICE=$device BENCH_SECS=${BENCH_SECS:-5} \
+        data/gpu/ranker-bench 2>&1 | grep -E '"(device|speedup_single_row|speedup_multi_row|ceiling_rows_per_s)"|batched|unbatched' || true
+    done
+    ;;
+  *) echo "usage: $0 prepare|run|bench" >&2; exit 2 ;;
 esac

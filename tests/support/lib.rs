@@ -16,6 +16,16 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Where benchmarks save their JSON: `$CASCADE_BENCH_DIR`, or `target/cascade-bench/` at the
+/// repository root (wherever the cargo target folder is).
+pub fn bench_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::var_os("CASCADE_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/cascade-bench"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// A TCP port nothing listens on right now.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
