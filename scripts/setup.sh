@@ -10,7 +10,9 @@
 #   $CASCADE_HOME/target   the cargo target folder
 #   ~/.cargo/bin           worker-build and wasm-bindgen-cli
 # Each step checks for its result first, so a warm run costs seconds.
-set -euo pipefail
+#
+# Sourcing it (scripts/env.sh, run.sh, test.sh) defines the functions without changing the caller's
+# shell options; the scripts set their own `set -euo pipefail`.
 
 CASCADE_HOME=${CASCADE_HOME:-$HOME/.cache/cascade}
 TORCH_VERSION=2.11.0          # tch 0.24 expects exactly this libtorch
@@ -103,6 +105,7 @@ cascade_setup() {
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  set -euo pipefail
   cascade_setup
   log "done: tools under $CASCADE_HOME"
 fi

@@ -24,9 +24,11 @@ async fn a_shard_down_degrades_to_the_segment_list() {
     .await
     .unwrap();
     let http = reqwest::Client::new();
-    // Users u0..u19 split over both shards.
-    let on_shard = |shard: u32| (0..20).map(|i| format!("u{i}")).find(|id| shard_for(id, 2) == shard).unwrap();
-    let (alive_user, doomed_user) = (on_shard(0), on_shard(1));
+    // Users u0..u39 split over both shards.
+    let on_shard = |shard: u32, skip: usize| {
+        (0..40).map(|i| format!("u{i}")).filter(|id| shard_for(id, 2) == shard).nth(skip).unwrap()
+    };
+    let (alive_user, doomed_user, other_doomed_user) = (on_shard(0, 0), on_shard(1, 0), on_shard(1, 1));
     let recs = |user: String| {
         let http = http.clone();
         let url = format!("{}/v1/users/{user}/recs?n=5", origin.url);
@@ -39,7 +41,9 @@ async fn a_shard_down_degrades_to_the_segment_list() {
     assert_eq!(recs(doomed_user.clone()).await.source, Source::Realtime);
 
     shards[1].stop();
-    let degraded = recs(doomed_user.clone()).await;
+    // A list cached before the outage is still served from L1; an uncached user falls back.
+    assert_eq!(recs(doomed_user.clone()).await.source, Source::CacheL1);
+    let degraded = recs(other_doomed_user).await;
     assert_eq!(degraded.source, Source::Segment, "{}", origin.output());
     assert_eq!(degraded.items.len(), 5);
     assert_eq!(recs(alive_user).await.source, Source::Realtime, "the other shard still serves");

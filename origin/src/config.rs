@@ -57,6 +57,46 @@ pub struct Config {
     pub ranker: RankerConfig,
     /// The request path.
     pub serving: ServingConfig,
+    /// Per-user caches.
+    pub cache: CacheConfig,
+}
+
+/// The L1 cache and per-user state (`crate::cache`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// L1 entries (one per user and context).
+    pub l1_capacity: u64,
+    /// L1 time to live, seconds.
+    pub l1_ttl_secs: u64,
+    /// Users whose generation and purchases are remembered.
+    pub users_capacity: u64,
+    /// Event kinds that invalidate a user's cached lists.
+    pub significant_events: Vec<cascade_shared::wire::EventKind>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        let settings = crate::cache::CacheSettings::default();
+        CacheConfig {
+            l1_capacity: settings.l1_capacity,
+            l1_ttl_secs: settings.l1_ttl.as_secs(),
+            users_capacity: settings.users_capacity,
+            significant_events: settings.significant,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The cache's settings.
+    pub fn settings(&self) -> crate::cache::CacheSettings {
+        crate::cache::CacheSettings {
+            l1_capacity: self.l1_capacity,
+            l1_ttl: std::time::Duration::from_secs(self.l1_ttl_secs),
+            users_capacity: self.users_capacity,
+            significant: self.significant_events.clone(),
+        }
+    }
 }
 
 /// Redis shards for user embeddings; empty means the in-process store.
@@ -126,6 +166,7 @@ impl Default for Config {
             retrieval: RetrievalConfig::default(),
             ranker: RankerConfig::default(),
             serving: ServingConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -272,6 +313,12 @@ impl Config {
         }
         if !(0.0..=1000.0).contains(&self.ranker.max_wait_ms) {
             return Err(config_error("ranker.max_wait_ms", "must be within 0..=1000"));
+        }
+        if !(1..=3600).contains(&self.cache.l1_ttl_secs) {
+            return Err(config_error("cache.l1_ttl_secs", "must be within 1..=3600"));
+        }
+        if self.cache.l1_capacity == 0 || self.cache.users_capacity == 0 {
+            return Err(config_error("cache", "l1_capacity and users_capacity must be positive"));
         }
         if !(1..=60_000).contains(&self.serving.deadline_ms) {
             return Err(config_error("serving.deadline_ms", "must be within 1..=60000"));

@@ -30,6 +30,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::auth::{Auth, Caller};
+use crate::cache::UserCaches;
 use crate::error::AppError;
 use crate::metrics::Metrics;
 use crate::recommend::Answer;
@@ -49,15 +50,24 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Admission control: one permit per request in flight.
     pub admission: Arc<Semaphore>,
+    /// Per-user caches and state (survive bundle reloads; keys carry the bundle id).
+    pub caches: Arc<UserCaches>,
     /// Idempotency keys seen recently (bounded, with a TTL).
     pub seen_events: moka::sync::Cache<String, ()>,
 }
 
 impl AppState {
     /// State with an events deduplication window of one day, at most a million keys.
-    pub fn new(serving: Arc<Serving>, auth: Arc<Auth>, metrics: Arc<Metrics>, max_in_flight: usize) -> Self {
+    pub fn new(
+        serving: Arc<Serving>,
+        caches: Arc<UserCaches>,
+        auth: Arc<Auth>,
+        metrics: Arc<Metrics>,
+        max_in_flight: usize,
+    ) -> Self {
         AppState {
             serving,
+            caches,
             auth,
             metrics,
             admission: Arc::new(Semaphore::new(max_in_flight)),
@@ -200,7 +210,7 @@ async fn user_recs(
 ) -> Result<Response, AppError> {
     validate_id("user_id", &user_id)?;
     let query = RecsQuery::parse(query.as_deref().unwrap_or(""))?;
-    let answer = state.serving.current().user_recs(&user_id, query).await?;
+    let answer = state.serving.current().user_recs(&user_id, query, &state.caches).await?;
     Ok(recs_response(answer, "private, no-store"))
 }
 
@@ -234,6 +244,7 @@ async fn events(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
         };
         if fresh {
             accepted += 1;
+            state.caches.record(event);
             tracing::debug!(user_id = %event.user_id, kind = ?event.kind, "event accepted");
         } else {
             duplicates += 1;

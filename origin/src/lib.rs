@@ -10,6 +10,7 @@
 //! | [`features`] | the ranker's input rows (pure; the layout the training script defines) |
 //! | [`batcher`] | the dynamic batcher: rows of concurrent requests merged into one model call |
 //! | [`ranker`] | [`ranker::Ranker`]: the TorchScript model through tch, behind the batcher |
+//! | [`cache`] | L1 list cache with request coalescing, user generations, purchase filter |
 //! | [`recommend`] | the request path: retrieve, rank, and the fallback chain |
 //! | [`serving`] | the recommender being served, and atomic bundle reloads |
 //! | [`auth`] | edge signatures and internal bearer keys |
@@ -20,6 +21,7 @@
 pub mod auth;
 pub mod batcher;
 pub mod bundle;
+pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod error;

@@ -83,6 +83,10 @@ pub struct Metrics {
     pub stage_seconds: HistogramVec,
     /// `cascade_requests_in_flight`.
     pub in_flight: IntGauge,
+    /// `cascade_cache_lookups_total{layer,result}`: cache hits and misses per layer.
+    pub cache_lookups: IntCounterVec,
+    /// `cascade_pipeline_runs_total`: real-time pipeline runs (coalesced misses count once).
+    pub pipeline_runs: IntCounter,
     /// The ranker's batcher.
     pub batcher: BatchMetrics,
 }
@@ -118,7 +122,16 @@ impl Metrics {
         .unwrap_or_else(|_| unreachable!("static metric definition"));
         let in_flight = IntGauge::new("cascade_requests_in_flight", "Requests being served")
             .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let cache_lookups = IntCounterVec::new(
+            Opts::new("cascade_cache_lookups_total", "Cache lookups by layer and result"),
+            &["layer", "result"],
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let pipeline_runs = IntCounter::new("cascade_pipeline_runs_total", "Real-time pipeline runs")
+            .unwrap_or_else(|_| unreachable!("static metric definition"));
         Metrics {
+            cache_lookups: register(&registry, cache_lookups),
+            pipeline_runs: register(&registry, pipeline_runs),
             requests: register(&registry, requests),
             sources: register(&registry, sources),
             fallbacks: register(&registry, fallbacks),

@@ -19,6 +19,7 @@ use cascade_shared::validate::{MAX_N, RecsQuery};
 use cascade_shared::wire::{RecItem, RecList, Source};
 
 use crate::bundle::Bundle;
+use crate::cache::{CachedList, ListKey, UserCaches, filter_items};
 use crate::error::AppError;
 use crate::features::build_rows;
 use crate::metrics::Metrics;
@@ -66,9 +67,14 @@ enum RealtimeFailure {
     Retrieve(String),
 }
 
+/// Why the real-time pipeline did not produce a list: the fallback reason (a metrics label).
+#[derive(Debug, Clone, Copy)]
+pub struct Fallback(pub &'static str);
+
 /// The recommender: everything the request path needs, shared by all handlers.
 pub struct Recommender {
     bundle: Arc<Bundle>,
+    bundle_id: Arc<str>,
     store: Arc<dyn EmbeddingStore>,
     retriever: Arc<dyn Retriever>,
     ranker: Arc<dyn Ranker>,
@@ -101,6 +107,7 @@ impl Recommender {
             .map(|(rank, id)| RecItem { id: id.clone(), score: 1.0 / (rank as f32 + 1.0), title: bundle.title(id) })
             .collect();
         let mut recommender = Recommender {
+            bundle_id: Arc::from(bundle.id()),
             bundle,
             store,
             retriever,
@@ -210,56 +217,92 @@ impl Recommender {
         Ok(Answer { list: self.list(None, segment, source, items, n), timings })
     }
 
-    /// A user's list (`GET /v1/users/{id}/recs`): real time within the deadline, else the chain.
-    pub async fn user_recs(&self, user_id: &str, query: RecsQuery) -> Result<Answer, AppError> {
+    /// A user's list (`GET /v1/users/{id}/recs`): L1, else real time within the deadline
+    /// (computed once for concurrent identical misses), else the fallback chain. Purchased items
+    /// are filtered from every answer.
+    pub async fn user_recs(&self, user_id: &str, query: RecsQuery, caches: &UserCaches) -> Result<Answer, AppError> {
         let started = Instant::now();
         let deadline = started + self.deadline;
         let mut timings = Timings::default();
+        let purchased = caches.purchased(user_id);
+        let key = ListKey {
+            bundle: Arc::clone(&self.bundle_id),
+            user: user_id.to_string(),
+            segment: query.segment,
+            generation: caches.generation(user_id),
+        };
+        if let Some(items) = caches.get(&key).await {
+            timings.add("cache", started.elapsed());
+            let list = self.list(
+                Some(user_id),
+                query.segment,
+                Source::CacheL1,
+                filter_items(&items, &purchased, query.n),
+                query.n,
+            );
+            return Ok(Answer { list, timings });
+        }
+        let computed = caches.get_or_compute(key, self.compute(user_id, query, deadline, &mut timings)).await;
+        let reason = match computed {
+            Ok(items) => {
+                timings.add("total", started.elapsed());
+                let items = filter_items(&items, &purchased, query.n);
+                return Ok(Answer {
+                    list: self.list(Some(user_id), query.segment, Source::Realtime, items, query.n),
+                    timings,
+                });
+            }
+            Err(reason) => reason.0,
+        };
+        self.metrics.fallbacks.with_label_values(&[reason]).inc();
+        let mut answer = self.segment_recs(query.segment, MAX_N)?;
+        answer.list.user_id = Some(user_id.to_string());
+        answer.list.items = filter_items(&answer.list.items, &purchased, query.n);
+        timings.0.extend(answer.timings.0);
+        timings.add("total", started.elapsed());
+        answer.timings = timings;
+        Ok(answer)
+    }
 
+    /// One run of the real-time pipeline: the user's full ranked list, or why not.
+    async fn compute(
+        &self,
+        user_id: &str,
+        query: RecsQuery,
+        deadline: Instant,
+        timings: &mut Timings,
+    ) -> Result<CachedList, Fallback> {
+        self.metrics.pipeline_runs.inc();
+        let started = Instant::now();
         let lookup = self.store.get(EntityKind::User, user_id).await;
         timings.add("embed", started.elapsed());
-        let fallback_reason = match lookup {
+        match lookup {
             Ok(Some(user)) => {
-                match tokio::time::timeout_at(deadline.into(), self.realtime(&user, query, deadline, &mut timings))
-                    .await
-                {
-                    Ok(Ok(items)) => {
-                        timings.add("total", started.elapsed());
-                        return Ok(Answer {
-                            list: self.list(Some(user_id), query.segment, Source::Realtime, items, query.n),
-                            timings,
-                        });
-                    }
+                match tokio::time::timeout_at(deadline.into(), self.realtime(&user, query, deadline, timings)).await {
+                    Ok(Ok(items)) => Ok(Arc::new(items)),
                     Ok(Err(failure)) => {
                         tracing::warn!(user_id, error = %failure, "real-time path failed; falling back");
-                        match failure {
+                        Err(Fallback(match failure {
                             RealtimeFailure::Deadline => "deadline",
                             RealtimeFailure::Rank(crate::ranker::RankError::Overloaded) => "ranker_overloaded",
                             RealtimeFailure::Rank(crate::ranker::RankError::DeadlineExceeded) => "deadline",
                             RealtimeFailure::Rank(_) => "ranker_error",
                             RealtimeFailure::Retrieve(_) => "retrieval_error",
-                        }
+                        }))
                     }
-                    Err(_) => "deadline",
+                    Err(_) => Err(Fallback("deadline")),
                 }
             }
-            Ok(None) => "cold_start",
+            Ok(None) => Err(Fallback("cold_start")),
             Err(StoreError::Unavailable { shard, message }) => {
                 tracing::warn!(user_id, shard, %message, "user's shard unavailable; falling back");
-                "shard_unavailable"
+                Err(Fallback("shard_unavailable"))
             }
             Err(StoreError::Corrupt { key, message }) => {
                 tracing::error!(user_id, %key, %message, "corrupt user embedding; falling back");
-                "corrupt_embedding"
+                Err(Fallback("corrupt_embedding"))
             }
-        };
-        self.metrics.fallbacks.with_label_values(&[fallback_reason]).inc();
-        let mut answer = self.segment_recs(query.segment, query.n)?;
-        answer.list.user_id = Some(user_id.to_string());
-        timings.0.extend(answer.timings.0);
-        timings.add("total", started.elapsed());
-        answer.timings = timings;
-        Ok(answer)
+        }
     }
 
     async fn realtime(
@@ -295,6 +338,6 @@ impl Recommender {
         let scores = self.ranker.score(features, deadline).await?;
         timings.add("rank", stage.elapsed());
         self.metrics.stage_seconds.with_label_values(&["rank"]).observe(stage.elapsed().as_secs_f64());
-        Ok(self.top_items(rows.into_iter().zip(scores), query.n))
+        Ok(self.top_items(rows.into_iter().zip(scores), MAX_N))
     }
 }

@@ -11,6 +11,7 @@ use faiss::Index;
 
 use crate::auth::Auth;
 use crate::bundle::{Bundle, read_embeddings};
+use crate::cache::UserCaches;
 use crate::config::{Config, Mode};
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
@@ -43,7 +44,8 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     let recommender = build_recommender(config, &config.bundle, Arc::clone(&metrics)).await?;
     let serving = Serving::new(recommender, config.clone(), Arc::clone(&metrics));
     let auth = Auth::new(&secret(config), &config.api_keys, config.signature_window_secs);
-    Ok(AppState::new(Arc::new(serving), Arc::new(auth), metrics, config.serving.max_in_flight))
+    let caches = UserCaches::new(&config.cache.settings(), metrics.cache_lookups.clone());
+    Ok(AppState::new(Arc::new(serving), Arc::new(caches), Arc::new(auth), metrics, config.serving.max_in_flight))
 }
 
 /// Loads a bundle and everything built from it: store, FAISS index, ranker (checked against the

@@ -1,0 +1,92 @@
+//! The origin's L1 cache over HTTP: hits, coalesced misses, invalidation by significant events,
+//! purchased items filtered from every source, and fallbacks never cached.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use cascade_e2e::{Origin, bundle_dir};
+use cascade_shared::wire::{RecList, Source};
+use serde_json::json;
+
+const API_KEY: &str = "cache-internal-key-0123456789";
+
+async fn metric(http: &reqwest::Client, origin: &Origin, name: &str) -> f64 {
+    let text = http.get(format!("{}/metrics", origin.url)).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+async fn recs(http: &reqwest::Client, origin: &Origin, user: &str, query: &str) -> RecList {
+    let response =
+        http.get(format!("{}/v1/users/{user}/recs?{query}", origin.url)).bearer_auth(API_KEY).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+async fn event(http: &reqwest::Client, origin: &Origin, body: serde_json::Value) {
+    let response =
+        http.post(format!("{}/v1/events", origin.url)).bearer_auth(API_KEY).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_hits_coalescing_invalidation_and_filters() {
+    let bundle = bundle_dir().unwrap();
+    let origin =
+        Origin::start(&[("CASCADE_BUNDLE", bundle.display().to_string()), ("CASCADE_API_KEYS", API_KEY.to_string())])
+            .await
+            .unwrap();
+    let http = reqwest::Client::new();
+
+    // A hit returns the same list; another context is another entry.
+    let first = recs(&http, &origin, "u5", "n=10").await;
+    assert_eq!(first.source, Source::Realtime);
+    let again = recs(&http, &origin, "u5", "n=10").await;
+    assert_eq!((again.source, &again.items), (Source::CacheL1, &first.items));
+    assert_eq!(recs(&http, &origin, "u5", "n=3").await.items, first.items[..3], "n is cut from the cached list");
+    assert_eq!(recs(&http, &origin, "u5", "n=10&page=search").await.source, Source::Realtime);
+
+    // Twenty identical concurrent misses run the pipeline once.
+    let runs_before = metric(&http, &origin, "cascade_pipeline_runs_total").await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, url) = (http.clone(), origin.url.clone());
+            tokio::spawn(async move {
+                let r = http.get(format!("{url}/v1/users/u6/recs?n=5")).bearer_auth(API_KEY).send().await.unwrap();
+                r.json::<RecList>().await.unwrap().items
+            })
+        })
+        .collect();
+    let mut lists = Vec::new();
+    for task in tasks {
+        lists.push(task.await.unwrap());
+    }
+    assert!(lists.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(metric(&http, &origin, "cascade_pipeline_runs_total").await - runs_before, 1.0);
+
+    // A view changes nothing cached; a purchase invalidates and the item never comes back.
+    let bought = first.items[0].id.clone();
+    event(&http, &origin, json!({"user_id": "u5", "kind": "view", "item_id": bought})).await;
+    assert_eq!(recs(&http, &origin, "u5", "n=10").await.source, Source::CacheL1);
+    event(&http, &origin, json!({"user_id": "u5", "kind": "purchase", "item_id": bought})).await;
+    let after = recs(&http, &origin, "u5", "n=10").await;
+    assert_eq!(after.source, Source::Realtime, "the purchase invalidated the cached list");
+    assert!(after.items.iter().all(|i| i.id != bought));
+    assert_eq!(after.items.len(), 10);
+    let cached = recs(&http, &origin, "u5", "n=10").await;
+    assert_eq!(cached.source, Source::CacheL1);
+    assert!(cached.items.iter().all(|i| i.id != bought));
+
+    // Fallback answers are never cached, and the purchase filter applies to them too.
+    let cold = recs(&http, &origin, "newcomer", "n=10").await;
+    assert_eq!(cold.source, Source::Segment);
+    let segment_top = cold.items[0].id.clone();
+    assert_eq!(recs(&http, &origin, "newcomer", "n=10").await.source, Source::Segment);
+    event(&http, &origin, json!({"user_id": "newcomer", "kind": "purchase", "item_id": segment_top})).await;
+    let filtered = recs(&http, &origin, "newcomer", "n=10").await;
+    assert!(filtered.items.iter().all(|i| i.id != segment_top));
+    assert_eq!(filtered.items.len(), 10);
+    assert!(metric(&http, &origin, "cascade_cache_lookups_total{layer=\"l1\",result=\"hit\"}").await >= 4.0);
+}
