@@ -8,6 +8,7 @@
 
 pub mod memory;
 pub mod redis_shards;
+pub mod shards;
 
 use async_trait::async_trait;
 use cascade_shared::keys::EntityKind;

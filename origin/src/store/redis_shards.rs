@@ -7,45 +7,24 @@
 
 use std::time::Duration;
 
+use super::shards::ShardSet;
+use super::{ComponentHealth, EmbeddingStore, Lookup, StoreError};
 use async_trait::async_trait;
 use cascade_shared::embedding::{decode_value, encode_value};
-use cascade_shared::hashing::shard_for;
 use cascade_shared::keys::{EntityKind, embedding_key};
 use futures::future::join_all;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
-
-use super::{ComponentHealth, EmbeddingStore, Lookup, StoreError};
-
-struct Shard {
-    url: String,
-    client: redis::Client,
-    /// Connected on first use and retried on the next call after a failure, so a shard that is
-    /// down at start does not stop the origin from starting.
-    connection: OnceCell<ConnectionManager>,
-}
 
 /// Embeddings sharded over Redis servers.
 pub struct RedisShardStore {
-    shards: Vec<Shard>,
+    shards: ShardSet,
     bundle_id: String,
     dim: usize,
-    timeout: Duration,
 }
 
 impl RedisShardStore {
     /// A store over `urls` (in shard order) for the embeddings of `bundle_id`.
     pub fn new(urls: &[String], bundle_id: &str, dim: usize, timeout: Duration) -> Result<Self, StoreError> {
-        let shards = urls
-            .iter()
-            .enumerate()
-            .map(|(index, url)| {
-                let client = redis::Client::open(url.as_str())
-                    .map_err(|e| StoreError::Unavailable { shard: index, message: format!("bad URL {url}: {e}") })?;
-                Ok(Shard { url: url.clone(), client, connection: OnceCell::new() })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(RedisShardStore { shards, bundle_id: bundle_id.to_string(), dim, timeout })
+        Ok(RedisShardStore { shards: ShardSet::new(urls, timeout)?, bundle_id: bundle_id.to_string(), dim })
     }
 
     /// Number of shards.
@@ -53,43 +32,21 @@ impl RedisShardStore {
         self.shards.len()
     }
 
-    async fn connection(&self, index: usize) -> Result<ConnectionManager, StoreError> {
-        let shard = &self.shards[index];
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let connect = shard.connection.get_or_try_init(|| shard.client.get_connection_manager_with_config(config));
-        match tokio::time::timeout(self.timeout.max(Duration::from_millis(200)), connect).await {
-            Ok(Ok(connection)) => Ok(connection.clone()),
-            Ok(Err(e)) => Err(StoreError::Unavailable { shard: index, message: format!("{}: {e}", shard.url) }),
-            Err(_) => {
-                Err(StoreError::Unavailable { shard: index, message: format!("{}: connect timed out", shard.url) })
-            }
-        }
-    }
-
     /// Groups positions of `ids` by owning shard.
     fn group_by_shard(&self, ids: &[String]) -> Vec<Vec<usize>> {
         let mut groups = vec![Vec::new(); self.shards.len()];
-        let shard_count = u32::try_from(self.shards.len()).unwrap_or(u32::MAX);
         for (position, id) in ids.iter().enumerate() {
-            groups[shard_for(id, shard_count) as usize].push(position);
+            groups[self.shards.shard_of(id)].push(position);
         }
         groups
     }
 
     async fn mget(&self, shard: usize, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        let mut connection = self.connection(shard).await?;
         let mut command = redis::cmd("MGET");
         for key in &keys {
             command.arg(key);
         }
-        match tokio::time::timeout(self.timeout, command.query_async(&mut connection)).await {
-            Ok(Ok(values)) => Ok(values),
-            Ok(Err(e)) => Err(StoreError::Unavailable { shard, message: e.to_string() }),
-            Err(_) => Err(StoreError::Unavailable { shard, message: format!("no answer within {:?}", self.timeout) }),
-        }
+        self.shards.query(shard, &command, None).await
     }
 }
 
@@ -136,14 +93,9 @@ impl EmbeddingStore for RedisShardStore {
                     let (id, vector) = &entries[position];
                     command.arg(embedding_key(kind, &self.bundle_id, id)).arg(encode_value(vector));
                 }
-                let mut connection = self.connection(shard).await?;
                 // Writes get a longer budget than reads: bulk loads send large batches.
-                let budget = self.timeout.max(Duration::from_secs(10));
-                match tokio::time::timeout(budget, command.query_async::<()>(&mut connection)).await {
-                    Ok(Ok(())) => Ok(positions.len()),
-                    Ok(Err(e)) => Err(StoreError::Unavailable { shard, message: e.to_string() }),
-                    Err(_) => Err(StoreError::Unavailable { shard, message: "write timed out".into() }),
-                }
+                let budget = self.shards.timeout().max(Duration::from_secs(10));
+                self.shards.query::<()>(shard, &command, Some(budget)).await.map(|()| positions.len())
             },
         );
         let mut written = 0;
@@ -156,18 +108,9 @@ impl EmbeddingStore for RedisShardStore {
     async fn health(&self) -> Vec<ComponentHealth> {
         let checks = (0..self.shards.len()).map(|index| async move {
             let name = format!("redis_shard_{index}");
-            let url = &self.shards[index].url;
-            let answer = match self.connection(index).await {
-                Ok(mut connection) => {
-                    tokio::time::timeout(self.timeout, redis::cmd("PING").query_async::<String>(&mut connection))
-                        .await
-                        .map_err(|_| "PING timed out".to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()))
-                }
-                Err(e) => Err(e.to_string()),
-            };
-            match answer {
-                Ok(_) => ComponentHealth { name, healthy: true, detail: url.clone() },
+            let url = self.shards.url(index).to_string();
+            match self.shards.query::<String>(index, &redis::cmd("PING"), None).await {
+                Ok(_) => ComponentHealth { name, healthy: true, detail: url },
                 Err(error) => ComponentHealth { name, healthy: false, detail: format!("{url}: {error}") },
             }
         });
