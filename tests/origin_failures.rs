@@ -41,8 +41,9 @@ async fn a_shard_down_degrades_to_the_segment_list() {
     assert_eq!(recs(doomed_user.clone()).await.source, Source::Realtime);
 
     shards[1].stop();
-    // A list cached before the outage is still served from L1; an uncached user falls back.
-    assert_eq!(recs(doomed_user.clone()).await.source, Source::CacheL1);
+    // A user on the stopped shard falls back. (One cached just before may still be served from L1
+    // for up to `cache.state_ttl_ms`; after that the caches are bypassed for users whose state is
+    // unreachable.)
     let degraded = recs(other_doomed_user).await;
     assert_eq!(degraded.source, Source::Segment, "{}", origin.output());
     assert_eq!(degraded.items.len(), 5);

@@ -69,6 +69,11 @@ pub struct CacheConfig {
     pub l1_capacity: u64,
     /// L1 time to live, seconds.
     pub l1_ttl_secs: u64,
+    /// L2 (Redis) time to live, seconds; each write gets ±10% jitter.
+    pub l2_ttl_secs: u64,
+    /// How long a process reuses a user's generation and purchases read from Redis,
+    /// milliseconds: the bound on cross-process invalidation.
+    pub state_ttl_ms: u64,
     /// Users whose generation and purchases are remembered.
     pub users_capacity: u64,
     /// Event kinds that invalidate a user's cached lists.
@@ -81,6 +86,8 @@ impl Default for CacheConfig {
         CacheConfig {
             l1_capacity: settings.l1_capacity,
             l1_ttl_secs: settings.l1_ttl.as_secs(),
+            l2_ttl_secs: settings.l2_ttl.as_secs(),
+            state_ttl_ms: settings.state_ttl.as_millis() as u64,
             users_capacity: settings.users_capacity,
             significant_events: settings.significant,
         }
@@ -93,6 +100,8 @@ impl CacheConfig {
         crate::cache::CacheSettings {
             l1_capacity: self.l1_capacity,
             l1_ttl: std::time::Duration::from_secs(self.l1_ttl_secs),
+            l2_ttl: std::time::Duration::from_secs(self.l2_ttl_secs),
+            state_ttl: std::time::Duration::from_millis(self.state_ttl_ms),
             users_capacity: self.users_capacity,
             significant: self.significant_events.clone(),
         }
@@ -316,6 +325,12 @@ impl Config {
         }
         if !(1..=3600).contains(&self.cache.l1_ttl_secs) {
             return Err(config_error("cache.l1_ttl_secs", "must be within 1..=3600"));
+        }
+        if !(1..=86_400).contains(&self.cache.l2_ttl_secs) {
+            return Err(config_error("cache.l2_ttl_secs", "must be within 1..=86400"));
+        }
+        if !(1..=60_000).contains(&self.cache.state_ttl_ms) {
+            return Err(config_error("cache.state_ttl_ms", "must be within 1..=60000"));
         }
         if self.cache.l1_capacity == 0 || self.cache.users_capacity == 0 {
             return Err(config_error("cache", "l1_capacity and users_capacity must be positive"));

@@ -26,6 +26,9 @@ pub enum AppError {
     /// More requests in flight than configured (503, retry soon).
     #[error("too many requests in flight; retry shortly")]
     Overloaded,
+    /// A store the request must write to is down (503, retry).
+    #[error("{0}")]
+    DependencyUnavailable(String),
     /// Nothing at all to serve (503).
     #[error("{0}")]
     NothingToServe(String),
@@ -44,6 +47,7 @@ impl AppError {
             AppError::BundleRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bundle_rejected"),
             AppError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             AppError::NothingToServe(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            AppError::DependencyUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable"),
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -62,7 +66,7 @@ impl IntoResponse for AppError {
             tracing::debug!(code, error = %self, "request refused");
         }
         let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body.to_json()).into_response();
-        if matches!(self, AppError::Overloaded) {
+        if matches!(self, AppError::Overloaded | AppError::DependencyUnavailable(_)) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

@@ -238,13 +238,22 @@ async fn events(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
     let mut accepted = 0;
     let mut duplicates = 0;
     for event in &events {
-        let fresh = match &event.idempotency_key {
-            Some(key) => state.seen_events.entry(format!("{}:{key}", event.user_id)).or_insert(()).is_fresh(),
+        let dedup_key = event.idempotency_key.as_ref().map(|key| format!("{}:{key}", event.user_id));
+        let fresh = match &dedup_key {
+            Some(key) => state.seen_events.entry(key.clone()).or_insert(()).is_fresh(),
             None => true,
         };
         if fresh {
+            if let Err(error) = state.caches.record(event).await {
+                // Not applied: forget the key so the caller's retry is taken, and say so.
+                if let Some(key) = &dedup_key {
+                    state.seen_events.invalidate(key);
+                }
+                return Err(AppError::DependencyUnavailable(format!(
+                    "{accepted} event(s) applied, then the user state store failed ({error}); retry the rest"
+                )));
+            }
             accepted += 1;
-            state.caches.record(event);
             tracing::debug!(user_id = %event.user_id, kind = ?event.kind, "event accepted");
         } else {
             duplicates += 1;

@@ -9,7 +9,7 @@
 //! page/device context for a "typical visitor" (the mean embedding of the most popular items).
 //! Country is part of the cache key but not of the model's context, so countries share a list.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use cascade_shared::validate::{MAX_N, RecsQuery};
 use cascade_shared::wire::{RecItem, RecList, Source};
 
 use crate::bundle::Bundle;
-use crate::cache::{CachedList, ListKey, UserCaches, filter_items};
+use crate::cache::{ListKey, UserCaches, filter_items};
 use crate::error::AppError;
 use crate::features::build_rows;
 use crate::metrics::Metrics;
@@ -224,40 +224,66 @@ impl Recommender {
         let started = Instant::now();
         let deadline = started + self.deadline;
         let mut timings = Timings::default();
-        let purchased = caches.purchased(user_id);
+        let view = match caches.user(user_id).await {
+            Ok(view) => view,
+            Err(error) => {
+                // The user's state is unreachable: bypass the caches rather than risk a stale or
+                // unfiltered cached list; the pipeline below falls back if the shard is down.
+                tracing::warn!(user_id, %error, "user state unavailable; caches bypassed");
+                let reason = match self.compute(user_id, query, deadline, &mut timings).await {
+                    Ok(items) => {
+                        timings.add("total", started.elapsed());
+                        let list = self.list(Some(user_id), query.segment, Source::Realtime, items, query.n);
+                        return Ok(Answer { list, timings });
+                    }
+                    Err(reason) => reason.0,
+                };
+                return self.fallback(user_id, query, reason, &HashSet::new(), started, timings);
+            }
+        };
         let key = ListKey {
             bundle: Arc::clone(&self.bundle_id),
             user: user_id.to_string(),
             segment: query.segment,
-            generation: caches.generation(user_id),
+            generation: view.generation,
         };
-        if let Some(items) = caches.get(&key).await {
+        if let Some(entry) = caches.get(&key).await {
             timings.add("cache", started.elapsed());
-            let list = self.list(
-                Some(user_id),
-                query.segment,
-                Source::CacheL1,
-                filter_items(&items, &purchased, query.n),
-                query.n,
-            );
-            return Ok(Answer { list, timings });
+            let items = filter_items(&entry.items, &view.purchased, query.n);
+            return Ok(Answer {
+                list: self.list(Some(user_id), query.segment, Source::CacheL1, items, query.n),
+                timings,
+            });
         }
         let computed = caches.get_or_compute(key, self.compute(user_id, query, deadline, &mut timings)).await;
         let reason = match computed {
-            Ok(items) => {
+            Ok(entry) => {
                 timings.add("total", started.elapsed());
-                let items = filter_items(&items, &purchased, query.n);
+                let items = filter_items(&entry.items, &view.purchased, query.n);
                 return Ok(Answer {
-                    list: self.list(Some(user_id), query.segment, Source::Realtime, items, query.n),
+                    list: self.list(Some(user_id), query.segment, entry.source, items, query.n),
                     timings,
                 });
             }
             Err(reason) => reason.0,
         };
+        self.fallback(user_id, query, reason, &view.purchased, started, timings)
+    }
+
+    /// The fallback chain's answer for a user: the segment list (then popular), filtered.
+    fn fallback(
+        &self,
+        user_id: &str,
+        query: RecsQuery,
+        reason: &'static str,
+        purchased: &HashSet<String>,
+        started: Instant,
+        mut timings: Timings,
+    ) -> Result<Answer, AppError> {
         self.metrics.fallbacks.with_label_values(&[reason]).inc();
         let mut answer = self.segment_recs(query.segment, MAX_N)?;
         answer.list.user_id = Some(user_id.to_string());
-        answer.list.items = filter_items(&answer.list.items, &purchased, query.n);
+        answer.list.items = filter_items(&answer.list.items, purchased, query.n);
         timings.0.extend(answer.timings.0);
         timings.add("total", started.elapsed());
         answer.timings = timings;
@@ -271,7 +297,7 @@ impl Recommender {
         query: RecsQuery,
         deadline: Instant,
         timings: &mut Timings,
-    ) -> Result<CachedList, Fallback> {
+    ) -> Result<Vec<RecItem>, Fallback> {
         self.metrics.pipeline_runs.inc();
         let started = Instant::now();
         let lookup = self.store.get(EntityKind::User, user_id).await;
@@ -279,7 +305,7 @@ impl Recommender {
         match lookup {
             Ok(Some(user)) => {
                 match tokio::time::timeout_at(deadline.into(), self.realtime(&user, query, deadline, timings)).await {
-                    Ok(Ok(items)) => Ok(Arc::new(items)),
+                    Ok(Ok(items)) => Ok(items),
                     Ok(Err(failure)) => {
                         tracing::warn!(user_id, error = %failure, "real-time path failed; falling back");
                         Err(Fallback(match failure {

@@ -9,6 +9,9 @@
 //! | `cascade:emb:u:{bundle}:{user_id}` | user embedding, [`crate::embedding`] value encoding |
 //! | `cascade:emb:i:{bundle}:{item_id}` | item embedding, same encoding |
 //! | `cascade:recs:{bundle}:{user_id}` | precomputed list, JSON [`crate::wire::RecList`] |
+//! | `cascade:gen:{user_id}` | the user's generation (INCR on a significant event) |
+//! | `cascade:bought:{user_id}` | set of item ids the user purchased |
+//! | `cascade:l2:{bundle}:{user_id}:{segment}:{generation}` | L2 cached list, JSON items |
 //!
 //! Ids are validated ([`crate::validate::validate_id`]) so they never contain `:`.
 
@@ -39,6 +42,21 @@ pub fn embedding_key(kind: EntityKind, bundle: &str, id: &str) -> String {
 /// Key of a user's precomputed list.
 pub fn precomputed_key(bundle: &str, user_id: &str) -> String {
     format!("cascade:recs:{bundle}:{user_id}")
+}
+
+/// Key of a user's generation counter.
+pub fn generation_key(user_id: &str) -> String {
+    format!("cascade:gen:{user_id}")
+}
+
+/// Key of the set of items a user purchased.
+pub fn purchases_key(user_id: &str) -> String {
+    format!("cascade:bought:{user_id}")
+}
+
+/// Key of a user's L2 cached list for one context and generation.
+pub fn l2_key(bundle: &str, user_id: &str, segment: &str, generation: u64) -> String {
+    format!("cascade:l2:{bundle}:{user_id}:{segment}:{generation}")
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use faiss::Index;
 
 use crate::auth::Auth;
 use crate::bundle::{Bundle, read_embeddings};
-use crate::cache::UserCaches;
+use crate::cache::{RedisUserState, UserCaches};
 use crate::config::{Config, Mode};
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
@@ -22,6 +22,7 @@ use crate::serving::Serving;
 use crate::store::EmbeddingStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis_shards::RedisShardStore;
+use crate::store::shards::ShardSet;
 
 /// The secret to verify edge signatures with: the configured one, or in development a random one.
 fn secret(config: &Config) -> String {
@@ -44,7 +45,13 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     let recommender = build_recommender(config, &config.bundle, Arc::clone(&metrics)).await?;
     let serving = Serving::new(recommender, config.clone(), Arc::clone(&metrics));
     let auth = Auth::new(&secret(config), &config.api_keys, config.signature_window_secs);
-    let caches = UserCaches::new(&config.cache.settings(), metrics.cache_lookups.clone());
+    let settings = config.cache.settings();
+    let caches = if config.redis.shards.is_empty() {
+        UserCaches::in_process(&settings, metrics.cache_lookups.clone())
+    } else {
+        let shards = ShardSet::new(&config.redis.shards, Duration::from_millis(config.redis.timeout_ms))?;
+        UserCaches::new(&settings, Arc::new(RedisUserState::new(shards)), true, metrics.cache_lookups.clone())
+    };
     Ok(AppState::new(Arc::new(serving), Arc::new(caches), Arc::new(auth), metrics, config.serving.max_in_flight))
 }
 

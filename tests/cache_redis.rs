@@ -1,0 +1,78 @@
+//! L2 and invalidation across two origin processes sharing two Redis shards: a list computed by
+//! one process is an L2 hit for the other, and a purchase sent to one process reaches the other's
+//! answers within `cache.state_ttl_ms` (1 s by default). Prints the measured propagation time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::time::{Duration, Instant};
+
+use cascade_e2e::{Origin, RedisServer, bundle_dir, run_cascade};
+use cascade_shared::wire::{RecList, Source};
+use serde_json::json;
+
+const API_KEY: &str = "cache-redis-internal-key-0123456789";
+
+async fn recs(http: &reqwest::Client, origin: &Origin, user: &str) -> RecList {
+    let response =
+        http.get(format!("{}/v1/users/{user}/recs?n=10", origin.url)).bearer_auth(API_KEY).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l2_is_shared_and_events_reach_every_process() {
+    let bundle = bundle_dir().unwrap();
+    let shards = [RedisServer::start().await.unwrap(), RedisServer::start().await.unwrap()];
+    let shard_list = format!("{},{}", shards[0].url, shards[1].url);
+    run_cascade(&["load", "--bundle", bundle.to_str().unwrap(), "--redis", &shard_list, "--users-only"]).unwrap();
+    let env = [
+        ("CASCADE_BUNDLE", bundle.display().to_string()),
+        ("CASCADE_REDIS_SHARDS", shard_list),
+        ("CASCADE_API_KEYS", API_KEY.to_string()),
+    ];
+    let (a, b) = (Origin::start(&env).await.unwrap(), Origin::start(&env).await.unwrap());
+    let http = reqwest::Client::new();
+
+    // A computes; B finds it in L2 (A writes L2 in the background), then in its own L1.
+    let first = recs(&http, &a, "u11").await;
+    assert_eq!(first.source, Source::Realtime);
+    let mut from_b = recs(&http, &b, "u12").await; // warm B's connections
+    assert_eq!(from_b.source, Source::Realtime);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        from_b = recs(&http, &b, "u11").await;
+        if from_b.source != Source::Realtime || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((from_b.source, &from_b.items), (Source::CacheL2, &first.items));
+    assert_eq!(recs(&http, &b, "u11").await.source, Source::CacheL1);
+
+    // A purchase sent to A: B stops serving that item within the state TTL (1 s), measured.
+    let bought = first.items[0].id.clone();
+    let sent = Instant::now();
+    let response = http
+        .post(format!("{}/v1/events", a.url))
+        .bearer_auth(API_KEY)
+        .json(&json!({"user_id": "u11", "kind": "purchase", "item_id": bought}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert!(recs(&http, &a, "u11").await.items.iter().all(|i| i.id != bought), "A applies it at once");
+    let propagated = loop {
+        let list = recs(&http, &b, "u11").await;
+        if list.items.iter().all(|i| i.id != bought) {
+            break sent.elapsed();
+        }
+        assert!(sent.elapsed() < Duration::from_secs(5), "B still serves {bought} after 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!(
+        "purchase on A reached B's answers after {} ms (bound: cache.state_ttl_ms = 1000)",
+        propagated.as_millis()
+    );
+    let after = recs(&http, &b, "u11").await;
+    assert_eq!(after.items.len(), 10);
+}
