@@ -90,3 +90,33 @@ async fn l1_hits_coalescing_invalidation_and_filters() {
     assert_eq!(filtered.items.len(), 10);
     assert!(metric(&http, &origin, "cascade_cache_lookups_total{layer=\"l1\",result=\"hit\"}").await >= 4.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_ranker_falls_back_within_the_deadline_and_is_not_cached() {
+    // The batcher holds every batch open for 200 ms while the deadline is 20 ms: the real-time path
+    // can never finish in time, deterministically.
+    let bundle = bundle_dir().unwrap();
+    let dir = cascade_e2e::TempDir::new("cascade-slow").unwrap();
+    let config = dir.path().join("cascade.toml");
+    std::fs::write(&config, "[serving]\ndeadline_ms = 20\n[ranker]\nmax_wait_ms = 200\nmax_batch_rows = 100000\n")
+        .unwrap();
+    let origin = Origin::start(&[
+        ("CASCADE_BUNDLE", bundle.display().to_string()),
+        ("CASCADE_API_KEYS", API_KEY.to_string()),
+        ("CASCADE_CONFIG", config.display().to_string()),
+    ])
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let list = recs(&http, &origin, "u9", "n=5").await;
+        assert_eq!(list.source, Source::Segment, "fallback, and the fallback is not cached");
+        assert_eq!(list.items.len(), 5);
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(150),
+            "answered at the deadline, not after the batch"
+        );
+    }
+    assert!(metric(&http, &origin, "cascade_fallbacks_total{reason=\"deadline\"}").await >= 2.0);
+}
