@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::{Context, bail};
 
 /// The repository root.
@@ -296,4 +299,73 @@ pub fn run_cascade(args: &[&str]) -> anyhow::Result<String> {
         bail!("cascade {} failed ({}):\n{text}", args.join(" "), output.status);
     }
     Ok(text)
+}
+
+/// The `p` quantile of sorted values (NaN when empty).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Drives `base` closed-loop: `concurrency` workers, each sending GETs for `paths` (round robin,
+/// with `bearer` when not empty) one after another for `seconds`. Returns requests, errors,
+/// requests/s, p50 and p99 in milliseconds.
+pub async fn closed_loop(
+    base: &str,
+    paths: Arc<Vec<String>>,
+    bearer: &str,
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<serde_json::Value> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let (client, stop, paths, base, bearer) =
+                (client.clone(), stop.clone(), paths.clone(), base.to_string(), bearer.to_string());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                let mut i = worker;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let mut request = client.get(format!("{base}{}", paths[i % paths.len()]));
+                    if !bearer.is_empty() {
+                        request = request.bearer_auth(&bearer);
+                    }
+                    let response = request.send().await;
+                    match response {
+                        Ok(r) if r.status().is_success() => {
+                            let _ = r.bytes().await;
+                            latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
+                        _ => errors += 1,
+                    }
+                    i += concurrency;
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for worker in workers {
+        let (latencies, e) = worker.await?;
+        all.extend(latencies);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    Ok(serde_json::json!({
+        "requests": all.len(),
+        "errors": errors,
+        "requests_per_sec": all.len() as f64 / elapsed,
+        "p50_ms": percentile(&all, 0.50),
+        "p99_ms": percentile(&all, 0.99),
+    }))
 }
