@@ -40,6 +40,30 @@ enum Command {
         #[arg(long)]
         users_only: bool,
     },
+    /// Rank every user's top list offline and write it to the Redis shards (resumable).
+    Precompute {
+        /// Bundle folder.
+        #[arg(long, env = env_names::BUNDLE, default_value = "data/bundle")]
+        bundle: PathBuf,
+        /// Comma-separated shard URLs, in shard order.
+        #[arg(long, env = env_names::REDIS_SHARDS, value_delimiter = ',')]
+        redis: Vec<String>,
+        /// This worker's part of the users, `i/N`.
+        #[arg(long, default_value = "0/1", value_parser = commands::precompute::parse_part)]
+        part: (usize, usize),
+        /// Items per list.
+        #[arg(long, default_value_t = 50)]
+        top: usize,
+        /// List time to live, seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_secs: u64,
+        /// Checkpoint file: resume from it, and update it after every chunk.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Stop after this many users in this run.
+        #[arg(long)]
+        max_users: Option<usize>,
+    },
     /// FAISS index tools.
     Index {
         #[command(subcommand)]
@@ -97,6 +121,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Load { bundle, redis, batch, users_only } => {
             commands::load::run(&bundle, &redis, batch, users_only).await.map(|_| ())
+        }
+        Command::Precompute { bundle, redis, part, top, ttl_secs, checkpoint, max_users } => {
+            anyhow::ensure!(ttl_secs > 0, "--ttl-secs must be positive");
+            let args = commands::precompute::PrecomputeArgs {
+                bundle,
+                shards: redis,
+                part,
+                top,
+                ttl: std::time::Duration::from_secs(ttl_secs),
+                checkpoint,
+                max_users,
+            };
+            commands::precompute::run(args).await.map(|_| ())
         }
         Command::Index { command: IndexCommand::Build { bundle, factory } } => {
             tokio::task::spawn_blocking(move || commands::index::build(&bundle, &factory)).await?

@@ -25,6 +25,7 @@ use crate::features::build_rows;
 use crate::metrics::Metrics;
 use crate::ranker::Ranker;
 use crate::retrieval::Retriever;
+use crate::store::precomputed::PrecomputedLists;
 use crate::store::{EmbeddingStore, StoreError};
 
 /// Stage durations of one request, for `Server-Timing` and the stage histogram.
@@ -67,9 +68,27 @@ enum RealtimeFailure {
     Retrieve(String),
 }
 
-/// Why the real-time pipeline did not produce a list: the fallback reason (a metrics label).
-#[derive(Debug, Clone, Copy)]
-pub struct Fallback(pub &'static str);
+/// Why the real-time pipeline did not produce a list (the reason is a metrics label), with the
+/// user's precomputed list when there is one: the next answer in the chain.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    /// Why.
+    pub reason: &'static str,
+    /// The user's precomputed list, served as-is (never cached).
+    pub precomputed: Option<Vec<RecItem>>,
+}
+
+/// The I/O components a recommender is built from.
+pub struct Components {
+    /// User embeddings.
+    pub store: Arc<dyn EmbeddingStore>,
+    /// Candidate retrieval.
+    pub retriever: Arc<dyn Retriever>,
+    /// Ranking.
+    pub ranker: Arc<dyn Ranker>,
+    /// Precomputed lists.
+    pub precomputed: Arc<dyn PrecomputedLists>,
+}
 
 /// The recommender: everything the request path needs, shared by all handlers.
 pub struct Recommender {
@@ -78,6 +97,7 @@ pub struct Recommender {
     store: Arc<dyn EmbeddingStore>,
     retriever: Arc<dyn Retriever>,
     ranker: Arc<dyn Ranker>,
+    precomputed: Arc<dyn PrecomputedLists>,
     metrics: Arc<Metrics>,
     candidates: usize,
     deadline: Duration,
@@ -91,13 +111,12 @@ impl Recommender {
     /// ranker cannot).
     pub async fn new(
         bundle: Arc<Bundle>,
-        store: Arc<dyn EmbeddingStore>,
-        retriever: Arc<dyn Retriever>,
-        ranker: Arc<dyn Ranker>,
+        components: Components,
         metrics: Arc<Metrics>,
         candidates: usize,
         deadline: Duration,
     ) -> Self {
+        let Components { store, retriever, ranker, precomputed } = components;
         let popular: Vec<RecItem> = bundle
             .metadata
             .popular
@@ -112,6 +131,7 @@ impl Recommender {
             store,
             retriever,
             ranker,
+            precomputed,
             metrics,
             candidates,
             deadline,
@@ -230,15 +250,15 @@ impl Recommender {
                 // The user's state is unreachable: bypass the caches rather than risk a stale or
                 // unfiltered cached list; the pipeline below falls back if the shard is down.
                 tracing::warn!(user_id, %error, "user state unavailable; caches bypassed");
-                let reason = match self.compute(user_id, query, deadline, &mut timings).await {
+                let fallback = match self.compute(user_id, query, deadline, &mut timings).await {
                     Ok(items) => {
                         timings.add("total", started.elapsed());
                         let list = self.list(Some(user_id), query.segment, Source::Realtime, items, query.n);
                         return Ok(Answer { list, timings });
                     }
-                    Err(reason) => reason.0,
+                    Err(fallback) => fallback,
                 };
-                return self.fallback(user_id, query, reason, &HashSet::new(), started, timings);
+                return self.fallback(user_id, query, &fallback, &HashSet::new(), started, timings);
             }
         };
         let key = ListKey {
@@ -256,7 +276,7 @@ impl Recommender {
             });
         }
         let computed = caches.get_or_compute(key, self.compute(user_id, query, deadline, &mut timings)).await;
-        let reason = match computed {
+        let fallback = match computed {
             Ok(entry) => {
                 timings.add("total", started.elapsed());
                 let items = filter_items(&entry.items, &view.purchased, query.n);
@@ -265,22 +285,29 @@ impl Recommender {
                     timings,
                 });
             }
-            Err(reason) => reason.0,
+            Err(fallback) => fallback,
         };
-        self.fallback(user_id, query, reason, &view.purchased, started, timings)
+        self.fallback(user_id, query, &fallback, &view.purchased, started, timings)
     }
 
-    /// The fallback chain's answer for a user: the segment list (then popular), filtered.
+    /// The fallback chain's answer for a user: the precomputed list, else the segment list (then
+    /// popular), filtered.
     fn fallback(
         &self,
         user_id: &str,
         query: RecsQuery,
-        reason: &'static str,
+        fallback: &Fallback,
         purchased: &HashSet<String>,
         started: Instant,
         mut timings: Timings,
     ) -> Result<Answer, AppError> {
-        self.metrics.fallbacks.with_label_values(&[reason]).inc();
+        self.metrics.fallbacks.with_label_values(&[fallback.reason]).inc();
+        if let Some(precomputed) = &fallback.precomputed {
+            let items = filter_items(precomputed, purchased, query.n);
+            timings.add("total", started.elapsed());
+            let list = self.list(Some(user_id), query.segment, Source::Precomputed, items, query.n);
+            return Ok(Answer { list, timings });
+        }
         let mut answer = self.segment_recs(query.segment, MAX_N)?;
         answer.list.user_id = Some(user_id.to_string());
         answer.list.items = filter_items(&answer.list.items, purchased, query.n);
@@ -290,7 +317,9 @@ impl Recommender {
         Ok(answer)
     }
 
-    /// One run of the real-time pipeline: the user's full ranked list, or why not.
+    /// One run of the real-time pipeline: the user's full ranked list, or why not. With a
+    /// precomputed list, its items are the candidates (re-ranked in the request's context); without
+    /// one, FAISS retrieves them.
     async fn compute(
         &self,
         user_id: &str,
@@ -300,59 +329,87 @@ impl Recommender {
     ) -> Result<Vec<RecItem>, Fallback> {
         self.metrics.pipeline_runs.inc();
         let started = Instant::now();
-        let lookup = self.store.get(EntityKind::User, user_id).await;
+        let (lookup, precomputed) =
+            futures::join!(self.store.get(EntityKind::User, user_id), self.precomputed.get(user_id));
         timings.add("embed", started.elapsed());
-        match lookup {
-            Ok(Some(user)) => {
-                match tokio::time::timeout_at(deadline.into(), self.realtime(&user, query, deadline, timings)).await {
-                    Ok(Ok(items)) => Ok(items),
-                    Ok(Err(failure)) => {
-                        tracing::warn!(user_id, error = %failure, "real-time path failed; falling back");
-                        Err(Fallback(match failure {
-                            RealtimeFailure::Deadline => "deadline",
-                            RealtimeFailure::Rank(crate::ranker::RankError::Overloaded) => "ranker_overloaded",
-                            RealtimeFailure::Rank(crate::ranker::RankError::DeadlineExceeded) => "deadline",
-                            RealtimeFailure::Rank(_) => "ranker_error",
-                            RealtimeFailure::Retrieve(_) => "retrieval_error",
-                        }))
-                    }
-                    Err(_) => Err(Fallback("deadline")),
-                }
-            }
-            Ok(None) => Err(Fallback("cold_start")),
+        let precomputed = precomputed.unwrap_or_else(|error| {
+            tracing::warn!(user_id, %error, "precomputed list unavailable");
+            None
+        });
+        let user = match lookup {
+            Ok(Some(user)) => user,
+            Ok(None) => return Err(Fallback { reason: "cold_start", precomputed }),
             Err(StoreError::Unavailable { shard, message }) => {
                 tracing::warn!(user_id, shard, %message, "user's shard unavailable; falling back");
-                Err(Fallback("shard_unavailable"))
+                return Err(Fallback { reason: "shard_unavailable", precomputed });
             }
             Err(StoreError::Corrupt { key, message }) => {
                 tracing::error!(user_id, %key, %message, "corrupt user embedding; falling back");
-                Err(Fallback("corrupt_embedding"))
+                return Err(Fallback { reason: "corrupt_embedding", precomputed });
             }
-        }
+        };
+        let candidates: Option<Vec<usize>> = precomputed
+            .as_ref()
+            .map(|list| list.iter().filter_map(|item| self.bundle.item_index.get(&item.id).copied()).collect());
+        let attempt =
+            tokio::time::timeout_at(deadline.into(), self.realtime(&user, candidates, query, deadline, timings)).await;
+        let failure = match attempt {
+            Ok(Ok(items)) => return Ok(items),
+            Ok(Err(failure)) => failure,
+            Err(_) => RealtimeFailure::Deadline,
+        };
+        tracing::warn!(user_id, error = %failure, "real-time path failed; falling back");
+        let reason = match failure {
+            RealtimeFailure::Deadline => "deadline",
+            RealtimeFailure::Rank(crate::ranker::RankError::Overloaded) => "ranker_overloaded",
+            RealtimeFailure::Rank(crate::ranker::RankError::DeadlineExceeded) => "deadline",
+            RealtimeFailure::Rank(_) => "ranker_error",
+            RealtimeFailure::Retrieve(_) => "retrieval_error",
+        };
+        Err(Fallback { reason, precomputed })
+    }
+
+    /// Ranks `user`'s candidates in `segment`'s context: the full ranked list ([`MAX_N`] items).
+    /// `precomputed` rows replace FAISS retrieval when given. Used by the request path and by
+    /// `cascade precompute`.
+    pub async fn rank_user(
+        &self,
+        user: &[f32],
+        segment: SegmentKey,
+        deadline: Instant,
+    ) -> Result<Vec<RecItem>, String> {
+        let query = RecsQuery { n: MAX_N, segment };
+        self.realtime(user, None, query, deadline, &mut Timings::default()).await.map_err(|e| e.to_string())
     }
 
     async fn realtime(
         &self,
         user: &[f32],
+        precomputed_rows: Option<Vec<usize>>,
         query: RecsQuery,
         deadline: Instant,
         timings: &mut Timings,
     ) -> Result<Vec<RecItem>, RealtimeFailure> {
-        let stage = Instant::now();
-        let retriever = Arc::clone(&self.retriever);
-        let (query_vector, k) = (user.to_vec(), self.candidates);
-        let candidates = tokio::task::spawn_blocking(move || retriever.search(&query_vector, k))
-            .await
-            .map_err(|e| RealtimeFailure::Retrieve(e.to_string()))?
-            .map_err(|e| RealtimeFailure::Retrieve(e.to_string()))?;
-        timings.add("retrieve", stage.elapsed());
-        self.metrics.stage_seconds.with_label_values(&["retrieve"]).observe(stage.elapsed().as_secs_f64());
+        let rows: Vec<usize> = match precomputed_rows {
+            Some(rows) if !rows.is_empty() => rows,
+            _ => {
+                let stage = Instant::now();
+                let retriever = Arc::clone(&self.retriever);
+                let (query_vector, k) = (user.to_vec(), self.candidates);
+                let candidates = tokio::task::spawn_blocking(move || retriever.search(&query_vector, k))
+                    .await
+                    .map_err(|e| RealtimeFailure::Retrieve(e.to_string()))?
+                    .map_err(|e| RealtimeFailure::Retrieve(e.to_string()))?;
+                timings.add("retrieve", stage.elapsed());
+                self.metrics.stage_seconds.with_label_values(&["retrieve"]).observe(stage.elapsed().as_secs_f64());
+                candidates.iter().map(|c| c.row).collect()
+            }
+        };
         if Instant::now() >= deadline {
             return Err(RealtimeFailure::Deadline);
         }
 
         let stage = Instant::now();
-        let rows: Vec<usize> = candidates.iter().map(|c| c.row).collect();
         let mut features = Vec::with_capacity(rows.len() * self.ranker.input_width());
         build_rows(
             user,

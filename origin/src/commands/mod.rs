@@ -3,4 +3,5 @@
 pub mod index;
 pub mod load;
 pub mod plan;
+pub mod precompute;
 pub mod serve;

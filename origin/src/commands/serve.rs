@@ -16,11 +16,12 @@ use crate::config::{Config, Mode};
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
 use crate::ranker::{TorchRanker, pick_device};
-use crate::recommend::Recommender;
+use crate::recommend::{Components, Recommender};
 use crate::retrieval::{FaissRetriever, build_index};
 use crate::serving::Serving;
 use crate::store::EmbeddingStore;
 use crate::store::memory::MemoryStore;
+use crate::store::precomputed::{NoPrecomputed, PrecomputedLists, RedisPrecomputed};
 use crate::store::redis_shards::RedisShardStore;
 use crate::store::shards::ShardSet;
 
@@ -107,11 +108,16 @@ pub async fn build_recommender(
     let ranker = TorchRanker::start(&bundle, device, &config.ranker, metrics.batcher.clone())
         .with_context(|| format!("loading {}", bundle.model_path().display()))?;
 
+    let precomputed: Arc<dyn PrecomputedLists> = if config.redis.shards.is_empty() {
+        Arc::new(NoPrecomputed)
+    } else {
+        let shards = ShardSet::new(&config.redis.shards, Duration::from_millis(config.redis.timeout_ms))?;
+        Arc::new(RedisPrecomputed::new(shards, bundle.id()))
+    };
+    let components = Components { store, retriever: Arc::new(retriever), ranker: Arc::new(ranker), precomputed };
     let recommender = Recommender::new(
         bundle,
-        store,
-        Arc::new(retriever),
-        Arc::new(ranker),
+        components,
         Arc::clone(&metrics),
         config.retrieval.candidates,
         Duration::from_millis(config.serving.deadline_ms),

@@ -7,6 +7,7 @@
 //! shard that is down.
 
 pub mod memory;
+pub mod precomputed;
 pub mod redis_shards;
 pub mod shards;
 

@@ -96,4 +96,20 @@ impl ShardSet {
             Err(_) => Err(StoreError::Unavailable { shard: index, message: format!("no answer within {budget:?}") }),
         }
     }
+
+    /// Runs a pipeline on shard `index` within `budget` (the shard's timeout when `None`).
+    pub async fn pipeline(
+        &self,
+        index: usize,
+        pipeline: &redis::Pipeline,
+        budget: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection(index).await?;
+        let budget = budget.unwrap_or(self.timeout);
+        match tokio::time::timeout(budget, pipeline.query_async::<()>(&mut connection)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Unavailable { shard: index, message: e.to_string() }),
+            Err(_) => Err(StoreError::Unavailable { shard: index, message: format!("no answer within {budget:?}") }),
+        }
+    }
 }

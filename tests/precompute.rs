@@ -1,0 +1,78 @@
+//! `cascade precompute` against real Redis shards: staged and resumed from a checkpoint, then used
+//! by the origin as real-time candidates and, when the ranker cannot finish, as the answer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::collections::HashSet;
+
+use cascade_e2e::{Origin, RedisServer, TempDir, bundle_dir, run_cascade};
+use cascade_shared::wire::{RecList, Source};
+
+const API_KEY: &str = "precompute-internal-key-0123456789";
+
+async fn recs(http: &reqwest::Client, origin: &Origin, user: &str, query: &str) -> RecList {
+    let response =
+        http.get(format!("{}/v1/users/{user}/recs?{query}", origin.url)).bearer_auth(API_KEY).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precomputed_lists_are_resumable_and_serve_as_candidates_and_fallback() {
+    let bundle = bundle_dir().unwrap();
+    let users = serde_json::from_slice::<serde_json::Value>(&std::fs::read(bundle.join("metadata.json")).unwrap())
+        .unwrap()["users"]
+        .as_u64()
+        .unwrap();
+    let shards = [RedisServer::start().await.unwrap(), RedisServer::start().await.unwrap()];
+    let shard_list = format!("{},{}", shards[0].url, shards[1].url);
+    run_cascade(&["load", "--bundle", bundle.to_str().unwrap(), "--redis", &shard_list, "--users-only"]).unwrap();
+
+    // Staged: 300 users, then the rest from the checkpoint.
+    let scratch = TempDir::new("cascade-precompute").unwrap();
+    let checkpoint = scratch.path().join("checkpoint");
+    let args = |extra: &[&str]| {
+        let mut args = vec!["precompute", "--bundle", bundle.to_str().unwrap(), "--redis", &shard_list, "--checkpoint"];
+        args.push(checkpoint.to_str().unwrap());
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let first = run_cascade(&args(&["--max-users", "300"]).iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    assert!(first.contains("wrote 300 lists") && first.contains("resumed at user 0"), "{first}");
+    let second = run_cascade(&args(&[]).iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    assert!(
+        second.contains(&format!("wrote {} lists", users - 300)) && second.contains("resumed at user 300"),
+        "{second}"
+    );
+    assert!(second.contains("0 left"), "{second}");
+
+    let env = [
+        ("CASCADE_BUNDLE", bundle.display().to_string()),
+        ("CASCADE_REDIS_SHARDS", shard_list.clone()),
+        ("CASCADE_API_KEYS", API_KEY.to_string()),
+    ];
+    let http = reqwest::Client::new();
+
+    // A ranker that cannot finish within the deadline: the precomputed list is the answer.
+    let slow_config = scratch.path().join("slow.toml");
+    std::fs::write(&slow_config, "[serving]\ndeadline_ms = 20\n[ranker]\nmax_wait_ms = 200\nmax_batch_rows = 100000\n")
+        .unwrap();
+    let mut slow_env = env.to_vec();
+    slow_env.push(("CASCADE_CONFIG", slow_config.display().to_string()));
+    let slow = Origin::start(&slow_env).await.unwrap();
+    let precomputed = recs(&http, &slow, "u3", "n=50").await;
+    assert_eq!(precomputed.source, Source::Precomputed);
+    assert_eq!(precomputed.items.len(), 50);
+    assert_eq!(recs(&http, &slow, "u3", "n=50").await.source, Source::Precomputed, "fallbacks are not cached");
+
+    // A healthy origin re-ranks the precomputed candidates in the request's context.
+    let origin = Origin::start(&env).await.unwrap();
+    let same_context = recs(&http, &origin, "u3", "n=10").await;
+    assert_eq!(same_context.source, Source::Realtime);
+    let ids = |list: &RecList| list.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&same_context), ids(&precomputed)[..10], "same context, same model: same order");
+    let candidates: HashSet<String> = ids(&precomputed).into_iter().collect();
+    let other_context = recs(&http, &origin, "u3", "n=20&page=search&device=tablet").await;
+    assert_eq!(other_context.source, Source::Realtime);
+    assert!(ids(&other_context).iter().all(|id| candidates.contains(id)), "re-ranked from the precomputed candidates");
+}
