@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
-use cascade_e2e::{Origin, bundle_dir};
+use cascade_e2e::{Origin, bundle_dir, user_recs};
 use cascade_shared::wire::{RecList, Source};
 use serde_json::json;
 
@@ -19,10 +19,7 @@ async fn metric(http: &reqwest::Client, origin: &Origin, name: &str) -> f64 {
 }
 
 async fn recs(http: &reqwest::Client, origin: &Origin, user: &str, query: &str) -> RecList {
-    let response =
-        http.get(format!("{}/v1/users/{user}/recs?{query}", origin.url)).bearer_auth(API_KEY).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
+    user_recs(http, origin, API_KEY, user, query).await
 }
 
 async fn event(http: &reqwest::Client, origin: &Origin, body: serde_json::Value) {

@@ -6,17 +6,14 @@
 
 use std::time::{Duration, Instant};
 
-use cascade_e2e::{Origin, RedisServer, bundle_dir, run_cascade};
+use cascade_e2e::{Origin, RedisServer, bundle_dir, run_cascade, user_recs};
 use cascade_shared::wire::{RecList, Source};
 use serde_json::json;
 
 const API_KEY: &str = "cache-redis-internal-key-0123456789";
 
 async fn recs(http: &reqwest::Client, origin: &Origin, user: &str) -> RecList {
-    let response =
-        http.get(format!("{}/v1/users/{user}/recs?n=10", origin.url)).bearer_auth(API_KEY).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
+    user_recs(http, origin, API_KEY, user, "n=10").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,16 +5,13 @@
 
 use std::collections::HashSet;
 
-use cascade_e2e::{Origin, RedisServer, TempDir, bundle_dir, run_cascade};
+use cascade_e2e::{Origin, RedisServer, TempDir, bundle_dir, run_cascade, user_recs};
 use cascade_shared::wire::{RecList, Source};
 
 const API_KEY: &str = "precompute-internal-key-0123456789";
 
 async fn recs(http: &reqwest::Client, origin: &Origin, user: &str, query: &str) -> RecList {
-    let response =
-        http.get(format!("{}/v1/users/{user}/recs?{query}", origin.url)).bearer_auth(API_KEY).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
+    user_recs(http, origin, API_KEY, user, query).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,32 +145,24 @@ async fn admit(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
-async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Who sent `request`, by bearer key or edge signature.
+fn caller(state: &AppState, request: &Request) -> Result<Caller, AppError> {
     let uri = request.uri();
-    let checked = state.auth.check(
-        request.method().as_str(),
-        uri.path(),
-        uri.query().unwrap_or(""),
-        request.headers(),
-        unix_now().as_secs(),
-    );
-    match checked {
-        Ok(_caller) => next.run(request).await,
+    let (method, query) = (request.method().as_str(), uri.query().unwrap_or(""));
+    state.auth.check(method, uri.path(), query, request.headers(), unix_now().as_secs())
+}
+
+/// API routes take the edge (signed) and internal callers (bearer key).
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match caller(&state, &request) {
+        Ok(_) => next.run(request).await,
         Err(error) => error.into_response(),
     }
 }
 
 /// Admin routes take internal callers only: an edge signature is not enough.
 async fn authenticate_internal(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let uri = request.uri();
-    let checked = state.auth.check(
-        request.method().as_str(),
-        uri.path(),
-        uri.query().unwrap_or(""),
-        request.headers(),
-        unix_now().as_secs(),
-    );
-    match checked {
+    match caller(&state, &request) {
         Ok(Caller::Internal) => next.run(request).await,
         Ok(Caller::Edge) => AppError::Unauthorized("admin routes take a bearer key".into()).into_response(),
         Err(error) => error.into_response(),

@@ -291,6 +291,20 @@ impl Edge {
     }
 }
 
+/// `GET {origin}/v1/users/{user}/recs?{query}` with a bearer key; panics unless it is a 200 list.
+pub async fn user_recs(
+    http: &reqwest::Client,
+    origin: &Origin,
+    api_key: &str,
+    user: &str,
+    query: &str,
+) -> cascade_shared::wire::RecList {
+    let url = format!("{}/v1/users/{user}/recs?{query}", origin.url);
+    let response = http.get(&url).bearer_auth(api_key).send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+    assert_eq!(response.status(), 200, "{url}");
+    response.json().await.unwrap_or_else(|e| panic!("{url}: not a list: {e}"))
+}
+
 /// Runs `cascade` with `args` to completion; fails with its output if it fails.
 pub fn run_cascade(args: &[&str]) -> anyhow::Result<String> {
     let output = Command::new(cascade_bin()?).args(args).env("OPENBLAS_NUM_THREADS", "1").output()?;
