@@ -63,10 +63,29 @@ async fn l1_hits_coalescing_invalidation_and_filters() {
     assert!(lists.windows(2).all(|w| w[0] == w[1]));
     assert_eq!(metric(&http, &origin, "cascade_pipeline_runs_total").await - runs_before, 1.0);
 
-    // A view changes nothing cached; a purchase invalidates and the item never comes back.
+    // A rating changes nothing cached.
     let bought = first.items[0].id.clone();
-    event(&http, &origin, json!({"user_id": "u5", "kind": "view", "item_id": bought})).await;
+    event(&http, &origin, json!({"user_id": "u5", "kind": "rate", "item_id": bought})).await;
     assert_eq!(recs(&http, &origin, "u5", "n=10").await.source, Source::CacheL1);
+
+    // Views join the session: the next list is recomputed with the query pulled toward them.
+    let elsewhere: Vec<String> = recs(&http, &origin, "u900", "n=30")
+        .await
+        .items
+        .into_iter()
+        .map(|i| i.id)
+        .filter(|id| first.items.iter().all(|mine| &mine.id != id))
+        .take(3)
+        .collect();
+    assert_eq!(elsewhere.len(), 3);
+    for item in &elsewhere {
+        event(&http, &origin, json!({"user_id": "u5", "kind": "view", "item_id": item})).await;
+    }
+    let in_session = recs(&http, &origin, "u5", "n=10").await;
+    assert_eq!(in_session.source, Source::Realtime, "session events invalidate cached lists");
+    assert_ne!(in_session.items, first.items, "the session shifted the ranking");
+
+    // A purchase invalidates and the item never comes back.
     event(&http, &origin, json!({"user_id": "u5", "kind": "purchase", "item_id": bought})).await;
     let after = recs(&http, &origin, "u5", "n=10").await;
     assert_eq!(after.source, Source::Realtime, "the purchase invalidated the cached list");

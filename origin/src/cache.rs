@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cascade_shared::keys::{generation_key, l2_key, purchases_key};
+use cascade_shared::keys::{generation_key, l2_key, purchases_key, recent_key};
 use cascade_shared::segment::SegmentKey;
 use cascade_shared::wire::{Event, EventKind, RecItem, Source};
 use prometheus::IntCounterVec;
@@ -35,6 +35,10 @@ use crate::store::shards::ShardSet;
 
 /// Most purchases remembered per user (oldest forgotten first).
 pub const MAX_PURCHASES_PER_USER: usize = 1000;
+/// Recent items kept per user: the session that shifts real-time ranking.
+pub const SESSION_ITEMS: usize = 10;
+/// How long a session lasts after the user's last event.
+pub const SESSION_TTL: Duration = Duration::from_secs(30 * 60);
 
 /// What identifies a cached list.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -72,6 +76,10 @@ pub trait UserStateBackend: Send + Sync {
     async fn add_purchase(&self, user: &str, item: &str) -> Result<(), StoreError>;
     /// Items the user purchased.
     async fn purchases(&self, user: &str) -> Result<HashSet<String>, StoreError>;
+    /// Adds an item to the user's session (newest first, [`SESSION_ITEMS`] kept, [`SESSION_TTL`]).
+    async fn push_recent(&self, user: &str, item: &str) -> Result<(), StoreError>;
+    /// The user's session items, newest first.
+    async fn recent(&self, user: &str) -> Result<Vec<String>, StoreError>;
     /// An L2 list, if this backend has L2.
     async fn l2_get(&self, key: &ListKey) -> Result<Option<Vec<RecItem>>, StoreError>;
     /// Stores an L2 list for `ttl`.
@@ -82,6 +90,7 @@ pub trait UserStateBackend: Send + Sync {
 pub struct MemoryUserState {
     generations: moka::sync::Cache<String, u64>,
     purchases: moka::sync::Cache<String, Arc<Mutex<VecDeque<String>>>>,
+    recent: moka::sync::Cache<String, Arc<Mutex<VecDeque<String>>>>,
 }
 
 impl MemoryUserState {
@@ -90,6 +99,7 @@ impl MemoryUserState {
         MemoryUserState {
             generations: moka::sync::Cache::builder().max_capacity(users).build(),
             purchases: moka::sync::Cache::builder().max_capacity(users).build(),
+            recent: moka::sync::Cache::builder().max_capacity(users).time_to_idle(SESSION_TTL).build(),
         }
     }
 }
@@ -122,6 +132,21 @@ impl UserStateBackend for MemoryUserState {
         Ok(match self.purchases.get(user) {
             Some(list) => list.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().cloned().collect(),
             None => HashSet::new(),
+        })
+    }
+
+    async fn push_recent(&self, user: &str, item: &str) -> Result<(), StoreError> {
+        let list = self.recent.get_with(user.to_string(), || Arc::new(Mutex::new(VecDeque::new())));
+        let mut list = list.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        list.push_front(item.to_string());
+        list.truncate(SESSION_ITEMS);
+        Ok(())
+    }
+
+    async fn recent(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        Ok(match self.recent.get(user) {
+            Some(list) => list.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().cloned().collect(),
+            None => Vec::new(),
         })
     }
 
@@ -167,6 +192,20 @@ impl UserStateBackend for RedisUserState {
         self.shards.query(self.shards.shard_of(user), redis::cmd("SMEMBERS").arg(purchases_key(user)), None).await
     }
 
+    async fn push_recent(&self, user: &str, item: &str) -> Result<(), StoreError> {
+        let key = recent_key(user);
+        let mut pipeline = redis::pipe();
+        pipeline.atomic().cmd("LPUSH").arg(&key).arg(item).ignore();
+        pipeline.cmd("LTRIM").arg(&key).arg(0).arg(SESSION_ITEMS as i64 - 1).ignore();
+        pipeline.cmd("EXPIRE").arg(&key).arg(SESSION_TTL.as_secs()).ignore();
+        self.shards.pipeline(self.shards.shard_of(user), &pipeline, None).await
+    }
+
+    async fn recent(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let command = redis::cmd("LRANGE").arg(recent_key(user)).arg(0).arg(SESSION_ITEMS as i64 - 1).clone();
+        self.shards.query(self.shards.shard_of(user), &command, None).await
+    }
+
     async fn l2_get(&self, key: &ListKey) -> Result<Option<Vec<RecItem>>, StoreError> {
         let redis_key = l2_key(&key.bundle, &key.user, &key.segment.to_string(), key.generation);
         let value: Option<Vec<u8>> =
@@ -205,6 +244,8 @@ pub struct CacheSettings {
     pub users_capacity: u64,
     /// Event kinds that invalidate a user's cached lists.
     pub significant: Vec<EventKind>,
+    /// Event kinds whose item joins the user's session (and invalidates their cached lists).
+    pub session: Vec<EventKind>,
 }
 
 impl Default for CacheSettings {
@@ -216,6 +257,7 @@ impl Default for CacheSettings {
             state_ttl: Duration::from_secs(1),
             users_capacity: 1_000_000,
             significant: vec![EventKind::Purchase, EventKind::ProfileUpdate],
+            session: vec![EventKind::View, EventKind::Click, EventKind::AddToCart],
         }
     }
 }
@@ -227,6 +269,8 @@ pub struct UserView {
     pub generation: u64,
     /// Items the user purchased.
     pub purchased: Arc<HashSet<String>>,
+    /// The user's session: recent items, newest first.
+    pub recent: Arc<Vec<String>>,
 }
 
 /// The per-user caches and state.
@@ -236,6 +280,7 @@ pub struct UserCaches {
     /// Per-process copies of what a remote backend holds, for `state_ttl`.
     local: Option<moka::future::Cache<String, UserView>>,
     significant: Vec<EventKind>,
+    session: Vec<EventKind>,
     l2_ttl: Duration,
     lookups: IntCounterVec,
 }
@@ -258,6 +303,7 @@ impl UserCaches {
                     .build()
             }),
             significant: settings.significant.clone(),
+            session: settings.session.clone(),
             l2_ttl: settings.l2_ttl,
             lookups,
         }
@@ -269,8 +315,9 @@ impl UserCaches {
     }
 
     async fn read_view(&self, user: &str) -> Result<UserView, StoreError> {
-        let (generation, purchased) = futures::try_join!(self.backend.generation(user), self.backend.purchases(user))?;
-        Ok(UserView { generation, purchased: Arc::new(purchased) })
+        let (generation, purchased, recent) =
+            futures::try_join!(self.backend.generation(user), self.backend.purchases(user), self.backend.recent(user))?;
+        Ok(UserView { generation, purchased: Arc::new(purchased), recent: Arc::new(recent) })
     }
 
     /// The user's generation and purchases.
@@ -328,7 +375,12 @@ impl UserCaches {
         if let (EventKind::Purchase, Some(item)) = (event.kind, &event.item_id) {
             self.backend.add_purchase(&event.user_id, item).await?;
         }
-        if self.significant.contains(&event.kind) {
+        let in_session = self.session.contains(&event.kind);
+        if let (true, Some(item)) = (in_session, &event.item_id) {
+            self.backend.push_recent(&event.user_id, item).await?;
+        }
+        // A session event changes the real-time ranking, so it too makes cached lists stale.
+        if self.significant.contains(&event.kind) || in_session {
             self.backend.bump_generation(&event.user_id).await?;
         }
         if let Some(local) = &self.local {
@@ -361,12 +413,16 @@ mod tests {
     async fn significant_events_bump_the_generation_and_purchases_are_remembered() {
         let c = caches();
         assert_eq!(c.user("u1").await.unwrap().generation, 0);
+        c.record(&event(EventKind::Rate, Some("i1"))).await.unwrap();
+        assert_eq!(c.user("u1").await.unwrap().generation, 0, "a rating is neither significant nor a session event");
         c.record(&event(EventKind::View, Some("i1"))).await.unwrap();
-        assert_eq!(c.user("u1").await.unwrap().generation, 0, "a view is not significant");
+        c.record(&event(EventKind::Click, Some("i3"))).await.unwrap();
+        let view = c.user("u1").await.unwrap();
+        assert_eq!((view.generation, view.recent.as_slice()), (2, ["i3".to_string(), "i1".to_string()].as_slice()));
         c.record(&event(EventKind::Purchase, Some("i2"))).await.unwrap();
         c.record(&event(EventKind::Purchase, Some("i2"))).await.unwrap();
         let view = c.user("u1").await.unwrap();
-        assert_eq!(view.generation, 2);
+        assert_eq!(view.generation, 4);
         assert_eq!(*view.purchased, HashSet::from(["i2".to_string()]));
         assert!(c.user("u2").await.unwrap().purchased.is_empty());
     }

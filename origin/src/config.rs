@@ -78,6 +78,8 @@ pub struct CacheConfig {
     pub users_capacity: u64,
     /// Event kinds that invalidate a user's cached lists.
     pub significant_events: Vec<cascade_shared::wire::EventKind>,
+    /// Event kinds whose item joins the user's session (shifting real-time ranking).
+    pub session_events: Vec<cascade_shared::wire::EventKind>,
 }
 
 impl Default for CacheConfig {
@@ -90,6 +92,7 @@ impl Default for CacheConfig {
             state_ttl_ms: settings.state_ttl.as_millis() as u64,
             users_capacity: settings.users_capacity,
             significant_events: settings.significant,
+            session_events: settings.session,
         }
     }
 }
@@ -104,6 +107,7 @@ impl CacheConfig {
             state_ttl: std::time::Duration::from_millis(self.state_ttl_ms),
             users_capacity: self.users_capacity,
             significant: self.significant_events.clone(),
+            session: self.session_events.clone(),
         }
     }
 }

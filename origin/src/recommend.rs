@@ -78,6 +78,23 @@ pub struct Fallback {
     pub precomputed: Option<Vec<RecItem>>,
 }
 
+/// How far the session pulls the query toward the user's recent items.
+pub const SESSION_WEIGHT: f32 = 0.5;
+
+/// The query for a user in session: `(1 - weight) · user + weight · mean(recent items)`, or the
+/// user's own embedding when the session is empty.
+pub fn session_query(user: &[f32], recent: &[&[f32]], weight: f32) -> Vec<f32> {
+    if recent.is_empty() {
+        return user.to_vec();
+    }
+    let scale = weight / recent.len() as f32;
+    let mut query: Vec<f32> = user.iter().map(|v| v * (1.0 - weight)).collect();
+    for item in recent {
+        query.iter_mut().zip(item.iter()).for_each(|(q, v)| *q += v * scale);
+    }
+    query
+}
+
 /// The I/O components a recommender is built from.
 pub struct Components {
     /// User embeddings.
@@ -237,7 +254,7 @@ impl Recommender {
         Ok(Answer { list: self.list(None, segment, source, items, n), timings })
     }
 
-    /// A user's list (`GET /v1/users/{id}/recs`): L1, else real time within the deadline
+    /// A user's list (`GET /v1/users/{id}/recs`): L1, else L2, else real time within the deadline
     /// (computed once for concurrent identical misses), else the fallback chain. Purchased items
     /// are filtered from every answer.
     pub async fn user_recs(&self, user_id: &str, query: RecsQuery, caches: &UserCaches) -> Result<Answer, AppError> {
@@ -250,7 +267,7 @@ impl Recommender {
                 // The user's state is unreachable: bypass the caches rather than risk a stale or
                 // unfiltered cached list; the pipeline below falls back if the shard is down.
                 tracing::warn!(user_id, %error, "user state unavailable; caches bypassed");
-                let fallback = match self.compute(user_id, query, deadline, &mut timings).await {
+                let fallback = match self.compute(user_id, query, &[], deadline, &mut timings).await {
                     Ok(items) => {
                         timings.add("total", started.elapsed());
                         let list = self.list(Some(user_id), query.segment, Source::Realtime, items, query.n);
@@ -275,7 +292,8 @@ impl Recommender {
                 timings,
             });
         }
-        let computed = caches.get_or_compute(key, self.compute(user_id, query, deadline, &mut timings)).await;
+        let computed =
+            caches.get_or_compute(key, self.compute(user_id, query, &view.recent, deadline, &mut timings)).await;
         let fallback = match computed {
             Ok(entry) => {
                 timings.add("total", started.elapsed());
@@ -324,6 +342,7 @@ impl Recommender {
         &self,
         user_id: &str,
         query: RecsQuery,
+        recent: &[String],
         deadline: Instant,
         timings: &mut Timings,
     ) -> Result<Vec<RecItem>, Fallback> {
@@ -348,6 +367,12 @@ impl Recommender {
                 return Err(Fallback { reason: "corrupt_embedding", precomputed });
             }
         };
+        let recent_rows: Vec<&[f32]> = recent
+            .iter()
+            .filter_map(|id| self.bundle.item_index.get(id))
+            .map(|&row| self.bundle.items.row(row))
+            .collect();
+        let user = session_query(&user, &recent_rows, SESSION_WEIGHT);
         let candidates: Option<Vec<usize>> = precomputed
             .as_ref()
             .map(|list| list.iter().filter_map(|item| self.bundle.item_index.get(&item.id).copied()).collect());
@@ -422,5 +447,18 @@ impl Recommender {
         timings.add("rank", stage.elapsed());
         self.metrics.stage_seconds.with_label_values(&["rank"]).observe(stage.elapsed().as_secs_f64());
         Ok(self.top_items(rows.into_iter().zip(scores), MAX_N))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_pulls_the_query_toward_recent_items() {
+        let user = [1.0, 0.0];
+        assert_eq!(session_query(&user, &[], 0.5), vec![1.0, 0.0]);
+        let recent: [&[f32]; 2] = [&[0.0, 2.0], &[0.0, 4.0]];
+        assert_eq!(session_query(&user, &recent, 0.5), vec![0.5, 1.5]);
     }
 }

@@ -82,6 +82,7 @@ vectors = {
         {"kind": "recs", "bundle": "b1", "id": "42", "key": "cascade:recs:b1:42"},
         {"kind": "generation", "bundle": "", "id": "42", "key": "cascade:gen:42"},
         {"kind": "purchases", "bundle": "", "id": "42", "key": "cascade:bought:42"},
+        {"kind": "recent", "bundle": "", "id": "42", "key": "cascade:recent:42"},
         {"kind": "l2", "bundle": "b1", "id": "42", "segment": "home.mobile.us", "generation": 3,
          "key": "cascade:l2:b1:42:home.mobile.us:3"},
     ],

@@ -11,6 +11,7 @@
 //! | `cascade:recs:{bundle}:{user_id}` | precomputed list, JSON [`crate::wire::RecList`] |
 //! | `cascade:gen:{user_id}` | the user's generation (INCR on a significant event) |
 //! | `cascade:bought:{user_id}` | set of item ids the user purchased |
+//! | `cascade:recent:{user_id}` | list of the user's most recent item ids, newest first (session) |
 //! | `cascade:l2:{bundle}:{user_id}:{segment}:{generation}` | L2 cached list, JSON items |
 //!
 //! Ids are validated ([`crate::validate::validate_id`]) so they never contain `:`.
@@ -52,6 +53,11 @@ pub fn generation_key(user_id: &str) -> String {
 /// Key of the set of items a user purchased.
 pub fn purchases_key(user_id: &str) -> String {
     format!("cascade:bought:{user_id}")
+}
+
+/// Key of a user's recent items (the session), newest first.
+pub fn recent_key(user_id: &str) -> String {
+    format!("cascade:recent:{user_id}")
 }
 
 /// Key of a user's L2 cached list for one context and generation.

@@ -5,7 +5,9 @@
 
 use cascade_shared::embedding::{decode_file, decode_value, encode_file, encode_value};
 use cascade_shared::hashing::{shard_for, stable_hash64};
-use cascade_shared::keys::{EntityKind, embedding_key, generation_key, l2_key, precomputed_key, purchases_key};
+use cascade_shared::keys::{
+    EntityKind, embedding_key, generation_key, l2_key, precomputed_key, purchases_key, recent_key,
+};
 use cascade_shared::segment::SegmentKey;
 use cascade_shared::signing::{RequestTarget, sign, verify};
 use cascade_shared::validate::RecsQuery;
@@ -89,6 +91,7 @@ fn redis_keys() {
             "item" => embedding_key(EntityKind::Item, bundle, id),
             "generation" => generation_key(id),
             "purchases" => purchases_key(id),
+            "recent" => recent_key(id),
             "l2" => l2_key(bundle, id, s(&case["segment"]), case["generation"].as_u64().unwrap()),
             _ => precomputed_key(bundle, id),
         };
