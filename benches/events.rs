@@ -1,0 +1,80 @@
+//! `POST /v1/events` throughput: 32 closed-loop callers posting batches of 100 valid events (views
+//! and purchases with idempotency keys) to the origin on its embedded default.
+//!
+//!     scripts/bench.sh    (or: cargo bench -p cascade-e2e --bench events)
+//!
+//! Saves `target/cascade-bench/events.json`. BENCH_SECS (default 10).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cascade_e2e::{Origin, bench_dir, bundle_dir};
+use serde_json::json;
+
+const API_KEY: &str = "bench-internal-key-0123456789";
+const CALLERS: u64 = 32;
+const BATCH: u64 = 100;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let seconds: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let origin = Origin::start(&[
+        ("CASCADE_BUNDLE", bundle_dir()?.display().to_string()),
+        ("CASCADE_API_KEYS", API_KEY.to_string()),
+        ("CASCADE_LOG", "warn".to_string()),
+    ])
+    .await?;
+    let client = reqwest::Client::new();
+    let (stop, accepted, failures) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|caller| {
+            let (client, url, stop, accepted, failures) =
+                (client.clone(), format!("{}/v1/events", origin.url), stop.clone(), accepted.clone(), failures.clone());
+            tokio::spawn(async move {
+                let mut sequence = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let events: Vec<_> = (0..BATCH)
+                        .map(|i| {
+                            sequence += 1;
+                            let kind = if i % 10 == 0 { "purchase" } else { "view" };
+                            json!({"user_id": format!("u{}", (caller * 31 + i) % 1000), "kind": kind,
+                                   "item_id": format!("i{}", (sequence * 7) % 800), "idempotency_key": format!("{caller}-{sequence}")})
+                        })
+                        .collect();
+                    match client.post(&url).bearer_auth(API_KEY).json(&json!({"events": events})).send().await {
+                        Ok(r) if r.status() == 202 => {
+                            let body: serde_json::Value = r.json().await.unwrap_or_default();
+                            accepted.fetch_add(body["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                        }
+                        _ => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let report = json!({
+        "benchmark": "events",
+        "callers": CALLERS,
+        "events_per_request": BATCH,
+        "seconds": elapsed,
+        "events_accepted": accepted.load(Ordering::Relaxed),
+        "events_per_sec": accepted.load(Ordering::Relaxed) as f64 / elapsed,
+        "failed_requests": failures.load(Ordering::Relaxed),
+        "note": "embedded default (in-process user state); each event validated, deduplicated, applied (views join the session and bump the generation; purchases are remembered)",
+    });
+    let text = serde_json::to_string_pretty(&report)?;
+    std::fs::write(bench_dir()?.join("events.json"), &text)?;
+    println!("{text}");
+    Ok(())
+}
