@@ -46,7 +46,14 @@ setup_python() {
   local venv=$CASCADE_HOME/venv
   if [ ! -x "$venv/bin/python" ]; then
     log "creating Python venv in $venv"
-    python3 -m venv "$venv"
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+      # Debian's own python3 keeps venv in a separate package.
+      rm -rf "$venv"
+      local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+      $sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$venv"
+    fi
   fi
   if ! "$venv/bin/python" -c "import torch, numpy, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
     log "pip install torch==$TORCH_VERSION numpy (about 2 min, 4.7 GB)"
