@@ -265,7 +265,7 @@ mod tests {
     async fn a_full_queue_refuses_at_once_and_expired_rows_are_dropped() {
         let width = 1;
         let sizes = Arc::new(Mutex::new(Vec::new()));
-        let slow = summing_scorer(width, sizes.clone(), Duration::from_millis(200));
+        let slow = summing_scorer(width, sizes.clone(), Duration::from_millis(500));
         let batcher = Arc::new(Batcher::start(width, config(1, 0, 2), vec![slow], BatchMetrics::default()).unwrap());
         let far = Instant::now() + Duration::from_secs(10);
         // The thread takes the first; two more fill the queue; the fourth is refused at once.
@@ -273,7 +273,10 @@ mod tests {
             let b = batcher.clone();
             async move { b.score(vec![1.0], far).await }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Wait until the inference thread has taken it (then the queue is empty).
+        while batcher.queue_depth() > 0 || sizes.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let expiring = tokio::spawn({
             let b = batcher.clone();
             async move { b.score(vec![2.0], Instant::now() + Duration::from_millis(20)).await }
@@ -282,7 +285,11 @@ mod tests {
             let b = batcher.clone();
             async move { b.score(vec![3.0], far).await }
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Both are queued (the thread is still inside the first, slow, batch).
+        let waiting_since = Instant::now();
+        while batcher.queue_depth() < 2 && waiting_since.elapsed() < Duration::from_millis(300) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let refused_at = Instant::now();
         assert_eq!(batcher.score(vec![4.0], far).await, Err(RankError::Overloaded));
         assert!(refused_at.elapsed() < Duration::from_millis(50), "overload is answered at once");
