@@ -1,0 +1,144 @@
+//! Embedding store benchmark: batch gets of 1000 ids over 4 real Redis shards through
+//! `RedisShardStore` (grouped by shard, one MGET per shard, all shards at once), against what
+//! `redis-benchmark` reaches on the same shards with pipelined GETs of the same value size, in one
+//! run; plus the fraction of keys that move when a fifth shard joins four.
+//!
+//!     scripts/bench.sh    (or: cargo bench -p cascade-e2e --bench store)
+//!
+//! Saves `target/cascade-bench/store.json`. BENCH_SECS (default 10), STORE_USERS (default 100,000).
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cascade_e2e::{RedisServer, bench_dir};
+use cascade_origin::store::EmbeddingStore;
+use cascade_origin::store::redis_shards::RedisShardStore;
+use cascade_shared::hashing::shard_for;
+use cascade_shared::keys::EntityKind;
+use serde_json::json;
+
+const DIM: usize = 128;
+const BATCH: usize = 1000;
+
+/// Runs redis-benchmark's pipelined GET on every shard at once; returns the summed requests/s.
+fn redis_benchmark(ports: &[u16], users: usize) -> anyhow::Result<f64> {
+    let value_bytes = (DIM * 4).to_string();
+    let keyspace = users.to_string();
+    for &port in ports {
+        let port = port.to_string();
+        let status = Command::new("redis-benchmark")
+            .args(["-p", &port, "-t", "set", "-r", &keyspace, "-d", &value_bytes, "-n", &keyspace, "-P", "100", "-q"])
+            .output()?;
+        anyhow::ensure!(status.status.success(), "redis-benchmark set failed");
+    }
+    let children: Vec<_> = ports
+        .iter()
+        .map(|port| {
+            Command::new("redis-benchmark")
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "-t",
+                    "get",
+                    "-r",
+                    &keyspace,
+                    "-d",
+                    &value_bytes,
+                    "-n",
+                    "2000000",
+                    "-P",
+                    "250",
+                    "-c",
+                    "4",
+                    "--csv",
+                ])
+                .output()
+        })
+        .collect();
+    let mut total = 0.0;
+    for child in children {
+        let output = child?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        // CSV: "test","rps",...: the GET line's second field.
+        let rps = text
+            .lines()
+            .find(|l| l.starts_with("\"GET\""))
+            .and_then(|l| l.split(',').nth(1))
+            .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("cannot read redis-benchmark output: {text}"))?;
+        total += rps;
+    }
+    Ok(total)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let seconds: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let users: usize = std::env::var("STORE_USERS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let mut shards = Vec::new();
+    for _ in 0..4 {
+        shards.push(RedisServer::start().await?);
+    }
+    let urls: Vec<String> = shards.iter().map(|s| s.url.clone()).collect();
+    let store = Arc::new(RedisShardStore::new(&urls, "bench", DIM, Duration::from_secs(2))?);
+    let ids: Vec<String> = (0..users).map(|u| format!("u{u}")).collect();
+    for chunk in ids.chunks(BATCH) {
+        let entries: Vec<(String, Vec<f32>)> =
+            chunk.iter().enumerate().map(|(i, id)| (id.clone(), vec![i as f32; DIM])).collect();
+        store.set_batch(EntityKind::User, &entries).await?;
+    }
+
+    // Four batch gets in flight at a time, each 1000 random ids.
+    let (stop, keys) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, stop, keys, ids) = (store.clone(), stop.clone(), keys.clone(), ids.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let batch: Vec<String> =
+                        (0..BATCH).map(|_| ids[rand::random_range(0..ids.len())].clone()).collect();
+                    let found = store
+                        .get_batch(EntityKind::User, &batch)
+                        .await
+                        .into_iter()
+                        .filter(|r| matches!(r, Ok(Some(_))))
+                        .count();
+                    keys.fetch_add(found as u64, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    let get_batch_keys_per_s = keys.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let ports: Vec<u16> = shards.iter().map(|s| s.port).collect();
+    let redis_benchmark_keys_per_s = redis_benchmark(&ports, users)?;
+
+    let moved = ids.iter().filter(|id| shard_for(id, 4) != shard_for(id, 5)).count() as f64 / users as f64;
+    let report = json!({
+        "benchmark": "store",
+        "shards": 4,
+        "dim": DIM,
+        "value_bytes": DIM * 4,
+        "users": users,
+        "batch": BATCH,
+        "get_batch_keys_per_s": get_batch_keys_per_s,
+        "redis_benchmark_keys_per_s": redis_benchmark_keys_per_s,
+        "ratio": get_batch_keys_per_s / redis_benchmark_keys_per_s,
+        "target_ratio": 0.7,
+        "moved_fraction": moved,
+        "ideal_fraction": 0.2,
+        "moved_over_ideal": moved / 0.2,
+        "note": "redis-benchmark: pipelined GET (-P 250, 4 connections per shard) on all 4 shards at once, same value size; our client runs in this process on the same 2 cores",
+    });
+    let text = serde_json::to_string_pretty(&report)?;
+    std::fs::write(bench_dir()?.join("store.json"), &text)?;
+    println!("{text}");
+    Ok(())
+}
