@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cascade_e2e::{bench_dir, bundle_dir};
+use cascade_e2e::{bench_dir, bundle_dir, percentile};
 use cascade_origin::bundle::Bundle;
 use cascade_origin::config::{DeviceChoice, RankerConfig};
 use cascade_origin::metrics::BatchMetrics;
@@ -26,13 +26,6 @@ use cascade_origin::ranker::{Ranker, TorchRanker, pick_device};
 use serde_json::{Value, json};
 
 const CALLERS: usize = 64;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 /// Runs `callers` closed-loop callers sending `rows_per_call` rows each for `seconds`.
 async fn drive(ranker: Arc<TorchRanker>, callers: usize, rows_per_call: usize, seconds: f64) -> anyhow::Result<Value> {
