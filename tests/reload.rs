@@ -9,30 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cascade_e2e::{Origin, TempDir, bundle_dir};
-use cascade_shared::embedding::{decode_file, encode_file};
+use cascade_e2e::{Origin, TempDir, bundle_dir, relabel_bundle};
 use cascade_shared::signing::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
 use cascade_shared::wire::RecList;
 use serde_json::{Value, json};
 
 const API_KEY: &str = "reload-internal-key-0123456789";
 const SECRET: &str = "reload-secret-0123456789";
-
-/// Copies `source` to `dest` as bundle `id`: same model and vectors, every part relabelled.
-fn relabel(source: &Path, dest: &Path, id: &str) {
-    std::fs::create_dir_all(dest).unwrap();
-    std::fs::copy(source.join("model.pt"), dest.join("model.pt")).unwrap();
-    for file in ["users.emb", "items.emb"] {
-        let table = decode_file(&std::fs::read(source.join(file)).unwrap()).unwrap();
-        let ids: Vec<&str> = table.ids.iter().map(String::as_str).collect();
-        std::fs::write(dest.join(file), encode_file(id, table.header.dim, &ids, &table.values)).unwrap();
-    }
-    for file in ["metadata.json", "reference.json"] {
-        let mut json: Value = serde_json::from_slice(&std::fs::read(source.join(file)).unwrap()).unwrap();
-        json["bundle_id"] = json!(id);
-        std::fs::write(dest.join(file), serde_json::to_vec(&json).unwrap()).unwrap();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_load_fail_no_request_and_bad_bundles_are_refused() {
@@ -43,12 +26,12 @@ async fn reloads_under_load_fail_no_request_and_bad_bundles_are_refused() {
         .to_string();
     let scratch = TempDir::new("cascade-reload").unwrap();
     let b = scratch.path().join("b");
-    relabel(&a, &b, "reload-b");
+    relabel_bundle(&a, &b, "reload-b");
     let corrupt = scratch.path().join("corrupt");
-    relabel(&a, &corrupt, "reload-corrupt");
+    relabel_bundle(&a, &corrupt, "reload-corrupt");
     std::fs::write(corrupt.join("model.pt"), b"not a model").unwrap();
     let mixed = scratch.path().join("mixed");
-    relabel(&a, &mixed, "reload-mixed");
+    relabel_bundle(&a, &mixed, "reload-mixed");
     std::fs::copy(a.join("items.emb"), mixed.join("items.emb")).unwrap(); // items of bundle A
 
     let origin = Origin::start(&[

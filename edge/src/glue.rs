@@ -1,116 +1,319 @@
 //! The `worker` glue: the only file that touches the Workers runtime. It gathers request facts,
 //! asks `routing` what to do, and performs the Cache API and fetch calls.
+//!
+//! Segment lists: a stored entry carries [`STORED_AT_HEADER`]; within the fresh period it is a HIT,
+//! within the stale window it is served at once as STALE while one background refresh
+//! (`wait_until`) replaces it, and past both it is fetched again. An origin call is aborted after
+//! `ORIGIN_TIMEOUT_MS`; when it fails, any stored copy is served as STALE, and only with nothing
+//! stored does the visitor get a JSON error. Signed-in visitors go to the origin's user endpoint and
+//! their answers never touch the shared cache.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::time::Duration;
+
+use cascade_shared::segment::SegmentKey;
 use cascade_shared::validate::MAX_N;
-use worker::{Cache, Context, Date, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result, event};
+use futures_util::future::{Either, select};
+use worker::{
+    AbortController, Cache, Context, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result,
+    event,
+};
 
-use crate::routing::{self, EdgeConfig, RequestFacts, Route};
+use crate::routing::{
+    self, EdgeConfig, Freshness, OriginFailure, OriginRequest, Refusal, RequestFacts, Route, STORED_AT_HEADER,
+};
 
-fn json_response(status: u16, body: String, request_id: &str) -> Result<Response> {
+const DEMO_PAGE: &str = include_str!("demo.html");
+
+thread_local! {
+    /// Cache keys with a background refresh in flight in this isolate: concurrent STALE answers
+    /// for one key start one refresh, not one each.
+    static REVALIDATING: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+}
+
+fn json_response(status: u16, body: String) -> Result<Response> {
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
-    headers.set("x-request-id", request_id)?;
     Ok(Response::from_bytes(body.into_bytes())?.with_status(status).with_headers(headers))
 }
 
+fn refusal(refusal: &Refusal) -> Result<Response> {
+    let (status, body) = routing::refusal_response(refusal);
+    json_response(status, body)
+}
+
 fn request_id(req: &Request) -> String {
-    match req.headers().get("x-request-id").ok().flatten() {
+    match header(req, "x-request-id") {
         Some(id) if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) => id,
         // Not a security token: Math.random is enough to follow one request in the logs.
         _ => format!("{:016x}{:016x}", (js_sys::Math::random() * 2f64.powi(53)) as u64, Date::now().as_millis()),
     }
 }
 
+fn header(req: &Request, name: &str) -> Option<String> {
+    req.headers().get(name).ok().flatten()
+}
+
 fn config(env: &Env) -> std::result::Result<EdgeConfig, String> {
-    let var = |name: &str| env.var(name).ok().map(|v| v.to_string());
-    let secret = env.secret("ORIGIN_SECRET").ok().map(|v| v.to_string()).or_else(|| var("ORIGIN_SECRET"));
-    EdgeConfig::from_vars(var("ORIGIN_URL"), secret, var("SEGMENT_TTL_SECS"))
+    EdgeConfig::from_lookup(|name| {
+        env.secret(name).ok().map(|v| v.to_string()).or_else(|| env.var(name).ok().map(|v| v.to_string()))
+    })
 }
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let request_id = request_id(&req);
+    let browser_origin = header(&req, "origin");
+    let preflight = req.method() == Method::Options;
+    let (mut response, cors) = match config(&env) {
+        Ok(config) => {
+            let cors = routing::cors_headers(&config, browser_origin.as_deref(), preflight);
+            let response = match &cors {
+                Err(refused) => refusal(refused),
+                Ok(_) => handle(req, config, ctx, &request_id).await,
+            };
+            (response, cors.unwrap_or_default())
+        }
+        Err(message) => {
+            worker::console_error!("edge misconfigured: {message}");
+            let body = cascade_shared::wire::ErrorBody::new("misconfigured", message, None).to_json();
+            (json_response(500, body), Vec::new())
+        }
+    };
+    if let Err(error) = &response {
+        worker::console_error!("request {request_id} failed inside the Worker: {error}");
+        let body = cascade_shared::wire::ErrorBody::new("edge_error", error.to_string(), None).to_json();
+        response = json_response(500, body);
+    }
+    let mut response = response?;
+    let headers = response.headers_mut();
+    headers.set("x-request-id", &request_id)?;
+    for (name, value) in cors {
+        headers.set(name, &value)?;
+    }
+    Ok(response)
+}
+
+async fn handle(req: Request, config: EdgeConfig, ctx: Context, request_id: &str) -> Result<Response> {
     let url = req.url()?;
     let method = req.method().to_string();
     let country = req.cf().and_then(|cf| cf.country());
-    let user_agent = req.headers().get("user-agent").ok().flatten();
+    let user_agent = header(&req, "user-agent");
+    let ch_mobile = header(&req, "sec-ch-ua-mobile");
     let facts = RequestFacts {
         method: &method,
         path: url.path(),
         query: url.query().unwrap_or(""),
         country: country.as_deref(),
         user_agent: user_agent.as_deref(),
+        ch_mobile: ch_mobile.as_deref(),
     };
-    let (segment, n) = match routing::route(&facts) {
-        Ok(Route::Health) => return json_response(200, r#"{"status":"ok"}"#.into(), &request_id),
-        Ok(Route::SegmentRecs { segment, n }) => (segment, n),
-        Err(refusal) => {
-            let (status, body) = routing::refusal_response(&refusal);
-            return json_response(status, body, &request_id);
-        }
+    let route = match routing::route(&facts) {
+        Ok(route) => route,
+        Err(refused) => return refusal(&refused),
     };
-    let config = match config(&env) {
-        Ok(config) => config,
-        Err(message) => {
-            worker::console_error!("edge misconfigured: {message}");
-            return json_response(
-                500,
-                cascade_shared::wire::ErrorBody::new("misconfigured", message, None).to_json(),
-                &request_id,
-            );
+    let cache_origin = url.origin().ascii_serialization();
+    match route {
+        Route::Health => json_response(200, r#"{"status":"ok"}"#.into()),
+        Route::Preflight => Ok(Response::empty()?.with_status(204)),
+        Route::Demo => {
+            let mut response = Response::from_html(DEMO_PAGE)?;
+            response.headers_mut().set("cache-control", "public, max-age=300")?;
+            Ok(response)
         }
-    };
-
-    let cache = Cache::default();
-    let key = routing::cache_key(&url.origin().ascii_serialization(), &segment);
-    if let Some(mut cached) = cache.get(&key, false).await? {
-        let body = cached.bytes().await?;
-        if let Ok(cut) = routing::cut_list(&body, n) {
-            let mut response = json_response(200, String::from_utf8_lossy(&cut).into_owned(), &request_id)?;
-            response.headers_mut().set("x-cache", "HIT")?;
-            return Ok(response);
+        Route::Purge { segment } => {
+            if let Err(refused) = routing::check_admin(&config, header(&req, "authorization").as_deref()) {
+                return refusal(&refused);
+            }
+            let key = routing::cache_key(&cache_origin, &segment);
+            let purged = matches!(Cache::default().delete(&key, false).await?, worker::CacheDeletionOutcome::Success);
+            worker::console_log!("purge {segment}: {}", if purged { "deleted" } else { "not cached" });
+            let body = serde_json::json!({
+                "segment": segment.to_string(),
+                "purged": purged,
+                "scope": "this data centre; purge tag cascade-segment-<segment> for the whole zone",
+            });
+            json_response(200, body.to_string())
         }
-        // An unreadable cached entry is dropped and refetched.
-        let _ = cache.delete(&key, false).await;
+        Route::Recs { segment, n } => {
+            let token = cascade_shared::token::from_headers(
+                header(&req, "authorization").as_deref(),
+                header(&req, "cookie").as_deref(),
+            )
+            .map(str::to_string);
+            match token {
+                Some(token) => personal(&config, &ctx, &cache_origin, &token, segment, n, request_id).await,
+                None => segment_list(&config, &ctx, &cache_origin, segment, n, request_id).await,
+            }
+        }
     }
+}
 
-    let origin = routing::segment_request(&config, &segment, Date::now().as_millis() / 1000, &request_id);
+/// A signed-in visitor's own list, never stored in the shared cache; if the origin fails, their
+/// segment's list.
+async fn personal(
+    config: &EdgeConfig,
+    ctx: &Context,
+    cache_origin: &str,
+    token: &str,
+    segment: SegmentKey,
+    n: usize,
+    request_id: &str,
+) -> Result<Response> {
+    let now = Date::now().as_millis();
+    let user_id = match routing::visitor(config, token, now / 1000) {
+        Ok(user_id) => user_id,
+        Err(refused) => return refusal(&refused),
+    };
+    let request = routing::user_request(config, &user_id, &segment, n, now / 1000, request_id);
+    let mut response = match call_origin(config, &request).await.and_then(|body| checked(&body, n)) {
+        Ok(list) => {
+            let mut response = json_response(200, list)?;
+            response.headers_mut().set("x-cache", "BYPASS")?;
+            response
+        }
+        Err(failure) => {
+            worker::console_error!("personal list for {user_id} failed ({failure}); serving segment {segment}");
+            segment_list(config, ctx, cache_origin, segment, n, request_id).await?
+        }
+    };
+    response.headers_mut().set("cache-control", "private, no-store")?;
+    Ok(response)
+}
+
+fn checked(body: &[u8], n: usize) -> std::result::Result<String, OriginFailure> {
+    routing::cut_list(body, n).map(|cut| String::from_utf8_lossy(&cut).into_owned()).map_err(OriginFailure::BadBody)
+}
+
+/// A segment's list from the cache (HIT/STALE) or the origin (MISS).
+async fn segment_list(
+    config: &EdgeConfig,
+    ctx: &Context,
+    cache_origin: &str,
+    segment: SegmentKey,
+    n: usize,
+    request_id: &str,
+) -> Result<Response> {
+    let cache = Cache::default();
+    let key = routing::cache_key(cache_origin, &segment);
+    let now_ms = Date::now().as_millis();
+    let stored = match cache.get(&key, false).await? {
+        Some(mut entry) => {
+            let stored_at = entry.headers().get(STORED_AT_HEADER).ok().flatten();
+            let body = entry.bytes().await?;
+            Some((routing::freshness(config, stored_at.as_deref(), now_ms), body))
+        }
+        None => None,
+    };
+    match &stored {
+        Some((Freshness::Fresh, body)) => {
+            if let Ok(list) = checked(body, n) {
+                return answer(list, "HIT", config.fresh_secs);
+            }
+            // An unreadable entry is dropped and refetched.
+            let _ = cache.delete(&key, false).await;
+        }
+        Some((Freshness::Stale, body)) => {
+            if let Ok(list) = checked(body, n) {
+                revalidate_in_background(config, ctx, key, segment, request_id);
+                return answer(list, "STALE", 0);
+            }
+            let _ = cache.delete(&key, false).await;
+        }
+        Some((Freshness::Expired, _)) | None => {}
+    }
+    let expired_copy = stored.map(|(_, body)| body);
+    match fetch_and_store(config, &key, &segment, request_id).await {
+        Ok(full) => answer(checked(&full, n).unwrap_or_default(), "MISS", config.fresh_secs),
+        Err(failure) => {
+            worker::console_error!("segment {segment}: origin {failure}");
+            match expired_copy.as_deref().map(|body| checked(body, n)) {
+                Some(Ok(list)) => answer(list, "STALE", 0),
+                _ => {
+                    let (status, body) = routing::origin_failure_response(&failure);
+                    json_response(status, body)
+                }
+            }
+        }
+    }
+}
+
+fn answer(list: String, cache_state: &str, max_age: u32) -> Result<Response> {
+    let mut response = json_response(200, list)?;
+    let headers = response.headers_mut();
+    headers.set("x-cache", cache_state)?;
+    headers.set("cache-control", &format!("public, max-age={max_age}"))?;
+    Ok(response)
+}
+
+/// Starts one background refresh of `key`, unless one is already running in this isolate.
+fn revalidate_in_background(config: &EdgeConfig, ctx: &Context, key: String, segment: SegmentKey, request_id: &str) {
+    let started = REVALIDATING.with(|set| set.borrow_mut().insert(key.clone()));
+    if !started {
+        return;
+    }
+    let (config, request_id) = (config.clone(), request_id.to_string());
+    ctx.wait_until(async move {
+        match fetch_and_store(&config, &key, &segment, &request_id).await {
+            Ok(_) => worker::console_log!("segment {segment}: refreshed in the background"),
+            Err(failure) => worker::console_error!("segment {segment}: background refresh failed: {failure}"),
+        }
+        REVALIDATING.with(|set| set.borrow_mut().remove(&key));
+    });
+}
+
+/// Fetches a segment's full list and stores it; returns the full body.
+async fn fetch_and_store(
+    config: &EdgeConfig,
+    key: &str,
+    segment: &SegmentKey,
+    request_id: &str,
+) -> std::result::Result<Vec<u8>, OriginFailure> {
+    let request = routing::segment_request(config, segment, Date::now().as_millis() / 1000, request_id);
+    let full = call_origin(config, &request).await?;
+    checked(&full, MAX_N)?;
+    if let Err(error) = store(key, segment, config, full.clone()).await {
+        worker::console_error!("cache put failed for {segment}: {error}");
+    }
+    Ok(full)
+}
+
+async fn store(key: &str, segment: &SegmentKey, config: &EdgeConfig, body: Vec<u8>) -> Result<()> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    headers.set("cache-control", &routing::stored_cache_control(config))?;
+    headers.set("cache-tag", &routing::cache_tags(segment))?;
+    headers.set(STORED_AT_HEADER, &Date::now().as_millis().to_string())?;
+    Cache::default().put(key, Response::from_bytes(body)?.with_headers(headers)).await
+}
+
+/// One origin GET with the configured budget: aborted when it runs out. Returns a 200's body.
+async fn call_origin(config: &EdgeConfig, origin: &OriginRequest) -> std::result::Result<Vec<u8>, OriginFailure> {
+    let unreachable = |e: worker::Error| OriginFailure::Unreachable(e.to_string());
     let headers = Headers::new();
     for (name, value) in &origin.headers {
-        headers.set(name, value)?;
+        headers.set(name, value).map_err(unreachable)?;
     }
     let mut init = RequestInit::new();
     init.with_method(Method::Get).with_headers(headers);
-    let fetched = Fetch::Request(Request::new_with_init(&origin.url, &init)?).send().await;
-    let mut upstream = match fetched {
-        Ok(response) if response.status_code() == 200 => response,
-        Ok(response) => {
-            let status = response.status_code();
-            worker::console_error!("origin answered {status} for {segment}");
-            return json_response(
-                503,
-                routing::origin_unavailable_body(&format!("origin status {status}")),
-                &request_id,
-            );
+    let request = Request::new_with_init(&origin.url, &init).map_err(unreachable)?;
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let call = async move {
+        let mut response = Fetch::Request(request).send_with_signal(&signal).await.map_err(unreachable)?;
+        if response.status_code() != 200 {
+            return Err(OriginFailure::Status(response.status_code()));
         }
-        Err(error) => return json_response(503, routing::origin_unavailable_body(&error.to_string()), &request_id),
+        response.bytes().await.map_err(unreachable)
     };
-    let full = upstream.bytes().await?;
-    let cut = match routing::cut_list(&full, n.min(MAX_N)) {
-        Ok(cut) => cut,
-        Err(message) => return json_response(502, routing::origin_unavailable_body(&message), &request_id),
-    };
-
-    let stored_headers = Headers::new();
-    stored_headers.set("content-type", "application/json")?;
-    stored_headers.set("cache-control", &routing::segment_cache_control(config.segment_ttl_secs))?;
-    stored_headers.set("cache-tag", &format!("cascade-segment-{segment},cascade-segments"))?;
-    let stored = Response::from_bytes(full)?.with_headers(stored_headers);
-    if let Err(error) = cache.put(&key, stored).await {
-        worker::console_error!("cache put failed for {segment}: {error}");
+    let budget = Delay::from(Duration::from_millis(u64::from(config.origin_timeout_ms)));
+    futures_util::pin_mut!(call, budget);
+    match select(call, budget).await {
+        Either::Left((result, _)) => result,
+        Either::Right(((), _)) => {
+            controller.abort();
+            Err(OriginFailure::Timeout(config.origin_timeout_ms))
+        }
     }
-
-    let mut response = json_response(200, String::from_utf8_lossy(&cut).into_owned(), &request_id)?;
-    response.headers_mut().set("x-cache", "MISS")?;
-    Ok(response)
 }

@@ -39,6 +39,12 @@ impl Auth {
         }
     }
 
+    /// A signed-in visitor token for `user_id` (`cascade_shared::token`), valid until
+    /// `expires_at`: the edge verifies it with the same secret.
+    pub fn issue_user_token(&self, user_id: &str, expires_at: u64) -> String {
+        cascade_shared::token::issue(&self.secret, user_id, expires_at)
+    }
+
     /// Checks a request's credentials at `now` (Unix seconds).
     pub fn check(
         &self,

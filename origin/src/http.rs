@@ -92,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let admin = Router::new()
         .route("/admin/bundle", post(load_bundle))
+        .route("/admin/tokens", post(issue_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate_internal));
     Router::new()
         .merge(api)
@@ -183,6 +184,31 @@ async fn load_bundle(State(state): State<AppState>, body: Bytes) -> Result<Respo
     }
     let swapped = state.serving.load(std::path::Path::new(&request.path)).await?;
     Ok(Json(swapped).into_response())
+}
+
+/// `POST /admin/tokens` `{"user_id": "42", "ttl_secs": 3600}`: a signed-in visitor token for the
+/// edge (`cascade_shared::token`). The site's login service calls this, or mints tokens itself with
+/// the same secret.
+async fn issue_token(State(state): State<AppState>, body: Bytes) -> Result<Response, AppError> {
+    #[derive(serde::Deserialize)]
+    struct IssueToken {
+        user_id: String,
+        ttl_secs: Option<u64>,
+    }
+    let request: IssueToken = serde_json::from_slice(&body)
+        .map_err(|e| FieldError::new("body", format!("expected {{\"user_id\": \"…\", \"ttl_secs\": 3600}}: {e}")))?;
+    validate_id("user_id", &request.user_id)?;
+    let ttl = request.ttl_secs.unwrap_or(3_600);
+    if !(1..=cascade_shared::token::MAX_TOKEN_TTL_SECS).contains(&ttl) {
+        return Err(FieldError::new(
+            "ttl_secs",
+            format!("must be 1..={}, got {ttl}", cascade_shared::token::MAX_TOKEN_TTL_SECS),
+        )
+        .into());
+    }
+    let expires_at = unix_now().as_secs() + ttl;
+    let token = state.auth.issue_user_token(&request.user_id, expires_at);
+    Ok(Json(json!({"token": token, "user_id": request.user_id, "expires_at": expires_at})).into_response())
 }
 
 fn recs_response(answer: Answer, cache_control: &'static str) -> Response {

@@ -39,6 +39,11 @@ def sign(secret: bytes, method: str, path: str, query: str, ts: int) -> str:
     return hmac.new(secret, msg, hashlib.sha256).hexdigest()
 
 
+def user_token(secret: bytes, user_id: str, expires_at: int) -> str:
+    msg = f"cascade-user-token\nv1\n{user_id}\n{expires_at}".encode()
+    return f"v1.{user_id}.{expires_at}." + hmac.new(secret, msg, hashlib.sha256).hexdigest()
+
+
 def emb_file(bundle: str, dim: int, rows) -> bytes:
     out = b"CEMB" + struct.pack("<HHIQH", 1, 0, dim, len(rows), len(bundle)) + bundle.encode()
     for id_, vec in rows:
@@ -60,6 +65,10 @@ vectors = {
             ("another-secret-abcdefgh", "get", "/v1/users/42/recs", "n=10&page=browse&device=mobile", 1),
             ("dev-secret-0123456789", "POST", "/v1/events", "", 1764201601),
         ]
+    ],
+    "user_tokens": [
+        {"secret": s, "user_id": u, "expires_at": e, "token": user_token(s.encode(), u, e)}
+        for (s, u, e) in [("dev-secret-0123456789", "42", 1764201600), ("another-secret-abcdefgh", "u-9.x", 4102444800)]
     ],
     "segments": [
         {"page": "home", "device": "desktop", "country": "US", "key": "home.desktop.us"},

@@ -8,6 +8,7 @@
 //! | [`validate`] | ids, `n`, and the query-string parsing both sides use |
 //! | [`segment`] | the canonical segment key (allowlisted page/device/country) |
 //! | [`signing`] | HMAC-SHA256 signing of edge → origin requests, with a timestamp window |
+//! | [`token`] | signed-in visitor tokens: format, issuing, verification |
 //! | [`hashing`] | the stable id hash and jump consistent hashing (id → shard) |
 //! | [`keys`] | the Redis key schema |
 //! | [`embedding`] | the embedding export file format and the Redis value encoding |
@@ -22,5 +23,6 @@ pub mod hashing;
 pub mod keys;
 pub mod segment;
 pub mod signing;
+pub mod token;
 pub mod validate;
 pub mod wire;

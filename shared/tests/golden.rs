@@ -10,6 +10,7 @@ use cascade_shared::keys::{
 };
 use cascade_shared::segment::SegmentKey;
 use cascade_shared::signing::{RequestTarget, sign, verify};
+use cascade_shared::token;
 use cascade_shared::validate::RecsQuery;
 use cascade_shared::wire::{ErrorBody, RecList};
 use serde_json::Value;
@@ -57,6 +58,16 @@ fn signatures() {
             300,
         );
         assert_eq!(ok, Ok(()));
+    }
+}
+
+#[test]
+fn user_tokens() {
+    for case in vectors()["user_tokens"].as_array().unwrap() {
+        let (secret, user, expires_at) =
+            (s(&case["secret"]).as_bytes(), s(&case["user_id"]), case["expires_at"].as_u64().unwrap());
+        assert_eq!(token::issue(secret, user, expires_at), s(&case["token"]));
+        assert_eq!(token::verify(secret, s(&case["token"]), expires_at - 1), Ok(user));
     }
 }
 

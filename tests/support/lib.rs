@@ -14,6 +14,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 
+/// Copies bundle `source` to `dest` as bundle `id`: same model and vectors, every part relabelled
+/// (a stand-in for "the next model", for reload and freshness tests).
+pub fn relabel_bundle(source: &Path, dest: &Path, id: &str) {
+    std::fs::create_dir_all(dest).expect("create bundle folder");
+    std::fs::copy(source.join("model.pt"), dest.join("model.pt")).expect("copy model");
+    for file in ["users.emb", "items.emb"] {
+        let bytes = std::fs::read(source.join(file)).expect("read embeddings");
+        let table = cascade_shared::embedding::decode_file(&bytes).expect("decode embeddings");
+        let ids: Vec<&str> = table.ids.iter().map(String::as_str).collect();
+        let encoded = cascade_shared::embedding::encode_file(id, table.header.dim, &ids, &table.values);
+        std::fs::write(dest.join(file), encoded).expect("write embeddings");
+    }
+    for file in ["metadata.json", "reference.json"] {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(source.join(file)).expect("read")).expect("json");
+        json["bundle_id"] = serde_json::json!(id);
+        std::fs::write(dest.join(file), serde_json::to_vec(&json).expect("json")).expect("write");
+    }
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
