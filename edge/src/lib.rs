@@ -2,14 +2,18 @@
 //!
 //! Anonymous `GET /recs?page=&device=&n=` requests are mapped to a canonical segment
 //! (`cascade_shared::segment`), answered from the Workers Cache API when it holds that segment's
-//! list, and otherwise fetched from the origin with a signed request, stored, and returned. The edge
-//! caches one full list per segment ([`cascade_shared::validate::MAX_N`] items) and cuts it to the
-//! requested `n`, so `n` never multiplies cache entries.
+//! list (fresh: HIT; stale: STALE plus one background refresh), and otherwise fetched from the
+//! origin with a signed request (aborted at a budget), stored, and returned; when the origin fails,
+//! any stored copy is served. The edge caches one full list per segment
+//! ([`cascade_shared::validate::MAX_N`] items) and cuts it to the requested `n`, so `n` never
+//! multiplies cache entries. Visitors with a user token (`cascade_shared::token`) get their own
+//! list from the origin, never stored. `GET /` is a demo page; `POST /admin/purge` deletes a
+//! segment's entry.
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`routing`] | pure decisions: route, segment, cache key, origin request, list cutting, errors |
-//! | `glue` (wasm32 only) | the `worker` crate: the fetch handler, Cache API, outbound fetch |
+//! | [`routing`] | pure decisions: route, segment, freshness, tokens, CORS, cache key, origin requests, list cutting, errors |
+//! | `glue` (wasm32 only) | the `worker` crate: the fetch handler, Cache API, outbound fetch with abort, `wait_until` |
 //!
 //! Everything that decides is in [`routing`] and unit-tested natively; `glue` only moves bytes.
 
