@@ -26,6 +26,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod features;
+pub mod generate;
 pub mod http;
 pub mod metrics;
 pub mod ranker;

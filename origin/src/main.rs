@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use cascade_origin::commands;
 use cascade_origin::config::Config;
+use cascade_origin::generate::GenSpec;
 use cascade_shared::config as env_names;
+use cascade_shared::embedding::ValueEncoding;
 use clap::{Parser, Subcommand};
 
 /// Cascade's origin: recommendations from sharded embeddings, FAISS and a TorchScript ranker.
@@ -25,11 +27,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Bulk-load a bundle's embeddings into the Redis shards, then verify them.
+    /// Bulk-load embeddings (a bundle's, or generated ones) into the Redis shards, then verify them.
     Load {
         /// Bundle folder.
         #[arg(long, env = env_names::BUNDLE, default_value = "data/bundle")]
         bundle: PathBuf,
+        /// Generate clustered data instead: `users=N,items=M,dim=D[,clusters=K][,seed=S]`.
+        #[arg(long, value_parser = |s: &str| GenSpec::parse(s))]
+        generate: Option<GenSpec>,
         /// Comma-separated shard URLs, in shard order.
         #[arg(long, env = env_names::REDIS_SHARDS, value_delimiter = ',')]
         redis: Vec<String>,
@@ -39,6 +44,15 @@ enum Command {
         /// Load users only (items are served from the bundle).
         #[arg(long)]
         users_only: bool,
+        /// Store values as float16 (half the memory; readers accept both).
+        #[arg(long)]
+        f16: bool,
+        /// With --generate: also write the data as a bundle folder here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// With --out: copy the model and its reference scores from this bundle (same dim).
+        #[arg(long)]
+        model_from: Option<PathBuf>,
     },
     /// Rank every user's top list offline and write it to the Redis shards (resumable).
     Precompute {
@@ -100,6 +114,30 @@ enum IndexCommand {
         #[arg(long, default_value = "auto")]
         factory: String,
     },
+    /// Recall@K against exact search, and latency, for each nprobe (queries: the bundle's users).
+    Eval {
+        /// Bundle folder.
+        #[arg(long, env = env_names::BUNDLE, default_value = "data/bundle")]
+        bundle: PathBuf,
+        /// FAISS factory string, `auto`, or `file` (the bundle's items.faiss).
+        #[arg(long, default_value = "auto")]
+        factory: String,
+        /// nprobe values to try.
+        #[arg(long, value_delimiter = ',', default_value = "8,16,32,64")]
+        nprobe: Vec<usize>,
+        /// Number of queries.
+        #[arg(long, default_value_t = 2000)]
+        queries: usize,
+        /// K of recall@K.
+        #[arg(long, default_value_t = 100)]
+        k: usize,
+        /// Threads searching at once for the throughput figure.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn init_logging() {
@@ -119,8 +157,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(config.as_deref(), &|name| std::env::var(name).ok())?;
             commands::serve::run(config).await
         }
-        Command::Load { bundle, redis, batch, users_only } => {
-            commands::load::run(&bundle, &redis, batch, users_only).await.map(|_| ())
+        Command::Load { bundle, generate, redis, batch, users_only, f16, out, model_from } => {
+            let encoding = if f16 { ValueEncoding::F16 } else { ValueEncoding::F32 };
+            let args = commands::load::LoadArgs {
+                bundle,
+                generate,
+                shards: redis,
+                batch,
+                users_only,
+                encoding,
+                out,
+                model_from,
+            };
+            commands::load::run(args).await.map(|_| ())
         }
         Command::Precompute { bundle, redis, part, top, ttl_secs, checkpoint, max_users } => {
             anyhow::ensure!(ttl_secs > 0, "--ttl-secs must be positive");
@@ -137,6 +186,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Index { command: IndexCommand::Build { bundle, factory } } => {
             tokio::task::spawn_blocking(move || commands::index::build(&bundle, &factory)).await?
+        }
+        Command::Index { command: IndexCommand::Eval { bundle, factory, nprobe, queries, k, threads, json } } => {
+            let args = commands::index::EvalArgs { bundle, factory, nprobes: nprobe, queries, k, threads };
+            let report = tokio::task::spawn_blocking(move || commands::index::eval(&args)).await??;
+            let text = serde_json::to_string_pretty(&report)?;
+            if let Some(path) = json {
+                std::fs::write(&path, &text)?;
+            }
+            println!("{text}");
+            Ok(())
         }
         Command::Plan { users, items, dim, f16, node_memory_gib } => {
             anyhow::ensure!(

@@ -96,6 +96,10 @@ vectors = {
          "key": "cascade:l2:b1:42:home.mobile.us:3"},
     ],
     "embedding_value": {"values": [1.0, -0.5, 3.25, 0.0], "hex": struct.pack("<4f", 1.0, -0.5, 3.25, 0.0).hex()},
+    # float16 (IEEE half, round to nearest even): 0.1 is not exact, 65504 is the largest finite.
+    "embedding_value_f16": {"values": [1.0, -0.5, 0.1, 65504.0],
+                            "hex": struct.pack("<4e", 1.0, -0.5, 0.1, 65504.0).hex(),
+                            "decoded": list(struct.unpack("<4e", struct.pack("<4e", 1.0, -0.5, 0.1, 65504.0)))},
     "embedding_file": {
         "bundle_id": "golden", "dim": 3,
         "ids": ["i1", "i22"], "values": [0.5, -1.0, 2.0, 0.25, 0.125, -8.0],

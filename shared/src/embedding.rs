@@ -66,7 +66,7 @@ pub enum FormatError {
         extra: usize,
     },
     /// A value has the wrong length for `dim`.
-    #[error("embedding value has {len} bytes; dim {dim} needs {}", dim * 4)]
+    #[error("embedding value has {len} bytes; dim {dim} needs {} (float32) or {} (float16)", dim * 4, dim * 2)]
     ValueLength {
         /// Length found.
         len: usize,
@@ -75,17 +75,59 @@ pub enum FormatError {
     },
 }
 
-/// Encodes a vector as a value: little-endian float32s.
-pub fn encode_value(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+/// How a vector is stored as a Redis value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ValueEncoding {
+    /// `dim` little-endian IEEE float32s (`4·dim` bytes): exact.
+    #[default]
+    F32,
+    /// `dim` little-endian IEEE float16s (`2·dim` bytes, round to nearest even): half the memory,
+    /// about 3 significant digits.
+    F16,
 }
 
-/// Decodes a value of exactly `dim` float32s.
-pub fn decode_value(bytes: &[u8], dim: usize) -> Result<Vec<f32>, FormatError> {
-    if bytes.len() != dim * 4 {
-        return Err(FormatError::ValueLength { len: bytes.len(), dim });
+impl ValueEncoding {
+    /// Parses `f32` or `f16`.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "f32" => Some(ValueEncoding::F32),
+            "f16" => Some(ValueEncoding::F16),
+            _ => None,
+        }
     }
-    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+
+    /// Bytes per dimension.
+    pub fn bytes_per_dim(self) -> usize {
+        match self {
+            ValueEncoding::F32 => 4,
+            ValueEncoding::F16 => 2,
+        }
+    }
+}
+
+/// Encodes a vector as a value: little-endian float32s.
+pub fn encode_value(values: &[f32]) -> Vec<u8> {
+    encode_value_as(values, ValueEncoding::F32)
+}
+
+/// Encodes a vector as a value in `encoding`.
+pub fn encode_value_as(values: &[f32], encoding: ValueEncoding) -> Vec<u8> {
+    match encoding {
+        ValueEncoding::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ValueEncoding::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+    }
+}
+
+/// Decodes a value of `dim` float32s (`4·dim` bytes) or float16s (`2·dim` bytes): the length
+/// tells them apart, so readers need no setting and a store can move from one to the other.
+pub fn decode_value(bytes: &[u8], dim: usize) -> Result<Vec<f32>, FormatError> {
+    if bytes.len() == dim * 4 {
+        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    } else if bytes.len() == dim * 2 {
+        Ok(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
+    } else {
+        Err(FormatError::ValueLength { len: bytes.len(), dim })
+    }
 }
 
 /// The header of an export file.
@@ -193,19 +235,31 @@ pub fn decode_file(bytes: &[u8]) -> Result<EmbeddingTable, FormatError> {
 pub fn encode_file(bundle_id: &str, dim: usize, ids: &[&str], values: &[f32]) -> Vec<u8> {
     assert_eq!(values.len(), ids.len() * dim, "values must hold ids.len() * dim floats");
     let mut out = Vec::with_capacity(22 + bundle_id.len() + ids.len() * (2 + 8 + dim * 4));
+    out.extend(encode_header(bundle_id, dim, ids.len() as u64));
+    for (index, id) in ids.iter().enumerate() {
+        encode_record(&mut out, id, &values[index * dim..(index + 1) * dim]);
+    }
+    out
+}
+
+/// The header of a file of `count` records, for writers that stream the records after it.
+pub fn encode_header(bundle_id: &str, dim: usize, count: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(22 + bundle_id.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&ENCODING_F32.to_le_bytes());
     out.extend_from_slice(&(dim as u32).to_le_bytes());
-    out.extend_from_slice(&(ids.len() as u64).to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
     out.extend_from_slice(&(bundle_id.len() as u16).to_le_bytes());
     out.extend_from_slice(bundle_id.as_bytes());
-    for (index, id) in ids.iter().enumerate() {
-        out.extend_from_slice(&(id.len() as u16).to_le_bytes());
-        out.extend_from_slice(id.as_bytes());
-        out.extend_from_slice(&encode_value(&values[index * dim..(index + 1) * dim]));
-    }
     out
+}
+
+/// Appends one record (`id`, then its float32s) to `out`.
+pub fn encode_record(out: &mut Vec<u8>, id: &str, values: &[f32]) {
+    out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+    out.extend_from_slice(id.as_bytes());
+    out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
 }
 
 #[cfg(test)]

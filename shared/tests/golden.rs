@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
-use cascade_shared::embedding::{decode_file, decode_value, encode_file, encode_value};
+use cascade_shared::embedding::{ValueEncoding, decode_file, decode_value, encode_file, encode_value, encode_value_as};
 use cascade_shared::hashing::{shard_for, stable_hash64};
 use cascade_shared::keys::{
     EntityKind, embedding_key, generation_key, l2_key, precomputed_key, purchases_key, recent_key,
@@ -117,6 +117,11 @@ fn embedding_encodings() {
     let floats: Vec<f32> = value["values"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
     assert_eq!(hex::encode(encode_value(&floats)), s(&value["hex"]));
     assert_eq!(decode_value(&hex::decode(s(&value["hex"])).unwrap(), 4).unwrap(), floats);
+    let half = &v["embedding_value_f16"];
+    let floats: Vec<f32> = half["values"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let decoded: Vec<f32> = half["decoded"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    assert_eq!(hex::encode(encode_value_as(&floats, ValueEncoding::F16)), s(&half["hex"]));
+    assert_eq!(decode_value(&hex::decode(s(&half["hex"])).unwrap(), 4).unwrap(), decoded);
 
     let file = &v["embedding_file"];
     let bytes = hex::decode(s(&file["hex"])).unwrap();

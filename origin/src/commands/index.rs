@@ -25,3 +25,139 @@ pub fn build(bundle_dir: &Path, factory: &str) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// What `cascade index eval` measures for one `nprobe`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EvalPoint {
+    /// Lists probed.
+    pub nprobe: usize,
+    /// Mean fraction of the exact top K found.
+    pub recall: f64,
+    /// Median single-query latency, ms (one thread).
+    pub p50_ms: f64,
+    /// 99th percentile single-query latency, ms (one thread).
+    pub p99_ms: f64,
+    /// Queries per second with `threads` threads searching at once through the retriever's pool.
+    pub qps: f64,
+}
+
+/// Arguments of `cascade index eval`.
+pub struct EvalArgs {
+    /// Bundle folder (items to index, users as queries).
+    pub bundle: std::path::PathBuf,
+    /// Factory string, `auto`, or `file` (the bundle's `items.faiss`).
+    pub factory: String,
+    /// `nprobe` values to try.
+    pub nprobes: Vec<usize>,
+    /// Queries (the first users of the bundle).
+    pub queries: usize,
+    /// K of recall@K.
+    pub k: usize,
+    /// Threads for the throughput figure.
+    pub threads: usize,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// Recall@K against exact inner-product search, and latency, for each `nprobe`.
+pub fn eval(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
+    use crate::retrieval::{FaissRetriever, Retriever};
+    anyhow::ensure!(
+        args.k >= 1 && args.queries >= 1 && args.threads >= 1,
+        "--k, --queries and --threads must be positive"
+    );
+    anyhow::ensure!(
+        !args.nprobes.is_empty() && args.nprobes.iter().all(|&n| n >= 1),
+        "--nprobe values must be positive"
+    );
+    // Only the embeddings are needed (a generated folder without a model will do).
+    let read = |name: &str| -> anyhow::Result<cascade_shared::embedding::EmbeddingTable> {
+        let path = args.bundle.join(name);
+        let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cascade_shared::embedding::decode_file(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    };
+    let (items, users) = (read("items.emb")?, read("users.emb")?);
+    let dim = items.header.dim;
+    anyhow::ensure!(users.header.dim == dim, "users.emb has dim {}, items.emb {dim}", users.header.dim);
+    let bundle_id = items.header.bundle_id.clone();
+    let queries: Vec<&[f32]> = (0..args.queries.min(users.ids.len())).map(|row| users.row(row)).collect();
+    let k = args.k.min(items.ids.len());
+    let started = Instant::now();
+    let (factory, index) = match args.factory.as_str() {
+        "file" => ("items.faiss".to_string(), FaissRetriever::read(&args.bundle.join("items.faiss"))?),
+        other => {
+            let factory = if other == "auto" { auto_factory(items.ids.len()) } else { other.to_string() };
+            let index = build_index(&factory, dim, &items.values)?;
+            (factory, index)
+        }
+    };
+    let build_secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{factory} over {} items (dim {dim}) ready in {build_secs:.2} s; {} queries, recall@{k}",
+        items.ids.len(),
+        queries.len()
+    );
+    let exact = FaissRetriever::new(build_index("Flat", dim, &items.values)?, 1, 1, "Flat")?;
+    let truth: Vec<std::collections::HashSet<usize>> = queries
+        .iter()
+        .map(|q| exact.search(q, k).map(|c| c.iter().map(|c| c.row).collect()))
+        .collect::<Result<_, _>>()?;
+    let mut points = Vec::new();
+    let mut index = Some(index);
+    for &nprobe in &args.nprobes {
+        // Each nprobe gets its own pool built from a copy of the trained index.
+        let source = index.take().ok_or_else(|| anyhow::anyhow!("index consumed"))?;
+        let copy = faiss::index::TryClone::try_clone(&source)?;
+        index = Some(source);
+        let retriever = FaissRetriever::new(copy, args.threads, nprobe, &factory)?;
+        let mut latencies = Vec::with_capacity(queries.len());
+        let mut found = 0usize;
+        for (query, truth) in queries.iter().zip(&truth) {
+            let t = Instant::now();
+            let got = retriever.search(query, k)?;
+            latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            found += got.iter().filter(|c| truth.contains(&c.row)).count();
+        }
+        latencies.sort_by(f64::total_cmp);
+        let t = Instant::now();
+        std::thread::scope(|scope| {
+            for worker in 0..args.threads {
+                let (retriever, queries) = (&retriever, &queries);
+                scope.spawn(move || {
+                    for query in queries.iter().skip(worker).step_by(args.threads) {
+                        let _ = retriever.search(query, k);
+                    }
+                });
+            }
+        });
+        let qps = queries.len() as f64 / t.elapsed().as_secs_f64();
+        let point = EvalPoint {
+            nprobe,
+            recall: found as f64 / (queries.len() * k) as f64,
+            p50_ms: percentile(&latencies, 0.50),
+            p99_ms: percentile(&latencies, 0.99),
+            qps,
+        };
+        eprintln!(
+            "nprobe {:>5}: recall@{k} {:.4}  p50 {:.3} ms  p99 {:.3} ms  {:.0} queries/s on {} threads",
+            point.nprobe, point.recall, point.p50_ms, point.p99_ms, point.qps, args.threads
+        );
+        points.push(point);
+    }
+    Ok(serde_json::json!({
+        "bundle_id": bundle_id,
+        "items": items.ids.len(),
+        "dim": dim,
+        "factory": factory,
+        "build_secs": build_secs,
+        "queries": queries.len(),
+        "k": k,
+        "threads": args.threads,
+        "points": points,
+    }))
+}

@@ -1,30 +1,77 @@
-//! `cascade load`: bulk-load a bundle's user and item embeddings into the Redis shards.
+//! `cascade load`: bulk-load user and item embeddings into the Redis shards, from a bundle's export
+//! files or from the generator (`--generate users=…,items=…,dim=…`).
 //!
-//! Batches go to every shard at once (one `MSET` per shard per batch). At the end every id is
-//! read back and counted: the command reports what Redis holds, not what it sent.
+//! Batches are written to every shard at once (one `MSET` per shard per batch) with several
+//! batches in flight. At the end every id is read back and counted: the command reports what Redis
+//! holds, not what it sent. `--out DIR` writes generated data as a bundle folder instead of (or as
+//! well as) loading it; `--model-from B` completes that folder with B's model so it can be served.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cascade_shared::embedding::EmbeddingTable;
+use cascade_shared::embedding::{EmbeddingTable, ValueEncoding, encode_header, encode_record};
 use cascade_shared::keys::EntityKind;
+use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bundle::{Metadata, read_embeddings};
+use crate::generate::{GenSpec, Generator};
 use crate::store::EmbeddingStore;
 use crate::store::redis_shards::RedisShardStore;
 
+/// Batches in flight at once.
+const IN_FLIGHT: usize = 4;
+
 /// What a load did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoadReport {
     /// Vectors written.
     pub written: usize,
     /// Vectors found on reading back.
     pub verified: usize,
+    /// Seconds spent writing (not verifying).
+    pub write_secs: f64,
 }
 
-fn progress(total: usize, label: &str) -> ProgressBar {
-    let bar = ProgressBar::new(total as u64);
+/// Where vectors come from.
+pub enum Rows<'a> {
+    /// An export file, read into memory.
+    Table(&'a EmbeddingTable),
+    /// The generator, row by row.
+    Generated(&'a Generator),
+}
+
+impl Rows<'_> {
+    fn len(&self, kind: EntityKind) -> u64 {
+        match (self, kind) {
+            (Rows::Table(table), _) => table.ids.len() as u64,
+            (Rows::Generated(g), EntityKind::User) => g.spec().users,
+            (Rows::Generated(g), EntityKind::Item) => g.spec().items,
+        }
+    }
+
+    fn chunk(&self, kind: EntityKind, range: std::ops::Range<u64>) -> Vec<(String, Vec<f32>)> {
+        match self {
+            Rows::Table(table) => {
+                range.map(|row| (table.ids[row as usize].clone(), table.row(row as usize).to_vec())).collect()
+            }
+            Rows::Generated(generator) => generator.rows(kind, range),
+        }
+    }
+
+    fn ids(&self, kind: EntityKind, range: std::ops::Range<u64>) -> Vec<String> {
+        match (self, kind) {
+            (Rows::Table(table), _) => table.ids[range.start as usize..range.end as usize].to_vec(),
+            (Rows::Generated(_), EntityKind::User) => range.map(|n| format!("u{n}")).collect(),
+            (Rows::Generated(_), EntityKind::Item) => range.map(|n| format!("i{n}")).collect(),
+        }
+    }
+}
+
+/// A progress bar with rate and ETA (on stderr; hidden when stderr is not a terminal).
+pub fn progress(total: u64, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
     let style = ProgressStyle::with_template("{msg:>6} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
@@ -33,80 +80,197 @@ fn progress(total: usize, label: &str) -> ProgressBar {
     bar
 }
 
-async fn load_table(
-    store: &RedisShardStore,
-    kind: EntityKind,
-    table: &EmbeddingTable,
-    batch: usize,
-) -> anyhow::Result<LoadReport> {
-    let label = match kind {
+fn label(kind: EntityKind) -> &'static str {
+    match kind {
         EntityKind::User => "users",
         EntityKind::Item => "items",
-    };
-    let bar = progress(table.ids.len(), label);
-    let mut written = 0;
-    for start in (0..table.ids.len()).step_by(batch) {
-        let end = (start + batch).min(table.ids.len());
-        let entries: Vec<(String, Vec<f32>)> =
-            (start..end).map(|row| (table.ids[row].clone(), table.row(row).to_vec())).collect();
-        written += store.set_batch(kind, &entries).await?;
-        bar.set_position(end as u64);
     }
-    bar.finish();
+}
+
+fn chunks(total: u64, batch: usize) -> impl Iterator<Item = std::ops::Range<u64>> {
+    (0..total).step_by(batch).map(move |start| start..(start + batch as u64).min(total))
+}
+
+/// Writes `rows` of `kind` and reads every id back.
+pub async fn load_rows(
+    store: &RedisShardStore,
+    kind: EntityKind,
+    rows: &Rows<'_>,
+    batch: usize,
+) -> anyhow::Result<LoadReport> {
+    let total = rows.len(kind);
+    let bar = progress(total, label(kind));
+    let started = Instant::now();
+    let mut writes = futures::stream::iter(chunks(total, batch))
+        .map(|range| async move {
+            let end = range.end;
+            // Rows are made (read or generated) lazily, one chunk per batch in flight.
+            let entries = rows.chunk(kind, range);
+            store.set_batch(kind, &entries).await.map(|n| (n, end))
+        })
+        .buffered(IN_FLIGHT);
+    let mut written = 0;
+    while let Some(result) = writes.next().await {
+        let (n, end) = result?;
+        written += n;
+        bar.set_position(end);
+    }
+    bar.finish_and_clear();
+    let write_secs = started.elapsed().as_secs_f64();
     let mut verified = 0;
-    for chunk in table.ids.chunks(batch) {
-        for (id, lookup) in chunk.iter().zip(store.get_batch(kind, chunk).await) {
+    let mut reads = futures::stream::iter(chunks(total, batch))
+        .map(|range| {
+            let ids = rows.ids(kind, range);
+            async move {
+                let lookups = store.get_batch(kind, &ids).await;
+                (ids, lookups)
+            }
+        })
+        .buffered(IN_FLIGHT);
+    while let Some((ids, lookups)) = reads.next().await {
+        for (id, lookup) in ids.iter().zip(lookups) {
             match lookup {
                 Ok(Some(_)) => verified += 1,
                 Ok(None) => tracing::error!(%id, "missing after load"),
-                Err(error) => anyhow::bail!("verifying {label}: {error}"),
+                Err(error) => anyhow::bail!("verifying {}: {error}", label(kind)),
             }
         }
     }
-    Ok(LoadReport { written, verified })
+    Ok(LoadReport { written, verified, write_secs })
 }
 
-/// Loads `bundle_dir`'s users (and items, unless `users_only`) into `shards`.
-pub async fn run(
-    bundle_dir: &Path,
-    shards: &[String],
-    batch: usize,
-    users_only: bool,
-) -> anyhow::Result<Vec<(EntityKind, LoadReport)>> {
+/// What to load and where.
+pub struct LoadArgs {
+    /// Bundle folder (when not generating).
+    pub bundle: PathBuf,
+    /// Generator spec, instead of the bundle's files.
+    pub generate: Option<GenSpec>,
+    /// Shard URLs (empty: don't load, e.g. only `--out`).
+    pub shards: Vec<String>,
+    /// Vectors per batch.
+    pub batch: usize,
+    /// Users only.
+    pub users_only: bool,
+    /// Value encoding written to Redis.
+    pub encoding: ValueEncoding,
+    /// Write generated data as a bundle folder here.
+    pub out: Option<PathBuf>,
+    /// Copy the model (and its reference scores) from this bundle into `out`.
+    pub model_from: Option<PathBuf>,
+}
+
+/// Runs `cascade load`.
+pub async fn run(args: LoadArgs) -> anyhow::Result<Vec<(EntityKind, LoadReport)>> {
+    anyhow::ensure!((1..=100_000).contains(&args.batch), "--batch must be within 1..=100000");
+    let generator = args.generate.map(Generator::new);
     anyhow::ensure!(
-        !shards.is_empty(),
-        "no Redis shards: pass --redis or set {}",
+        !args.shards.is_empty() || args.out.is_some(),
+        "no Redis shards: pass --redis or set {} (or --out with --generate)",
         cascade_shared::config::REDIS_SHARDS
     );
-    anyhow::ensure!((1..=100_000).contains(&batch), "--batch must be within 1..=100000");
-    let metadata: Metadata = serde_json::from_slice(&std::fs::read(bundle_dir.join("metadata.json"))?)?;
-    let store = RedisShardStore::new(shards, &metadata.bundle_id, metadata.dim, Duration::from_secs(5))?;
-    let mut kinds = vec![(EntityKind::User, bundle_dir.join("users.emb"))];
-    if !users_only {
-        kinds.push((EntityKind::Item, bundle_dir.join("items.emb")));
+    anyhow::ensure!(args.out.is_none() || generator.is_some(), "--out needs --generate");
+    anyhow::ensure!(args.model_from.is_none() || args.out.is_some(), "--model-from needs --out");
+    let (bundle_id, dim) = match &generator {
+        Some(g) => (g.spec().bundle_id(), g.spec().dim),
+        None => {
+            let metadata: Metadata = serde_json::from_slice(&std::fs::read(args.bundle.join("metadata.json"))?)?;
+            (metadata.bundle_id, metadata.dim)
+        }
+    };
+    if let (Some(generator), Some(out)) = (&generator, &args.out) {
+        write_bundle(generator, out, args.model_from.as_deref())?;
+    }
+    if args.shards.is_empty() {
+        return Ok(Vec::new());
+    }
+    let store =
+        RedisShardStore::new(&args.shards, &bundle_id, dim, Duration::from_secs(5))?.with_encoding(args.encoding);
+    let mut kinds = vec![EntityKind::User];
+    if !args.users_only {
+        kinds.push(EntityKind::Item);
     }
     let mut reports = Vec::new();
-    for (kind, path) in kinds {
-        let started = Instant::now();
-        let table = read_embeddings(&path, &metadata.bundle_id, metadata.dim)?;
-        let report = load_table(&store, kind, &table, batch).await?;
-        let seconds = started.elapsed().as_secs_f64();
+    for kind in kinds {
+        let table;
+        let rows = match &generator {
+            Some(generator) => Rows::Generated(generator),
+            None => {
+                let file = args.bundle.join(format!("{}.emb", label(kind)));
+                table = read_embeddings(&file, &bundle_id, dim)?;
+                Rows::Table(&table)
+            }
+        };
+        let total = rows.len(kind);
+        let report = load_rows(&store, kind, &rows, args.batch).await?;
         eprintln!(
-            "{}: wrote {} and verified {} of {} vectors over {} shards in {seconds:.1} s ({:.0}/s)",
-            path.display(),
+            "{}: wrote {} and verified {} of {total} vectors ({:?}, bundle {bundle_id}) over {} shards in {:.1} s ({:.0}/s)",
+            label(kind),
             report.written,
             report.verified,
-            table.ids.len(),
-            shards.len(),
-            report.written as f64 / seconds.max(1e-9)
+            args.encoding,
+            args.shards.len(),
+            report.write_secs,
+            report.written as f64 / report.write_secs.max(1e-9)
         );
         anyhow::ensure!(
-            report.verified == table.ids.len(),
-            "only {} of {} vectors are in Redis",
+            report.verified as u64 == total,
+            "only {} of {total} {} are in Redis",
             report.verified,
-            table.ids.len()
+            label(kind)
         );
         reports.push((kind, report));
     }
     Ok(reports)
+}
+
+/// Writes generated users and items as CEMB files in `out`, and with `model_from` the rest of a
+/// bundle (model, reference scores and metadata relabelled to the generated bundle id).
+fn write_bundle(generator: &Generator, out: &Path, model_from: Option<&Path>) -> anyhow::Result<()> {
+    let spec = generator.spec();
+    let bundle_id = spec.bundle_id();
+    std::fs::create_dir_all(out)?;
+    for (kind, count) in [(EntityKind::User, spec.users), (EntityKind::Item, spec.items)] {
+        let path = out.join(format!("{}.emb", label(kind)));
+        let partial = path.with_extension("emb.partial");
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+        file.write_all(&encode_header(&bundle_id, spec.dim, count))?;
+        let bar = progress(count, label(kind));
+        let mut buffer = Vec::new();
+        for range in chunks(count, 10_000) {
+            let end = range.end;
+            buffer.clear();
+            for (id, vector) in generator.rows(kind, range) {
+                encode_record(&mut buffer, &id, &vector);
+            }
+            file.write_all(&buffer)?;
+            bar.set_position(end);
+        }
+        bar.finish_and_clear();
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        // Only a complete file gets the final name.
+        std::fs::rename(&partial, &path)?;
+        eprintln!("wrote {} ({count} vectors, dim {})", path.display(), spec.dim);
+    }
+    if let Some(source) = model_from {
+        let mut metadata: serde_json::Value = serde_json::from_slice(&std::fs::read(source.join("metadata.json"))?)?;
+        let model_dim = metadata["dim"].as_u64().unwrap_or(0);
+        anyhow::ensure!(
+            model_dim == spec.dim as u64,
+            "--model-from {} has dim {model_dim}, the generated data dim {}",
+            source.display(),
+            spec.dim
+        );
+        metadata["bundle_id"] = serde_json::json!(bundle_id);
+        metadata["dataset"] = serde_json::json!(format!("generated: {bundle_id}"));
+        metadata["titles"] = serde_json::json!({});
+        let popular: Vec<String> = (0..spec.items.min(100)).map(|n| format!("i{n}")).collect();
+        metadata["popular"] = serde_json::json!(popular);
+        std::fs::write(out.join("metadata.json"), serde_json::to_vec_pretty(&metadata)?)?;
+        let mut reference: serde_json::Value = serde_json::from_slice(&std::fs::read(source.join("reference.json"))?)?;
+        reference["bundle_id"] = serde_json::json!(bundle_id);
+        std::fs::write(out.join("reference.json"), serde_json::to_vec(&reference)?)?;
+        std::fs::copy(source.join("model.pt"), out.join("model.pt"))?;
+        eprintln!("completed bundle {bundle_id} in {} with the model of {}", out.display(), source.display());
+    }
+    Ok(())
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::shards::ShardSet;
 use super::{ComponentHealth, EmbeddingStore, Lookup, StoreError};
 use async_trait::async_trait;
-use cascade_shared::embedding::{decode_value, encode_value};
+use cascade_shared::embedding::{ValueEncoding, decode_value, encode_value_as};
 use cascade_shared::keys::{EntityKind, embedding_key};
 use futures::future::join_all;
 
@@ -19,12 +19,20 @@ pub struct RedisShardStore {
     shards: ShardSet,
     bundle_id: String,
     dim: usize,
+    encoding: ValueEncoding,
 }
 
 impl RedisShardStore {
     /// A store over `urls` (in shard order) for the embeddings of `bundle_id`.
     pub fn new(urls: &[String], bundle_id: &str, dim: usize, timeout: Duration) -> Result<Self, StoreError> {
-        Ok(RedisShardStore { shards: ShardSet::new(urls, timeout)?, bundle_id: bundle_id.to_string(), dim })
+        let shards = ShardSet::new(urls, timeout)?;
+        Ok(RedisShardStore { shards, bundle_id: bundle_id.to_string(), dim, encoding: ValueEncoding::F32 })
+    }
+
+    /// Writes values in `encoding` (reads accept either, by length).
+    pub fn with_encoding(mut self, encoding: ValueEncoding) -> Self {
+        self.encoding = encoding;
+        self
     }
 
     /// Number of shards.
@@ -91,7 +99,7 @@ impl EmbeddingStore for RedisShardStore {
                 let mut command = redis::cmd("MSET");
                 for &position in positions {
                     let (id, vector) = &entries[position];
-                    command.arg(embedding_key(kind, &self.bundle_id, id)).arg(encode_value(vector));
+                    command.arg(embedding_key(kind, &self.bundle_id, id)).arg(encode_value_as(vector, self.encoding));
                 }
                 // Writes get a longer budget than reads: bulk loads send large batches.
                 let budget = self.shards.timeout().max(Duration::from_secs(10));
