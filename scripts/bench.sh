@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every benchmark; each prints its figures and saves JSON under target/cascade-bench/.
+# Runs every benchmark (or the ones named: scripts/bench.sh retrieval scale); each prints its
+# figures and saves JSON under target/cascade-bench/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -8,5 +9,39 @@ bundle_version=$(sha256sum scripts/train.py | cut -c1-12)
 export CASCADE_TEST_BUNDLE=${CASCADE_TEST_BUNDLE:-$CASCADE_HOME/bundles/test-$bundle_version}
 [ -f "$CASCADE_TEST_BUNDLE/metadata.json" ] || { echo "run scripts/test.sh first (it trains the bundle)" >&2; exit 1; }
 cargo build --release -p cascade-origin --bin cascade
-CASCADE_BIN=$CARGO_TARGET_DIR/release/cascade cargo bench -p cascade-e2e
+cascade=$CARGO_TARGET_DIR/release/cascade
+bundles=$CASCADE_HOME/bundles
+train_version=$(sha256sum scripts/train.py | cut -c1-12)
+
+# The capacity tiers' data: a dim-128 model trained on small generated data, then the Small tier
+# (1M users, 100K items, 128 dims) generated with that model, once per version of the generator.
+template=$bundles/template-d128-$train_version
+if [ ! -f "$template/metadata.json" ]; then
+  python scripts/train.py --out "$template.tmp" --dim 128
+  rm -rf "$template" && mv "$template.tmp" "$template"
+fi
+small_spec="users=1000000,items=100000,dim=128"
+gen_version=$(cat origin/src/generate.rs origin/src/commands/load.rs | sha256sum | cut -c1-12)
+export CASCADE_SMALL_BUNDLE=$bundles/small-$gen_version-$train_version
+if [ ! -f "$CASCADE_SMALL_BUNDLE/metadata.json" ]; then
+  rm -rf "$CASCADE_SMALL_BUNDLE.tmp"
+  "$cascade" load --generate "$small_spec" --out "$CASCADE_SMALL_BUNDLE.tmp" --model-from "$template"
+  rm -rf "$CASCADE_SMALL_BUNDLE" && mv "$CASCADE_SMALL_BUNDLE.tmp" "$CASCADE_SMALL_BUNDLE"
+fi
+export CASCADE_SMALL_SPEC=$small_spec
+# MovieLens (real items) when the data is beside the checkout.
+movielens=${CASCADE_MOVIELENS:-../shared/data/ml-latest-small}
+if [ -f "$movielens/ratings.csv" ]; then
+  export CASCADE_MOVIELENS_BUNDLE=$bundles/movielens-$train_version
+  if [ ! -f "$CASCADE_MOVIELENS_BUNDLE/metadata.json" ]; then
+    python scripts/train.py --out "$CASCADE_MOVIELENS_BUNDLE.tmp" --movielens "$movielens"
+    rm -rf "$CASCADE_MOVIELENS_BUNDLE" && mv "$CASCADE_MOVIELENS_BUNDLE.tmp" "$CASCADE_MOVIELENS_BUNDLE"
+  fi
+fi
+# `scripts/bench.sh` runs every benchmark; `scripts/bench.sh retrieval edge` runs those.
+if [ $# -gt 0 ]; then
+  for name in "$@"; do CASCADE_BIN=$cascade cargo bench -p cascade-e2e --bench "$name"; done
+else
+  CASCADE_BIN=$cascade cargo bench -p cascade-e2e
+fi
 ls -l target/cascade-bench/

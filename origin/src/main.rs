@@ -137,6 +137,9 @@ enum IndexCommand {
         /// Also write the figures as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Search float16-rounded vectors (as `load --f16` stores them) against float32 truth.
+        #[arg(long)]
+        f16: bool,
     },
 }
 
@@ -187,8 +190,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Index { command: IndexCommand::Build { bundle, factory } } => {
             tokio::task::spawn_blocking(move || commands::index::build(&bundle, &factory)).await?
         }
-        Command::Index { command: IndexCommand::Eval { bundle, factory, nprobe, queries, k, threads, json } } => {
-            let args = commands::index::EvalArgs { bundle, factory, nprobes: nprobe, queries, k, threads };
+        Command::Index { command: IndexCommand::Eval { bundle, factory, nprobe, queries, k, threads, json, f16 } } => {
+            let args = commands::index::EvalArgs { bundle, factory, nprobes: nprobe, queries, k, threads, f16 };
             let report = tokio::task::spawn_blocking(move || commands::index::eval(&args)).await??;
             let text = serde_json::to_string_pretty(&report)?;
             if let Some(path) = json {

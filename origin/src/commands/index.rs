@@ -55,6 +55,15 @@ pub struct EvalArgs {
     pub k: usize,
     /// Threads for the throughput figure.
     pub threads: usize,
+    /// Index and query float16-rounded vectors (as `load --f16` stores them); recall is still
+    /// against exact float32 search.
+    pub f16: bool,
+}
+
+fn f16_round(values: &mut [f32]) {
+    for v in values {
+        *v = half::f16::from_f32(*v).to_f32();
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -82,17 +91,23 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
         cascade_shared::embedding::decode_file(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     };
     let (items, users) = (read("items.emb")?, read("users.emb")?);
+    let (mut stored_items, mut stored_users) = (items.values.clone(), users.values.clone());
+    if args.f16 {
+        f16_round(&mut stored_items);
+        f16_round(&mut stored_users);
+    }
     let dim = items.header.dim;
     anyhow::ensure!(users.header.dim == dim, "users.emb has dim {}, items.emb {dim}", users.header.dim);
     let bundle_id = items.header.bundle_id.clone();
     let queries: Vec<&[f32]> = (0..args.queries.min(users.ids.len())).map(|row| users.row(row)).collect();
+    let stored_queries: Vec<&[f32]> = (0..queries.len()).map(|row| &stored_users[row * dim..(row + 1) * dim]).collect();
     let k = args.k.min(items.ids.len());
     let started = Instant::now();
     let (factory, index) = match args.factory.as_str() {
         "file" => ("items.faiss".to_string(), FaissRetriever::read(&args.bundle.join("items.faiss"))?),
         other => {
             let factory = if other == "auto" { auto_factory(items.ids.len()) } else { other.to_string() };
-            let index = build_index(&factory, dim, &items.values)?;
+            let index = build_index(&factory, dim, &stored_items)?;
             (factory, index)
         }
     };
@@ -117,7 +132,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
         let retriever = FaissRetriever::new(copy, args.threads, nprobe, &factory)?;
         let mut latencies = Vec::with_capacity(queries.len());
         let mut found = 0usize;
-        for (query, truth) in queries.iter().zip(&truth) {
+        for (query, truth) in stored_queries.iter().zip(&truth) {
             let t = Instant::now();
             let got = retriever.search(query, k)?;
             latencies.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -127,7 +142,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
         let t = Instant::now();
         std::thread::scope(|scope| {
             for worker in 0..args.threads {
-                let (retriever, queries) = (&retriever, &queries);
+                let (retriever, queries) = (&retriever, &stored_queries);
                 scope.spawn(move || {
                     for query in queries.iter().skip(worker).step_by(args.threads) {
                         let _ = retriever.search(query, k);
@@ -158,6 +173,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
         "queries": queries.len(),
         "k": k,
         "threads": args.threads,
+        "f16": args.f16,
         "points": points,
     }))
 }
