@@ -62,8 +62,8 @@ enum Command {
         /// Comma-separated shard URLs, in shard order.
         #[arg(long, env = env_names::REDIS_SHARDS, value_delimiter = ',')]
         redis: Vec<String>,
-        /// This worker's part of the users, `i/N`.
-        #[arg(long, default_value = "0/1", value_parser = commands::precompute::parse_part)]
+        /// This worker's part of the users, `i/N` (also `--shard i/N`).
+        #[arg(long, alias = "shard", default_value = "0/1", value_parser = commands::precompute::parse_part)]
         part: (usize, usize),
         /// Items per list.
         #[arg(long, default_value_t = 50)]
@@ -100,6 +100,12 @@ enum Command {
         /// Usable memory per Redis node, GiB.
         #[arg(long, default_value_t = 64)]
         node_memory_gib: u64,
+        /// Peak retrieval queries per second, for the FAISS node count.
+        #[arg(long, default_value_t = 0)]
+        qps: u64,
+        /// Cores per retrieval node.
+        #[arg(long, default_value_t = 16)]
+        cores_per_node: u64,
     },
 }
 
@@ -200,12 +206,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{text}");
             Ok(())
         }
-        Command::Plan { users, items, dim, f16, node_memory_gib } => {
+        Command::Plan { users, items, dim, f16, node_memory_gib, qps, cores_per_node } => {
             anyhow::ensure!(
                 dim > 0 && users + items > 0 && node_memory_gib > 0,
                 "--users/--items, --dim and --node-memory-gib must be positive"
             );
-            let input = commands::plan::PlanInput { users, items, dim, f16, node_memory: node_memory_gib << 30 };
+            anyhow::ensure!(cores_per_node > 0, "--cores-per-node must be positive");
+            let node_memory = node_memory_gib << 30;
+            let input = commands::plan::PlanInput { users, items, dim, f16, node_memory, qps, cores_per_node };
             print!("{}", commands::plan::render(input));
             Ok(())
         }

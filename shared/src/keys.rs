@@ -65,9 +65,40 @@ pub fn l2_key(bundle: &str, user_id: &str, segment: &str, generation: u64) -> St
     format!("cascade:l2:{bundle}:{user_id}:{segment}:{generation}")
 }
 
+/// The id a key is sharded by (the user or item it belongs to), or `None` for a key outside the
+/// schema. Every key of one user lives on that user's shard, so resharding moves them together.
+pub fn shard_id_of(key: &str) -> Option<&str> {
+    let parts: Vec<&str> = key.strip_prefix("cascade:")?.split(':').collect();
+    match parts.as_slice() {
+        ["emb", "u" | "i", _, id] | ["recs", _, id] | ["gen" | "bought" | "recent", id] | ["l2", _, id, _, _] => {
+            Some(id)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_names_its_shard_id() {
+        let keys = [
+            embedding_key(EntityKind::User, "b1", "u.7"),
+            embedding_key(EntityKind::Item, "b1", "u.7"),
+            precomputed_key("b1", "u.7"),
+            generation_key("u.7"),
+            purchases_key("u.7"),
+            recent_key("u.7"),
+            l2_key("b1", "u.7", "home.desktop.us", 3),
+        ];
+        for key in &keys {
+            assert_eq!(shard_id_of(key), Some("u.7"), "{key}");
+        }
+        for foreign in ["other:emb:u:b:1", "cascade:emb:x:b:1", "cascade:gen", "cascade:l2:b:u:s"] {
+            assert_eq!(shard_id_of(foreign), None, "{foreign}");
+        }
+    }
 
     #[test]
     fn users_and_items_never_collide() {

@@ -1,14 +1,25 @@
 //! `cascade plan`: memory and shard counts for a deployment (the reference design's table).
 //!
 //! Raw embedding memory is `(users + items) · dim · bytes per value`, as in the reference design
-//! (float32: 4 bytes; `--f16`: 2). Redis adds its per-key overhead on top; the figure used here
-//! (`REDIS_OVERHEAD_BYTES` per key: dict entry, robj, SDS headers for a ~30-byte key and the value,
-//! jemalloc rounding) is an estimate to be replaced by the data-plane issue's measurement.
+//! (float32: 4 bytes; `--f16`: 2). Redis adds its per-key overhead on top: the figures here were
+//! measured by `benches/scale.rs` (1M generated 128-dim users in 4 Redis 7 shards, `INFO memory`
+//! before and after): 249 bytes per key beyond a 512-byte float32 value and 184 beyond a 256-byte
+//! float16 one. They cover the ~55-byte key (`cascade:emb:u:<bundle id>:<user>`), the dict entry
+//! and object headers, and jemalloc's size classes (a 515-byte string takes a 640-byte slot).
+//!
+//! FAISS: an IVF-Flat index holds every item vector as float32 plus an 8-byte id. Throughput per
+//! core comes from `benches/retrieval.rs` (100K items, `IVF1265_HNSW32,Flat`, nprobe 16: about
+//! 6,000 queries/s per core) and is scaled by `sqrt(100K / items)`, since with `4·sqrt(n)` lists and
+//! a fixed nprobe a query scans vectors in proportion to `sqrt(n)`.
 
 use std::fmt::Write;
 
-/// Estimated Redis bytes per key beyond the value itself.
-pub const REDIS_OVERHEAD_BYTES: u64 = 90;
+/// Measured Redis bytes per key beyond a float32 value (128 dims).
+pub const REDIS_OVERHEAD_F32: u64 = 249;
+/// Measured Redis bytes per key beyond a float16 value (128 dims).
+pub const REDIS_OVERHEAD_F16: u64 = 184;
+/// Measured FAISS queries/s per core at 100K items (nprobe 16, 128 dims).
+pub const FAISS_QPS_PER_CORE_AT_100K: f64 = 6_000.0;
 
 /// A plan's inputs.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +34,10 @@ pub struct PlanInput {
     pub f16: bool,
     /// Usable memory per Redis node, bytes.
     pub node_memory: u64,
+    /// Peak retrieval queries per second (0: not planned).
+    pub qps: u64,
+    /// Cores per retrieval node.
+    pub cores_per_node: u64,
 }
 
 /// A plan's figures.
@@ -34,6 +49,10 @@ pub struct Plan {
     pub redis_bytes: u64,
     /// Shards needed at `node_memory` each, at most 70% full.
     pub shards: u64,
+    /// FAISS IVF-Flat index size.
+    pub faiss_bytes: u64,
+    /// Retrieval nodes for `qps` (each holding the whole index), at least 1.
+    pub faiss_nodes: u64,
 }
 
 /// Computes a plan.
@@ -41,10 +60,15 @@ pub fn plan(input: PlanInput) -> Plan {
     let bytes_per_value = if input.f16 { 2 } else { 4 };
     let keys = input.users + input.items;
     let raw_bytes = keys * input.dim * bytes_per_value;
-    let redis_bytes = raw_bytes + keys * REDIS_OVERHEAD_BYTES;
+    let overhead = if input.f16 { REDIS_OVERHEAD_F16 } else { REDIS_OVERHEAD_F32 };
+    let redis_bytes = raw_bytes + keys * overhead;
     let usable = (input.node_memory as f64 * 0.7) as u64;
     let shards = redis_bytes.div_ceil(usable.max(1)).max(1);
-    Plan { raw_bytes, redis_bytes, shards }
+    let faiss_bytes = input.items * (input.dim * 4 + 8);
+    let per_core = FAISS_QPS_PER_CORE_AT_100K * (100_000.0 / input.items.max(1) as f64).sqrt();
+    let per_node = per_core * input.cores_per_node.max(1) as f64;
+    let faiss_nodes = ((input.qps as f64 / per_node).ceil() as u64).max(1);
+    Plan { raw_bytes, redis_bytes, shards, faiss_bytes, faiss_nodes }
 }
 
 fn human(bytes: u64) -> String {
@@ -69,8 +93,8 @@ pub fn render(input: PlanInput) -> String {
     ];
     let _ = writeln!(
         out,
-        "{:<10} {:>14} {:>12} {:>5} {:>12} {:>14} {:>7}",
-        "tier", "users", "items", "dim", "raw", "redis (est.)", "shards"
+        "{:<10} {:>14} {:>12} {:>5} {:>12} {:>12} {:>7} {:>11} {:>11}",
+        "tier", "users", "items", "dim", "raw", "redis", "shards", "faiss", "faiss nodes"
     );
     let rows = tiers
         .iter()
@@ -80,20 +104,29 @@ pub fn render(input: PlanInput) -> String {
         let p = plan(tier);
         let _ = writeln!(
             out,
-            "{name:<10} {:>14} {:>12} {:>5} {:>12} {:>14} {:>7}",
+            "{name:<10} {:>14} {:>12} {:>5} {:>12} {:>12} {:>7} {:>11} {:>11}",
             tier.users,
             tier.items,
             tier.dim,
             human(p.raw_bytes),
             human(p.redis_bytes),
-            p.shards
+            p.shards,
+            human(p.faiss_bytes),
+            p.faiss_nodes
         );
     }
     let _ = writeln!(
         out,
-        "values: {}; Redis overhead estimate {REDIS_OVERHEAD_BYTES} B/key; shards at {} per node, 70% full",
+        "values: {}; Redis overhead {} B/key (measured: benches/scale.rs); shards at {} per node, 70% full",
         if input.f16 { "float16" } else { "float32" },
+        if input.f16 { REDIS_OVERHEAD_F16 } else { REDIS_OVERHEAD_F32 },
         human(input.node_memory)
+    );
+    let _ = writeln!(
+        out,
+        "faiss: IVF-Flat (float32 + 8-byte id per item); nodes for {} queries/s at {} cores each, \
+         {FAISS_QPS_PER_CORE_AT_100K} q/s per core at 100K items (benches/retrieval.rs) scaled by sqrt(100K/items)",
+        input.qps, input.cores_per_node
     );
     out
 }
@@ -103,7 +136,7 @@ mod tests {
     use super::*;
 
     fn raw(users: u64, items: u64, dim: u64) -> u64 {
-        plan(PlanInput { users, items, dim, f16: false, node_memory: 64 << 30 }).raw_bytes
+        plan(PlanInput { users, items, dim, f16: false, node_memory: 64 << 30, qps: 0, cores_per_node: 16 }).raw_bytes
     }
 
     #[test]
@@ -116,10 +149,38 @@ mod tests {
 
     #[test]
     fn f16_halves_and_shards_scale() {
-        let input = PlanInput { users: 100_000_000, items: 10_000_000, dim: 128, f16: false, node_memory: 16 << 30 };
+        let input = PlanInput {
+            users: 100_000_000,
+            items: 10_000_000,
+            dim: 128,
+            f16: false,
+            node_memory: 16 << 30,
+            qps: 100_000,
+            cores_per_node: 16,
+        };
         let half = plan(PlanInput { f16: true, ..input });
         assert_eq!(half.raw_bytes * 2, plan(input).raw_bytes);
         assert!(plan(input).shards > half.shards);
         assert!(render(input).contains("Massive"));
+        // 110M keys at 512 + 249 bytes; IVF index of 10M items.
+        assert_eq!(plan(input).redis_bytes, 110_000_000 * (512 + 249));
+        assert_eq!(plan(input).faiss_bytes, 10_000_000 * 520);
+        // 100K q/s at 6,000·sqrt(0.01) = 600 q/s per core, 16 cores: 11 nodes.
+        assert_eq!(plan(input).faiss_nodes, 11);
+    }
+
+    #[test]
+    fn measured_small_tier_matches_the_plan() {
+        // benches/scale.rs: 1M float32 users took 760.8 MB of Redis; the plan says 761 MB.
+        let users = plan(PlanInput {
+            users: 1_000_000,
+            items: 0,
+            dim: 128,
+            f16: false,
+            node_memory: 64 << 30,
+            qps: 0,
+            cores_per_node: 16,
+        });
+        assert_eq!(users.redis_bytes, 761_000_000);
     }
 }
