@@ -78,6 +78,25 @@ enum Command {
         #[arg(long)]
         max_users: Option<usize>,
     },
+    /// Move keys from one shard list to another (only those whose shard changed), resumably, then
+    /// verify every key is on its shard exactly once with an unchanged checksum.
+    Reshard {
+        /// The shard list the keys are on now (comma-separated, in order).
+        #[arg(long, value_delimiter = ',', required = true)]
+        from: Vec<String>,
+        /// The new shard list.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        /// Checkpoint file: resume from it, and update it after every batch.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Keys per SCAN/MIGRATE batch.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Stop (resumably) after moving this many keys in this run.
+        #[arg(long)]
+        max_moves: Option<u64>,
+    },
     /// FAISS index tools.
     Index {
         #[command(subcommand)]
@@ -192,6 +211,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_users,
             };
             commands::precompute::run(args).await.map(|_| ())
+        }
+        Command::Reshard { from, to, checkpoint, batch, max_moves } => {
+            let args = commands::reshard::ReshardArgs { from, to, checkpoint, batch, max_moves };
+            commands::reshard::run(args).await.map(|_| ())
         }
         Command::Index { command: IndexCommand::Build { bundle, factory } } => {
             tokio::task::spawn_blocking(move || commands::index::build(&bundle, &factory)).await?

@@ -4,4 +4,5 @@ pub mod index;
 pub mod load;
 pub mod plan;
 pub mod precompute;
+pub mod reshard;
 pub mod serve;
