@@ -119,6 +119,9 @@ pub struct RedisConfig {
     /// Shard URLs (`redis://host:port`), in shard order: jump hashing names shards by position,
     /// so only append or remove at the end.
     pub shards: Vec<String>,
+    /// Seed URLs of a Redis Cluster: when set, embeddings live there (user state, L2 and
+    /// precomputed lists stay on `shards`, or in process without them).
+    pub cluster: Vec<String>,
     /// Per-operation timeout, milliseconds: a slow shard counts as unavailable.
     pub timeout_ms: u64,
 }
@@ -186,7 +189,7 @@ impl Default for Config {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { shards: Vec::new(), timeout_ms: 50 }
+        RedisConfig { shards: Vec::new(), cluster: Vec::new(), timeout_ms: 50 }
     }
 }
 
@@ -278,6 +281,9 @@ impl Config {
         if let Some(v) = env(env_names::REDIS_SHARDS) {
             config.redis.shards = split_list(&v);
         }
+        if let Some(v) = env(env_names::REDIS_CLUSTER) {
+            config.redis.cluster = split_list(&v);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -302,12 +308,12 @@ impl Config {
                 format!("every key must be at least {MIN_SECRET_LEN} bytes ({} is not)", key.len()),
             ));
         }
-        for (index, shard) in self.redis.shards.iter().enumerate() {
-            if !(shard.starts_with("redis://") || shard.starts_with("rediss://")) {
-                return Err(config_error(
-                    &format!("redis.shards[{index}]"),
-                    format!("{shard:?} is not a redis:// URL"),
-                ));
+        let urls = self.redis.shards.iter().map(|u| ("shards", u)).enumerate();
+        let cluster = self.redis.cluster.iter().map(|u| ("cluster", u)).enumerate();
+        for (index, (list, url)) in urls.chain(cluster) {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                let index = if list == "shards" { index } else { index - self.redis.shards.len() };
+                return Err(config_error(&format!("redis.{list}[{index}]"), format!("{url:?} is not a redis:// URL")));
             }
         }
         let ranges: [(&str, usize, usize, usize); 7] = [

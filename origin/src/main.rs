@@ -53,6 +53,9 @@ enum Command {
         /// With --out: copy the model and its reference scores from this bundle (same dim).
         #[arg(long)]
         model_from: Option<PathBuf>,
+        /// --redis names seed nodes of a Redis Cluster (default: independent shards).
+        #[arg(long)]
+        cluster: bool,
     },
     /// Rank every user's top list offline and write it to the Redis shards (resumable).
     Precompute {
@@ -185,7 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(config.as_deref(), &|name| std::env::var(name).ok())?;
             commands::serve::run(config).await
         }
-        Command::Load { bundle, generate, redis, batch, users_only, f16, out, model_from } => {
+        Command::Load { bundle, generate, redis, batch, users_only, f16, out, model_from, cluster } => {
             let encoding = if f16 { ValueEncoding::F16 } else { ValueEncoding::F32 };
             let args = commands::load::LoadArgs {
                 bundle,
@@ -196,6 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 encoding,
                 out,
                 model_from,
+                cluster,
             };
             commands::load::run(args).await.map(|_| ())
         }

@@ -18,6 +18,8 @@ pub const LISTEN: &str = "CASCADE_LISTEN";
 pub const BUNDLE: &str = "CASCADE_BUNDLE";
 /// Comma-separated Redis shard URLs, in shard order.
 pub const REDIS_SHARDS: &str = "CASCADE_REDIS_SHARDS";
+/// Comma-separated seed URLs of a Redis Cluster holding the embeddings (instead of the shards).
+pub const REDIS_CLUSTER: &str = "CASCADE_REDIS_CLUSTER";
 /// Comma-separated bearer keys for internal callers.
 pub const API_KEYS: &str = "CASCADE_API_KEYS";
 /// Log filter (`tracing` env-filter syntax) and format (`text` or `json`).
@@ -26,4 +28,5 @@ pub const LOG: &str = "CASCADE_LOG";
 pub const LOG_FORMAT: &str = "CASCADE_LOG_FORMAT";
 
 /// Every variable, for `--help` and the docs.
-pub const ALL: &[&str] = &[CONFIG_FILE, SECRET, MODE, LISTEN, BUNDLE, REDIS_SHARDS, API_KEYS, LOG, LOG_FORMAT];
+pub const ALL: &[&str] =
+    &[CONFIG_FILE, SECRET, MODE, LISTEN, BUNDLE, REDIS_SHARDS, REDIS_CLUSTER, API_KEYS, LOG, LOG_FORMAT];

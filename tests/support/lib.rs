@@ -207,12 +207,18 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one and waits until it answers PING.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts one with extra `redis-server` arguments.
+    pub async fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
         let dir = TempDir::new("cascade-redis")?;
         let port = free_port()?;
         let mut command = Command::new("redis-server");
         command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"])
-            .arg(dir.path());
+            .arg(dir.path())
+            .args(extra);
         let mut process = Process::spawn("redis-server", command, dir.path().join("redis.log"))?;
         wait_until(&mut process, Duration::from_secs(10), || async move {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -224,6 +230,54 @@ impl RedisServer {
     /// Stops it (a shard going down).
     pub fn stop(&mut self) {
         self.process.stop();
+    }
+}
+
+/// A Redis Cluster of `masters` masters (no replicas), created with `redis-cli --cluster create`,
+/// with `cluster-require-full-coverage no` so the other masters keep answering when one stops.
+pub struct RedisCluster {
+    /// The masters, in creation order.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the masters, creates the cluster, and waits until every node reports `cluster_state:ok`.
+    pub async fn start(masters: usize) -> anyhow::Result<Self> {
+        let args =
+            ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no"];
+        let mut nodes = Vec::new();
+        for _ in 0..masters {
+            nodes.push(RedisServer::start_with(&args).await?);
+        }
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()?;
+        anyhow::ensure!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &nodes {
+            loop {
+                let info =
+                    Command::new("redis-cli").args(["-p", &node.port.to_string(), "cluster", "info"]).output()?;
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "cluster on {addresses:?} never became ok");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(RedisCluster { nodes })
+    }
+
+    /// Seed URLs of every master.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url.clone()).collect()
     }
 }
 

@@ -18,6 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::bundle::{Metadata, read_embeddings};
 use crate::generate::{GenSpec, Generator};
 use crate::store::EmbeddingStore;
+use crate::store::redis_cluster::RedisClusterStore;
 use crate::store::redis_shards::RedisShardStore;
 
 /// Batches in flight at once.
@@ -93,7 +94,7 @@ fn chunks(total: u64, batch: usize) -> impl Iterator<Item = std::ops::Range<u64>
 
 /// Writes `rows` of `kind` and reads every id back.
 pub async fn load_rows(
-    store: &RedisShardStore,
+    store: &dyn EmbeddingStore,
     kind: EntityKind,
     rows: &Rows<'_>,
     batch: usize,
@@ -157,6 +158,8 @@ pub struct LoadArgs {
     pub out: Option<PathBuf>,
     /// Copy the model (and its reference scores) from this bundle into `out`.
     pub model_from: Option<PathBuf>,
+    /// `shards` are seed nodes of a Redis Cluster, not independent shards.
+    pub cluster: bool,
 }
 
 /// Runs `cascade load`.
@@ -183,8 +186,12 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Vec<(EntityKind, LoadReport)>
     if args.shards.is_empty() {
         return Ok(Vec::new());
     }
-    let store =
-        RedisShardStore::new(&args.shards, &bundle_id, dim, Duration::from_secs(5))?.with_encoding(args.encoding);
+    let timeout = Duration::from_secs(5);
+    let store: Box<dyn EmbeddingStore> = if args.cluster {
+        Box::new(RedisClusterStore::connect(&args.shards, &bundle_id, dim, timeout).await?.with_encoding(args.encoding))
+    } else {
+        Box::new(RedisShardStore::new(&args.shards, &bundle_id, dim, timeout)?.with_encoding(args.encoding))
+    };
     let mut kinds = vec![EntityKind::User];
     if !args.users_only {
         kinds.push(EntityKind::Item);
@@ -201,14 +208,14 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Vec<(EntityKind, LoadReport)>
             }
         };
         let total = rows.len(kind);
-        let report = load_rows(&store, kind, &rows, args.batch).await?;
+        let report = load_rows(store.as_ref(), kind, &rows, args.batch).await?;
         eprintln!(
-            "{}: wrote {} and verified {} of {total} vectors ({:?}, bundle {bundle_id}) over {} shards in {:.1} s ({:.0}/s)",
+            "{}: wrote {} and verified {} of {total} vectors ({:?}, bundle {bundle_id}) into {} in {:.1} s ({:.0}/s)",
             label(kind),
             report.written,
             report.verified,
             args.encoding,
-            args.shards.len(),
+            store.describe(),
             report.write_secs,
             report.written as f64 / report.write_secs.max(1e-9)
         );

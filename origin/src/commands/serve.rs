@@ -22,6 +22,7 @@ use crate::serving::Serving;
 use crate::store::EmbeddingStore;
 use crate::store::memory::MemoryStore;
 use crate::store::precomputed::{NoPrecomputed, PrecomputedLists, RedisPrecomputed};
+use crate::store::redis_cluster::RedisClusterStore;
 use crate::store::redis_shards::RedisShardStore;
 use crate::store::shards::ShardSet;
 
@@ -68,7 +69,11 @@ pub async fn build_recommender(
     let bundle = Arc::new(bundle);
     tracing::info!(bundle = bundle.id(), items = bundle.items.ids.len(), dim = bundle.metadata.dim, "bundle loaded");
 
-    let store: Arc<dyn EmbeddingStore> = if config.redis.shards.is_empty() {
+    let store: Arc<dyn EmbeddingStore> = if !config.redis.cluster.is_empty() {
+        let timeout = Duration::from_millis(config.redis.timeout_ms);
+        let cluster = &config.redis.cluster;
+        Arc::new(RedisClusterStore::connect(cluster, bundle.id(), bundle.metadata.dim, timeout).await?)
+    } else if config.redis.shards.is_empty() {
         let users = read_embeddings(&bundle.users_path(), bundle.id(), bundle.metadata.dim)?;
         tracing::info!(users = users.ids.len(), "in-process embedding store");
         Arc::new(MemoryStore::with_users(&users))

@@ -1,6 +1,7 @@
 //! [`EmbeddingStore`]: where user (and item) embeddings live.
 //!
-//! Two implementations: [`memory::MemoryStore`] for the embedded default, and
+//! Three implementations: [`memory::MemoryStore`] for the embedded default,
+//! [`redis_cluster::RedisClusterStore`] over a Redis Cluster, and
 //! [`redis_shards::RedisShardStore`] over N Redis servers with jump consistent hashing. Every lookup
 //! says which of three things happened: found, missing (the store answered: no such id), or
 //! unavailable (the shard that owns the id did not answer) — never a silent "unknown" for a
@@ -8,6 +9,7 @@
 
 pub mod memory;
 pub mod precomputed;
+pub mod redis_cluster;
 pub mod redis_shards;
 pub mod shards;
 
