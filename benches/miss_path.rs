@@ -1,0 +1,179 @@
+//! Miss-path benchmark: the Small tier (1M users, 100K items, 128 dims) in 4 real Redis shards,
+//! 100,000 users with precomputed lists of 50, each request a different user (so L1 and L2 miss):
+//! the 50 precomputed candidates are re-ranked by the TorchScript model in the request's context,
+//! n = 20. A closed loop at concurrency 32, then an open loop at fixed arrival rates stepped up:
+//! the highest rate with p99 ≤ 25 ms and no fallbacks.
+//!
+//!     scripts/bench.sh miss_path    (it prepares CASCADE_SMALL_BUNDLE)
+//!
+//! Saves `target/cascade-bench/miss_path.json`. BENCH_SECS (default 10) per closed loop, 4 s per
+//! open-loop step.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cascade_e2e::{Origin, RedisServer, bench_dir, closed_loop, percentile, run_cascade};
+use cascade_shared::wire::{RecList, Source};
+use rand::seq::SliceRandom;
+use serde_json::{Value, json};
+
+const API_KEY: &str = "bench-internal-key-0123456789";
+const CONCURRENCY: usize = 32;
+const PRECOMPUTED_USERS: usize = 100_000;
+const P99_TARGET_MS: f64 = 25.0;
+
+/// `cascade_recs_source_total` by source.
+async fn sources(http: &reqwest::Client, origin: &Origin) -> anyhow::Result<HashMap<String, f64>> {
+    let text = http.get(format!("{}/metrics", origin.url)).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("cascade_recs_source_total{source=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .filter_map(|(source, n)| Some((source.to_string(), n.trim().parse().ok()?)))
+        .collect())
+}
+
+fn is_fallback(source: Source) -> bool {
+    !matches!(source, Source::Realtime | Source::CacheL1 | Source::CacheL2)
+}
+
+/// Requests at a fixed `rate` for `seconds`; latency counts from each request's scheduled time, so
+/// a slow server cannot hide queueing by slowing the client (no coordinated omission).
+async fn open_loop(http: &reqwest::Client, base: &str, paths: &[String], rate: f64, seconds: f64) -> Value {
+    let count = (rate * seconds) as usize;
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let (http, url) = (http.clone(), format!("{base}{}", paths[i % paths.len()]));
+        tasks.push(tokio::spawn(async move {
+            let response = http.get(&url).bearer_auth(API_KEY).send().await;
+            let source = match response {
+                Ok(r) if r.status() == 200 => r.json::<RecList>().await.ok().map(|l| l.source),
+                _ => None,
+            };
+            (due.elapsed().as_secs_f64() * 1000.0, source)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(count);
+    let (mut errors, mut fallbacks) = (0u64, 0u64);
+    for task in tasks {
+        if let Ok((ms, source)) = task.await {
+            latencies.push(ms);
+            match source {
+                None => errors += 1,
+                Some(s) if is_fallback(s) => fallbacks += 1,
+                Some(_) => {}
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    json!({
+        "rate": rate,
+        "achieved_rate": latencies.len() as f64 / elapsed,
+        "requests": latencies.len(),
+        "errors": errors,
+        "fallbacks": fallbacks,
+        "p50_ms": percentile(&latencies, 0.50),
+        "p99_ms": percentile(&latencies, 0.99),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let seconds: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let small: PathBuf = std::env::var_os("CASCADE_SMALL_BUNDLE")
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow::anyhow!("CASCADE_SMALL_BUNDLE is not set: run scripts/bench.sh miss_path"))?;
+    let spec = std::env::var("CASCADE_SMALL_SPEC").unwrap_or_else(|_| "users=1000000,items=100000,dim=128".into());
+    let shards = [
+        RedisServer::start().await?,
+        RedisServer::start().await?,
+        RedisServer::start().await?,
+        RedisServer::start().await?,
+    ];
+    let list = shards.iter().map(|s| s.url.clone()).collect::<Vec<_>>().join(",");
+    let prepared = Instant::now();
+    eprint!("{}", run_cascade(&["load", "--generate", &spec, "--redis", &list, "--users-only"])?);
+    let bundle = small.to_str().unwrap_or_default();
+    let users = PRECOMPUTED_USERS.to_string();
+    eprint!("{}", run_cascade(&["precompute", "--bundle", bundle, "--redis", &list, "--max-users", &users])?);
+    let prepare_secs = prepared.elapsed().as_secs_f64();
+
+    let origin = Origin::start(&[
+        ("CASCADE_BUNDLE", small.display().to_string()),
+        ("CASCADE_REDIS_SHARDS", list.clone()),
+        ("CASCADE_API_KEYS", API_KEY.to_string()),
+        ("CASCADE_LOG", "warn".to_string()),
+    ])
+    .await?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+
+    // Every request a different user: a shuffled walk over the precomputed users, split between
+    // the phases so no user is asked twice.
+    let mut order: Vec<usize> = (0..PRECOMPUTED_USERS).collect();
+    order.shuffle(&mut rand::rng());
+    let path = |u: &usize| format!("/v1/users/u{u}/recs?n=20&page=browse&device=mobile");
+    let (warm, rest) = order.split_at(2_000);
+    let (closed, open) = rest.split_at(rest.len() / 3);
+    closed_loop(&origin.url, Arc::new(warm.iter().map(path).collect()), API_KEY, CONCURRENCY, 2).await?;
+
+    let before = sources(&http, &origin).await?;
+    let closed_result =
+        closed_loop(&origin.url, Arc::new(closed.iter().map(path).collect()), API_KEY, CONCURRENCY, seconds).await?;
+    let after = sources(&http, &origin).await?;
+    let delta: HashMap<String, f64> =
+        after.iter().map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0))).collect();
+    // (A float sum of nothing is -0.0: start from +0.0.)
+    let total: f64 = delta.values().fold(0.0, |a, b| a + b);
+    let fallback_count: f64 = delta
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "realtime" | "cache_l1" | "cache_l2"))
+        .map(|(_, v)| v)
+        .fold(0.0, |a, b| a + b);
+
+    let open_paths: Vec<String> = open.iter().map(path).collect();
+    let mut curve = Vec::new();
+    let mut offset = 0;
+    let mut max_rate = 0.0;
+    for rate in [100.0, 200.0, 400.0, 600.0, 800.0, 1000.0, 1200.0, 1500.0, 2000.0, 2500.0, 3000.0] {
+        let step_paths = &open_paths[offset.min(open_paths.len() - 1)..];
+        offset += (rate * 4.0) as usize;
+        let point = open_loop(&http, &origin.url, step_paths, rate, 4.0).await;
+        eprintln!("open loop {point}");
+        let p99 = point["p99_ms"].as_f64().unwrap_or(f64::INFINITY);
+        let clean = point["fallbacks"].as_u64() == Some(0) && point["errors"].as_u64() == Some(0);
+        if p99 <= P99_TARGET_MS && clean {
+            max_rate = rate;
+        }
+        curve.push(point);
+        if p99 > 4.0 * P99_TARGET_MS {
+            break;
+        }
+    }
+
+    let report = json!({
+        "benchmark": "miss_path",
+        "tier": "small: 1M users (4 Redis shards), 100K items, 128 dims; 100K users with precomputed top-50 lists",
+        "request": "GET /v1/users/{random precomputed user}/recs?n=20&page=browse&device=mobile, each user once",
+        "closed_loop": {
+            "concurrency": CONCURRENCY,
+            "seconds": seconds,
+            "result": closed_result,
+            "sources": delta,
+            "fallback_share": if total > 0.0 { fallback_count / total } else { f64::NAN },
+        },
+        "max_rate_p99_25ms": max_rate,
+        "open_loop_curve": curve,
+        "prepare_secs": prepare_secs,
+        "note": "origin (release) in its own process; client, origin and 4 Redis servers share the same 2 cores; open-loop latency counts from each request's scheduled send time",
+    });
+    let text = serde_json::to_string_pretty(&report)?;
+    std::fs::write(bench_dir()?.join("miss_path.json"), &text)?;
+    println!("{text}");
+    Ok(())
+}
