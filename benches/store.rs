@@ -100,12 +100,16 @@ async fn main() -> anyhow::Result<()> {
     let tasks: Vec<_> = (0..in_flight)
         .map(|_| {
             let (store, stop, keys, ids) = (store.clone(), stop.clone(), keys.clone(), ids.clone());
+            // Random batches made up front: the loop measures the store, not the id shuffling.
+            let batches: Vec<Vec<String>> =
+                (0..64).map(|_| (0..BATCH).map(|_| ids[rand::random_range(0..ids.len())].clone()).collect()).collect();
             tokio::spawn(async move {
+                let mut next = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let batch: Vec<String> =
-                        (0..BATCH).map(|_| ids[rand::random_range(0..ids.len())].clone()).collect();
+                    let batch = &batches[next % batches.len()];
+                    next += 1;
                     let found = store
-                        .get_batch(EntityKind::User, &batch)
+                        .get_batch(EntityKind::User, batch)
                         .await
                         .into_iter()
                         .filter(|r| matches!(r, Ok(Some(_))))
@@ -121,6 +125,60 @@ async fn main() -> anyhow::Result<()> {
         task.await?;
     }
     let get_batch_keys_per_s = keys.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+
+    // The same batches as bare pipelined MGETs through redis-rs (one multiplexed connection per
+    // shard, no key building, no decoding): what the client library alone reaches here.
+    let raw_keys = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut connections = Vec::new();
+    for url in &urls {
+        connections.push(redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?);
+    }
+    let raw_started = Instant::now();
+    let raw_tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let (stop, raw_keys, connections) = (stop.clone(), raw_keys.clone(), connections.clone());
+            let batches: Vec<Vec<Vec<String>>> = (0..64)
+                .map(|_| {
+                    let mut by_shard = vec![Vec::new(); 4];
+                    for _ in 0..BATCH {
+                        let id = format!("u{}", rand::random_range(0..users));
+                        by_shard[shard_for(&id, 4) as usize].push(cascade_shared::keys::embedding_key(
+                            EntityKind::User,
+                            "bench",
+                            &id,
+                        ));
+                    }
+                    by_shard
+                })
+                .collect();
+            tokio::spawn(async move {
+                let mut next = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let batch = &batches[next % batches.len()];
+                    next += 1;
+                    let gets = batch.iter().zip(&connections).map(|(keys, connection)| {
+                        let mut connection = connection.clone();
+                        async move {
+                            let mut command = redis::cmd("MGET");
+                            command.arg(keys);
+                            let values: Vec<Option<Vec<u8>>> =
+                                command.query_async(&mut connection).await.unwrap_or_default();
+                            values.iter().filter(|v| v.is_some()).count()
+                        }
+                    });
+                    let found: usize = futures::future::join_all(gets).await.into_iter().sum();
+                    raw_keys.fetch_add(found as u64, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in raw_tasks {
+        task.await?;
+    }
+    let raw_mget_keys_per_s = raw_keys.load(Ordering::Relaxed) as f64 / raw_started.elapsed().as_secs_f64();
     let ports: Vec<u16> = shards.iter().map(|s| s.port).collect();
     let redis_benchmark_keys_per_s = redis_benchmark(&ports, users)?;
 
@@ -136,6 +194,8 @@ async fn main() -> anyhow::Result<()> {
         "get_batch_keys_per_s": get_batch_keys_per_s,
         "redis_benchmark_keys_per_s": redis_benchmark_keys_per_s,
         "ratio": get_batch_keys_per_s / redis_benchmark_keys_per_s,
+        "raw_redis_rs_mget_keys_per_s": raw_mget_keys_per_s,
+        "get_batch_over_raw_mget": get_batch_keys_per_s / raw_mget_keys_per_s,
         "target_ratio": 0.7,
         "moved_fraction": moved,
         "ideal_fraction": 0.2,
