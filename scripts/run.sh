@@ -62,9 +62,16 @@ pids+=($!)
 for _ in $(seq 1 240); do curl -sf "http://127.0.0.1:$EDGE_PORT/healthz" >/dev/null && break; sleep 0.5; done
 curl -sf "http://127.0.0.1:$EDGE_PORT/healthz" >/dev/null || { log "edge did not start"; exit 1; }
 
+# A signed-in visitor token (paste it into the demo page's token field).
+demo_user=u1; [ -n "$movielens" ] && demo_user=1
+token=$(curl -sf -X POST -H "Authorization: Bearer $CASCADE_API_KEYS" -H 'content-type: application/json' \
+  -d "{\"user_id\": \"$demo_user\", \"ttl_secs\": 86400}" "http://127.0.0.1:$ORIGIN_PORT/admin/tokens" \
+  | python -c 'import json, sys; print(json.load(sys.stdin)["token"])' || echo "(could not mint one)")
+
 cat <<MSG
 
   Cascade is running.
+    demo page: http://127.0.0.1:$EDGE_PORT/   (user $demo_user's token for it: $token)
     browser:  http://127.0.0.1:$EDGE_PORT/recs?page=home&device=mobile&n=10
     origin:   curl -H 'Authorization: Bearer $CASCADE_API_KEYS' 'http://127.0.0.1:$ORIGIN_PORT/v1/users/u1/recs?n=10'
     health:   http://127.0.0.1:$ORIGIN_PORT/readyz   metrics: http://127.0.0.1:$ORIGIN_PORT/metrics
