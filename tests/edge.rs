@@ -297,7 +297,7 @@ async fn an_origin_that_never_answers_is_aborted_at_the_budget() {
     let started = Instant::now();
     let got = get(&http, format!("{}/recs", edge.url), None).await;
     let waited = started.elapsed();
-    assert_eq!(got.status, 504, "{}", got.body);
+    assert_eq!(got.status, 503, "{}", got.body);
     let error = serde_json::from_str::<ErrorBody>(&got.body).unwrap().error;
     assert_eq!(error.code, "origin_timeout");
     assert!(error.message.contains("within 300 ms"), "the configured budget cut it: {}", error.message);

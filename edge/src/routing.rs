@@ -327,14 +327,16 @@ impl std::fmt::Display for OriginFailure {
     }
 }
 
-/// Status and JSON body when the origin failed and nothing is cached: 504 for a timeout, 502 for a
-/// bad answer, 503 when it could not be reached.
+/// Status and JSON body when the origin failed and nothing is cached: 503 (DESIGN.md's failure
+/// table), with a code that names the cause: `origin_timeout`, `origin_unavailable` or
+/// `origin_error` (a bad status or body).
 pub fn origin_failure_response(failure: &OriginFailure) -> (u16, String) {
-    let (status, code) = match failure {
-        OriginFailure::Timeout(_) => (504, "origin_timeout"),
-        OriginFailure::Unreachable(_) => (503, "origin_unavailable"),
-        OriginFailure::Status(_) | OriginFailure::BadBody(_) => (502, "origin_error"),
+    let code = match failure {
+        OriginFailure::Timeout(_) => "origin_timeout",
+        OriginFailure::Unreachable(_) => "origin_unavailable",
+        OriginFailure::Status(_) | OriginFailure::BadBody(_) => "origin_error",
     };
+    let status = 503;
     let message = format!("the origin {failure} and no copy of this list is cached");
     (status, ErrorBody::new(code, message, None).to_json())
 }
@@ -581,11 +583,15 @@ mod tests {
     }
 
     #[test]
-    fn origin_failures_have_their_own_status() {
-        assert_eq!(origin_failure_response(&OriginFailure::Timeout(1500)).0, 504);
-        assert_eq!(origin_failure_response(&OriginFailure::Unreachable("refused".into())).0, 503);
+    fn origin_failures_are_503_with_a_code_naming_the_cause() {
+        let (status, body) = origin_failure_response(&OriginFailure::Timeout(1500));
+        assert_eq!(status, 503);
+        assert!(body.contains("origin_timeout") && body.contains("1500 ms"), "{body}");
+        assert!(
+            origin_failure_response(&OriginFailure::Unreachable("refused".into())).1.contains("origin_unavailable")
+        );
         let (status, body) = origin_failure_response(&OriginFailure::Status(500));
-        assert_eq!(status, 502);
+        assert_eq!(status, 503);
         assert!(body.contains("\"code\":\"origin_error\"") && body.contains("no copy"), "{body}");
     }
 
