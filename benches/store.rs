@@ -23,13 +23,13 @@ const DIM: usize = 128;
 const BATCH: usize = 1000;
 
 /// Runs redis-benchmark's pipelined GET on every shard at once; returns the summed requests/s.
-fn redis_benchmark(ports: &[u16], users: usize) -> anyhow::Result<f64> {
+fn redis_benchmark(ports: &[u16], users: usize, fill_first: bool, cpu: Option<&str>) -> anyhow::Result<f64> {
     let value_bytes = (DIM * 4).to_string();
     let keyspace = users.to_string();
     // Random SETs over the keyspace: 5x its size leaves under 1% of keys missing, so the GETs
     // below return full values, as ours do.
     let fill = (users * 5).to_string();
-    for &port in ports {
+    for &port in ports.iter().filter(|_| fill_first) {
         let port = port.to_string();
         let status = Command::new("redis-benchmark")
             .args(["-p", &port, "-t", "set", "-r", &keyspace, "-d", &value_bytes, "-n", &fill, "-P", "100", "-q"])
@@ -39,7 +39,15 @@ fn redis_benchmark(ports: &[u16], users: usize) -> anyhow::Result<f64> {
     let children: Vec<_> = ports
         .iter()
         .map(|port| {
-            Command::new("redis-benchmark")
+            let mut command = match cpu {
+                Some(cpu) => {
+                    let mut c = Command::new("taskset");
+                    c.args(["-c", cpu, "redis-benchmark"]);
+                    c
+                }
+                None => Command::new("redis-benchmark"),
+            };
+            command
                 .args([
                     "-p",
                     &port.to_string(),
@@ -76,30 +84,19 @@ fn redis_benchmark(ports: &[u16], users: usize) -> anyhow::Result<f64> {
     Ok(total)
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let seconds: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
-    let users: usize = std::env::var("STORE_USERS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let mut shards = Vec::new();
-    for _ in 0..4 {
-        shards.push(RedisServer::start().await?);
-    }
-    let urls: Vec<String> = shards.iter().map(|s| s.url.clone()).collect();
-    let store = Arc::new(RedisShardStore::new(&urls, "bench", DIM, Duration::from_secs(2))?);
-    let ids: Vec<String> = (0..users).map(|u| format!("u{u}")).collect();
-    for chunk in ids.chunks(BATCH) {
-        let entries: Vec<(String, Vec<f32>)> =
-            chunk.iter().enumerate().map(|(i, id)| (id.clone(), vec![i as f32; DIM])).collect();
-        store.set_batch(EntityKind::User, &entries).await?;
-    }
-
+/// `in_flight` tasks of `get_batch` over 1000 random ids each, for `seconds`: keys found per second.
+async fn measure_get_batch(
+    store: &Arc<RedisShardStore>,
+    ids: &[String],
+    in_flight: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
     // IN_FLIGHT batch gets at a time, each 1000 random ids.
     let (stop, keys) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let started = Instant::now();
-    let in_flight: usize = std::env::var("STORE_IN_FLIGHT").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
     let tasks: Vec<_> = (0..in_flight)
         .map(|_| {
-            let (store, stop, keys, ids) = (store.clone(), stop.clone(), keys.clone(), ids.clone());
+            let (store, stop, keys) = (store.clone(), stop.clone(), keys.clone());
             // Random batches made up front: the loop measures the store, not the id shuffling.
             let batches: Vec<Vec<String>> =
                 (0..64).map(|_| (0..BATCH).map(|_| ids[rand::random_range(0..ids.len())].clone()).collect()).collect();
@@ -124,14 +121,16 @@ async fn main() -> anyhow::Result<()> {
     for task in tasks {
         task.await?;
     }
-    let get_batch_keys_per_s = keys.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    Ok(keys.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
 
-    // The same batches as bare pipelined MGETs through redis-rs (one multiplexed connection per
-    // shard, no key building, no decoding): what the client library alone reaches here.
+/// The same load as bare pipelined MGETs through redis-rs (one multiplexed connection per shard,
+/// keys built up front, no decoding): what the client library alone reaches here.
+async fn measure_raw_mget(urls: &[String], users: usize, in_flight: usize, seconds: u64) -> anyhow::Result<f64> {
     let raw_keys = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut connections = Vec::new();
-    for url in &urls {
+    for url in urls {
         connections.push(redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?);
     }
     let raw_started = Instant::now();
@@ -178,9 +177,56 @@ async fn main() -> anyhow::Result<()> {
     for task in raw_tasks {
         task.await?;
     }
-    let raw_mget_keys_per_s = raw_keys.load(Ordering::Relaxed) as f64 / raw_started.elapsed().as_secs_f64();
+    Ok(raw_keys.load(Ordering::Relaxed) as f64 / raw_started.elapsed().as_secs_f64())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let seconds: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let users: usize = std::env::var("STORE_USERS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let mut shards = Vec::new();
+    for _ in 0..4 {
+        shards.push(RedisServer::start().await?);
+    }
+    let urls: Vec<String> = shards.iter().map(|s| s.url.clone()).collect();
+    let store = Arc::new(RedisShardStore::new(&urls, "bench", DIM, Duration::from_secs(2))?);
+    let ids: Vec<String> = (0..users).map(|u| format!("u{u}")).collect();
+    for chunk in ids.chunks(BATCH) {
+        let entries: Vec<(String, Vec<f32>)> =
+            chunk.iter().enumerate().map(|(i, id)| (id.clone(), vec![i as f32; DIM])).collect();
+        store.set_batch(EntityKind::User, &entries).await?;
+    }
+
+    let in_flight: usize = std::env::var("STORE_IN_FLIGHT").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    let get_batch_keys_per_s = measure_get_batch(&store, &ids, in_flight, seconds).await?;
+    let raw_mget_keys_per_s = measure_raw_mget(&urls, users, in_flight, seconds).await?;
     let ports: Vec<u16> = shards.iter().map(|s| s.port).collect();
-    let redis_benchmark_keys_per_s = redis_benchmark(&ports, users)?;
+    let redis_benchmark_keys_per_s = redis_benchmark(&ports, users, true, None)?;
+
+    // Again with the servers on CPU 0 and each client (ours, then redis-benchmark) on CPU 1, as
+    // when the origin and Redis run on different machines: the clients no longer take the
+    // servers' CPU, and each gets the same one core.
+    let pinned = if std::env::var("STORE_PIN").map_or(true, |v| v != "0") {
+        for port in &ports {
+            let pids = Command::new("pgrep").args(["-f", &format!("redis-server 127.0.0.1:{port}")]).output()?;
+            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                Command::new("taskset").args(["-a", "-c", "-p", "0", pid]).output()?;
+            }
+        }
+        Command::new("taskset").args(["-a", "-c", "-p", "1", &std::process::id().to_string()]).output()?;
+        let ours = measure_get_batch(&store, &ids, in_flight, seconds).await?;
+        let raw = measure_raw_mget(&urls, users, in_flight, seconds).await?;
+        let bench = redis_benchmark(&ports, users, false, Some("1"))?;
+        json!({
+            "get_batch_keys_per_s": ours,
+            "raw_redis_rs_mget_keys_per_s": raw,
+            "redis_benchmark_keys_per_s": bench,
+            "ratio": ours / bench,
+            "get_batch_over_raw_mget": ours / raw,
+        })
+    } else {
+        json!("not run (STORE_PIN=0)")
+    };
 
     let moved = ids.iter().filter(|id| shard_for(id, 4) != shard_for(id, 5)).count() as f64 / users as f64;
     let report = json!({
@@ -196,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
         "ratio": get_batch_keys_per_s / redis_benchmark_keys_per_s,
         "raw_redis_rs_mget_keys_per_s": raw_mget_keys_per_s,
         "get_batch_over_raw_mget": get_batch_keys_per_s / raw_mget_keys_per_s,
+        "pinned_servers_cpu0_client_cpu1": pinned,
         "target_ratio": 0.7,
         "moved_fraction": moved,
         "ideal_fraction": 0.2,
