@@ -37,7 +37,13 @@ impl EntityKind {
 
 /// Key of an embedding.
 pub fn embedding_key(kind: EntityKind, bundle: &str, id: &str) -> String {
-    format!("cascade:emb:{}:{bundle}:{id}", kind.tag())
+    format!("{}{id}", embedding_key_prefix(kind, bundle))
+}
+
+/// What every embedding key of `kind` in `bundle` starts with: the key is this plus the id (for
+/// writers that build many keys into one buffer).
+pub fn embedding_key_prefix(kind: EntityKind, bundle: &str) -> String {
+    format!("cascade:emb:{}:{bundle}:", kind.tag())
 }
 
 /// Key of a user's precomputed list.

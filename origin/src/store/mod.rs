@@ -11,6 +11,7 @@ pub mod memory;
 pub mod precomputed;
 pub mod redis_cluster;
 pub mod redis_shards;
+pub mod resp;
 pub mod shards;
 
 use async_trait::async_trait;

@@ -7,11 +7,12 @@
 
 use std::time::Duration;
 
+use super::resp::{Element, MgetPool};
 use super::shards::ShardSet;
 use super::{ComponentHealth, EmbeddingStore, Lookup, StoreError};
 use async_trait::async_trait;
 use cascade_shared::embedding::{ValueEncoding, decode_value, encode_value_as};
-use cascade_shared::keys::{EntityKind, embedding_key};
+use cascade_shared::keys::{EntityKind, embedding_key, embedding_key_prefix};
 use futures::future::join_all;
 
 /// Embeddings sharded over Redis servers.
@@ -20,13 +21,16 @@ pub struct RedisShardStore {
     bundle_id: String,
     dim: usize,
     encoding: ValueEncoding,
+    /// Per shard: the lean MGET reader, where the URL allows it.
+    fast: Vec<Option<MgetPool>>,
 }
 
 impl RedisShardStore {
     /// A store over `urls` (in shard order) for the embeddings of `bundle_id`.
     pub fn new(urls: &[String], bundle_id: &str, dim: usize, timeout: Duration) -> Result<Self, StoreError> {
         let shards = ShardSet::new(urls, timeout)?;
-        Ok(RedisShardStore { shards, bundle_id: bundle_id.to_string(), dim, encoding: ValueEncoding::F32 })
+        let fast = urls.iter().map(|url| MgetPool::for_url(url)).collect();
+        Ok(RedisShardStore { shards, bundle_id: bundle_id.to_string(), dim, encoding: ValueEncoding::F32, fast })
     }
 
     /// Writes values in `encoding` (reads accept either, by length).
@@ -49,12 +53,34 @@ impl RedisShardStore {
         groups
     }
 
-    async fn mget(&self, shard: usize, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        let mut command = redis::cmd("MGET");
-        for key in &keys {
-            command.arg(key);
+    /// `MGET` of `ids[positions]` on one shard, decoded: the lean reader when the URL allows, else
+    /// redis-rs.
+    async fn mget(
+        &self,
+        shard: usize,
+        kind: EntityKind,
+        ids: &[String],
+        positions: &[usize],
+    ) -> Result<Vec<Element>, StoreError> {
+        if let Some(pool) = &self.fast[shard] {
+            let timeout = self.shards.timeout();
+            let prefix = embedding_key_prefix(kind, &self.bundle_id);
+            let wanted = positions.iter().map(|&p| ids[p].as_str());
+            let call = pool.mget_prefixed(&prefix, wanted, positions.len(), self.dim);
+            return match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(elements)) => Ok(elements),
+                Ok(Err(error)) => {
+                    Err(StoreError::Unavailable { shard, message: format!("{}: {error}", self.shards.url(shard)) })
+                }
+                Err(_) => Err(StoreError::Unavailable { shard, message: format!("no answer within {timeout:?}") }),
+            };
         }
-        self.shards.query(shard, &command, None).await
+        let mut command = redis::cmd("MGET");
+        for &position in positions {
+            command.arg(embedding_key(kind, &self.bundle_id, &ids[position]));
+        }
+        let values: Vec<Option<Vec<u8>>> = self.shards.query(shard, &command, None).await?;
+        Ok(values.into_iter().map(|value| value.map(|bytes| decode_value(&bytes, self.dim))).collect())
     }
 }
 
@@ -63,20 +89,20 @@ impl EmbeddingStore for RedisShardStore {
     async fn get_batch(&self, kind: EntityKind, ids: &[String]) -> Vec<Lookup> {
         let groups = self.group_by_shard(ids);
         let requests =
-            groups.iter().enumerate().filter(|(_, positions)| !positions.is_empty()).map(|(shard, positions)| {
-                let keys = positions.iter().map(|&p| embedding_key(kind, &self.bundle_id, &ids[p])).collect::<Vec<_>>();
-                async move { (shard, positions, keys.clone(), self.mget(shard, keys).await) }
-            });
+            groups.iter().enumerate().filter(|(_, positions)| !positions.is_empty()).map(
+                |(shard, positions)| async move { (shard, positions, self.mget(shard, kind, ids, positions).await) },
+            );
         let mut results: Vec<Lookup> = vec![Ok(None); ids.len()];
-        for (shard, positions, keys, answer) in join_all(requests).await {
+        for (shard, positions, answer) in join_all(requests).await {
             match answer {
                 Ok(values) => {
-                    for ((&position, key), value) in positions.iter().zip(keys).zip(values) {
+                    for (&position, value) in positions.iter().zip(values) {
                         results[position] = match value {
                             None => Ok(None),
-                            Some(bytes) => decode_value(&bytes, self.dim)
-                                .map(Some)
-                                .map_err(|e| StoreError::Corrupt { key, message: e.to_string() }),
+                            Some(decoded) => decoded.map(Some).map_err(|e| StoreError::Corrupt {
+                                key: embedding_key(kind, &self.bundle_id, &ids[position]),
+                                message: e.to_string(),
+                            }),
                         };
                     }
                 }
