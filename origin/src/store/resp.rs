@@ -15,7 +15,7 @@
 use std::sync::Mutex;
 
 use cascade_shared::embedding::{FormatError, decode_value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Idle connections kept per shard.
@@ -36,9 +36,33 @@ pub enum RespError {
 }
 
 struct Connection {
-    stream: BufReader<TcpStream>,
-    line: Vec<u8>,
-    value: Vec<u8>,
+    stream: TcpStream,
+    /// Read buffer: `buf[start..end]` holds bytes received and not yet parsed.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Connection {
+    /// Reads more bytes from the socket, making room first.
+    async fn fill(&mut self) -> Result<(), RespError> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.start > 0 && self.buf.len() - self.end < 16 * 1024 {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        if self.end == self.buf.len() {
+            // One element larger than the buffer.
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        let read = self.stream.read(&mut self.buf[self.end..]).await?;
+        if read == 0 {
+            return Err(RespError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        self.end += read;
+        Ok(())
+    }
 }
 
 /// Pooled plain connections to one Redis server.
@@ -65,15 +89,20 @@ impl MgetPool {
     async fn connect(&self) -> Result<Connection, RespError> {
         let stream = TcpStream::connect(&self.address).await?;
         stream.set_nodelay(true)?;
-        let mut connection =
-            Connection { stream: BufReader::with_capacity(64 * 1024, stream), line: Vec::new(), value: Vec::new() };
+        let mut connection = Connection { stream, buf: vec![0; 64 * 1024], start: 0, end: 0 };
         if self.db != 0 {
             let db = self.db.to_string();
             let command = format!("*2\r\n$6\r\nSELECT\r\n${}\r\n{db}\r\n", db.len());
-            connection.stream.get_mut().write_all(command.as_bytes()).await?;
-            read_line(&mut connection).await?;
-            if connection.line.first() != Some(&b'+') {
-                return Err(RespError::Protocol(format!("SELECT {db}: {}", String::from_utf8_lossy(&connection.line))));
+            connection.stream.write_all(command.as_bytes()).await?;
+            loop {
+                if let Some((line, used)) = line(&connection.buf[connection.start..connection.end])? {
+                    if line.first() != Some(&b'+') {
+                        return Err(RespError::Protocol(format!("SELECT {db}: {}", String::from_utf8_lossy(line))));
+                    }
+                    connection.start += used;
+                    break;
+                }
+                connection.fill().await?;
             }
         }
         Ok(connection)
@@ -112,7 +141,7 @@ impl MgetPool {
             Some(connection) => connection,
             None => self.connect().await?,
         };
-        connection.stream.get_mut().write_all(&command).await?;
+        connection.stream.write_all(&command).await?;
         let elements = read_mget_reply(&mut connection, count, dim).await?;
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
@@ -123,62 +152,89 @@ impl MgetPool {
     }
 }
 
-/// Reads one `\r\n`-terminated line (without it) into `connection.line`.
-async fn read_line(connection: &mut Connection) -> Result<(), RespError> {
-    connection.line.clear();
-    let read = connection.stream.read_until(b'\n', &mut connection.line).await?;
-    if read == 0 {
-        return Err(RespError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-    }
-    if !connection.line.ends_with(b"\r\n") {
+/// The first CRLF-terminated line of `data` (without the CRLF) and the bytes it took, or `None`
+/// when `data` holds no complete line yet.
+fn line(data: &[u8]) -> Result<Option<(&[u8], usize)>, RespError> {
+    let Some(newline) = data.iter().position(|&b| b == b'\n') else { return Ok(None) };
+    if newline == 0 || data[newline - 1] != b'\r' {
         return Err(RespError::Protocol("reply line without CRLF".into()));
     }
-    connection.line.truncate(connection.line.len() - 2);
-    Ok(())
+    Ok(Some((&data[..newline - 1], newline + 1)))
 }
 
 fn number(line: &[u8]) -> Result<i64, RespError> {
-    std::str::from_utf8(&line[1..])
+    std::str::from_utf8(line.get(1..).unwrap_or_default())
         .ok()
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| RespError::Protocol(format!("bad length in {:?}", String::from_utf8_lossy(line))))
 }
 
-async fn read_mget_reply(connection: &mut Connection, expected: usize, dim: usize) -> Result<Vec<Element>, RespError> {
-    read_line(connection).await?;
-    match connection.line.first() {
-        Some(b'*') if number(&connection.line)? == expected as i64 => {}
-        Some(b'-') => return Err(RespError::Protocol(String::from_utf8_lossy(&connection.line[1..]).into_owned())),
-        _ => {
-            return Err(RespError::Protocol(format!(
-                "expected an array of {expected}, got {:?}",
-                String::from_utf8_lossy(&connection.line)
-            )));
-        }
-    }
-    let mut elements = Vec::with_capacity(expected);
-    for _ in 0..expected {
-        read_line(connection).await?;
-        if connection.line.first() != Some(&b'$') {
+/// Parses as many complete bulk strings from `data` as it holds (at most `*remaining`), decoding
+/// each into `out`; returns the bytes used. Everything is parsed from the buffer in one pass, with
+/// no await per element.
+fn elements(data: &[u8], remaining: &mut usize, dim: usize, out: &mut Vec<Element>) -> Result<usize, RespError> {
+    let mut used = 0;
+    while *remaining > 0 {
+        let Some((header, header_len)) = line(&data[used..])? else { break };
+        if header.first() != Some(&b'$') {
             return Err(RespError::Protocol(format!(
                 "expected a bulk string, got {:?}",
-                String::from_utf8_lossy(&connection.line)
+                String::from_utf8_lossy(header)
             )));
         }
-        let len = number(&connection.line)?;
+        let len = number(header)?;
         if len < 0 {
-            elements.push(None);
-            continue;
+            out.push(None);
+        } else {
+            let len = len as usize;
+            let body = used + header_len;
+            if data.len() < body + len + 2 {
+                break; // the value has not fully arrived
+            }
+            if &data[body + len..body + len + 2] != b"\r\n" {
+                return Err(RespError::Protocol("bulk string without CRLF".into()));
+            }
+            out.push(Some(decode_value(&data[body..body + len], dim)));
+            used += len + 2;
         }
-        let len = len as usize;
-        connection.value.resize(len + 2, 0);
-        connection.stream.read_exact(&mut connection.value).await?;
-        if &connection.value[len..] != b"\r\n" {
-            return Err(RespError::Protocol("bulk string without CRLF".into()));
-        }
-        elements.push(Some(decode_value(&connection.value[..len], dim)));
+        used += header_len;
+        *remaining -= 1;
     }
-    Ok(elements)
+    Ok(used)
+}
+
+async fn read_mget_reply(connection: &mut Connection, expected: usize, dim: usize) -> Result<Vec<Element>, RespError> {
+    loop {
+        if let Some((header, used)) = line(&connection.buf[connection.start..connection.end])? {
+            match header.first() {
+                Some(b'*') if number(header)? == expected as i64 => {}
+                Some(b'-') => return Err(RespError::Protocol(String::from_utf8_lossy(&header[1..]).into_owned())),
+                _ => {
+                    return Err(RespError::Protocol(format!(
+                        "expected an array of {expected}, got {:?}",
+                        String::from_utf8_lossy(header)
+                    )));
+                }
+            }
+            connection.start += used;
+            break;
+        }
+        connection.fill().await?;
+    }
+    let mut out = Vec::with_capacity(expected);
+    let mut remaining = expected;
+    loop {
+        let used = elements(&connection.buf[connection.start..connection.end], &mut remaining, dim, &mut out)?;
+        connection.start += used;
+        if remaining == 0 {
+            break;
+        }
+        connection.fill().await?;
+    }
+    if connection.start != connection.end {
+        return Err(RespError::Protocol("bytes after the MGET reply".into()));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -194,6 +250,20 @@ mod tests {
         assert_eq!(MgetPool::for_url("redis://cache/3").map(|p| (p.address, p.db)), Some(("cache:6379".into(), 3)));
         assert!(MgetPool::for_url("rediss://cache:6380").is_none());
         assert!(MgetPool::for_url("redis://user:pw@cache:6379").is_none());
+    }
+
+    #[test]
+    fn elements_parse_only_what_has_fully_arrived() {
+        let full = b"$8\r\n\x00\x00\x80\x3f\x00\x00\x20\xc0\r\n$-1\r\n";
+        for cut in 0..full.len() {
+            let (mut remaining, mut out) = (2, Vec::new());
+            let used = elements(&full[..cut], &mut remaining, 2, &mut out).unwrap_or_else(|e| panic!("{e}"));
+            let (mut rest_remaining, mut rest) = (remaining, Vec::new());
+            let more = elements(&full[used..], &mut rest_remaining, 2, &mut rest).unwrap_or_else(|e| panic!("{e}"));
+            out.extend(rest);
+            assert_eq!((used + more, rest_remaining), (full.len(), 0), "cut at {cut}");
+            assert_eq!(out, vec![Some(Ok(vec![1.0, -2.5])), None], "cut at {cut}");
+        }
     }
 
     /// A fake server on loopback that answers one canned reply per connection.
