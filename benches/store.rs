@@ -19,6 +19,10 @@ use cascade_shared::hashing::shard_for;
 use cascade_shared::keys::EntityKind;
 use serde_json::json;
 
+// The allocator the `cascade` binary uses, so the store's figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DIM: usize = 128;
 const BATCH: usize = 1000;
 
