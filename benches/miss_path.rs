@@ -1,5 +1,5 @@
 //! Miss-path benchmark: the Small tier (1M users, 100K items, 128 dims) in 4 real Redis shards,
-//! 100,000 users with precomputed lists of 50, each request a different user (so L1 and L2 miss):
+//! 160,000 users with precomputed lists of 50, each request a different user (so L1 and L2 miss):
 //! the 50 precomputed candidates are re-ranked by the TorchScript model in the request's context,
 //! n = 20. A closed loop at concurrency 32, then an open loop at fixed arrival rates stepped up:
 //! the highest rate with p99 ≤ 25 ms and no fallbacks.
@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 const API_KEY: &str = "bench-internal-key-0123456789";
 const CONCURRENCY: usize = 32;
-const PRECOMPUTED_USERS: usize = 100_000;
+const PRECOMPUTED_USERS: usize = 160_000;
 const P99_TARGET_MS: f64 = 25.0;
 
 /// `cascade_recs_source_total` by source.
@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
     order.shuffle(&mut rand::rng());
     let path = |u: &usize| format!("/v1/users/u{u}/recs?n=20&page=browse&device=mobile");
     let (warm, rest) = order.split_at(2_000);
-    let (closed, open) = rest.split_at(rest.len() / 3);
+    let (closed, open) = rest.split_at(40_000);
     closed_loop(&origin.url, Arc::new(warm.iter().map(path).collect()), API_KEY, CONCURRENCY, 2).await?;
 
     let before = sources(&http, &origin).await?;
@@ -140,9 +140,14 @@ async fn main() -> anyhow::Result<()> {
     let mut curve = Vec::new();
     let mut offset = 0;
     let mut max_rate = 0.0;
-    for rate in [100.0, 200.0, 400.0, 600.0, 800.0, 1000.0, 1200.0, 1500.0, 2000.0, 2500.0, 3000.0] {
-        let step_paths = &open_paths[offset.min(open_paths.len() - 1)..];
-        offset += (rate * 4.0) as usize;
+    for rate in [100.0, 250.0, 500.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0, 3500.0, 4000.0, 5000.0, 6000.0] {
+        let needed = (rate * 4.0) as usize;
+        if offset + needed > open_paths.len() {
+            eprintln!("open loop: stopping before {rate}/s, not enough users left that were never asked");
+            break;
+        }
+        let step_paths = &open_paths[offset..offset + needed];
+        offset += needed;
         let point = open_loop(&http, &origin.url, step_paths, rate, 4.0).await;
         eprintln!("open loop {point}");
         let p99 = point["p99_ms"].as_f64().unwrap_or(f64::INFINITY);
@@ -158,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
 
     let report = json!({
         "benchmark": "miss_path",
-        "tier": "small: 1M users (4 Redis shards), 100K items, 128 dims; 100K users with precomputed top-50 lists",
+        "tier": "small: 1M users (4 Redis shards), 100K items, 128 dims; 160K users with precomputed top-50 lists",
         "request": "GET /v1/users/{random precomputed user}/recs?n=20&page=browse&device=mobile, each user once",
         "closed_loop": {
             "concurrency": CONCURRENCY,
