@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use cascade_e2e::{Edge, Origin, bench_dir, bundle_dir, closed_loop, repo_root};
+use cascade_e2e::{Edge, Origin, bench_dir, bench_secs, bundle_dir, closed_loop, repo_root};
 use serde_json::json;
 
 const SECRET: &str = "bench-edge-secret-0123456789";
@@ -25,7 +25,7 @@ fn gzip_size(path: &std::path::Path) -> anyhow::Result<u64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let seconds: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let seconds: u64 = bench_secs(10);
     let bundle = bundle_dir()?;
     let origin = Origin::start(&[
         ("CASCADE_BUNDLE", bundle.display().to_string()),

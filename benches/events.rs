@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cascade_e2e::{Origin, bench_dir, bundle_dir};
+use cascade_e2e::{Origin, bench_dir, bench_secs, bundle_dir};
 use serde_json::json;
 
 const API_KEY: &str = "bench-internal-key-0123456789";
@@ -18,7 +18,7 @@ const BATCH: u64 = 100;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let seconds: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let seconds: u64 = bench_secs(10);
     let origin = Origin::start(&[
         ("CASCADE_BUNDLE", bundle_dir()?.display().to_string()),
         ("CASCADE_API_KEYS", API_KEY.to_string()),

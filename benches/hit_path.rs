@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::header;
 use axum::routing::get;
-use cascade_e2e::{Origin, bench_dir, bundle_dir, closed_loop};
+use cascade_e2e::{Origin, bench_dir, bench_secs, bundle_dir, closed_loop};
 use serde_json::json;
 
 const API_KEY: &str = "bench-internal-key-0123456789";
@@ -19,7 +19,7 @@ const CONCURRENCY: usize = 32;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let seconds: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let seconds: u64 = bench_secs(10);
     let bundle = bundle_dir()?;
     let origin = Origin::start(&[
         ("CASCADE_BUNDLE", bundle.display().to_string()),

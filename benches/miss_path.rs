@@ -10,11 +10,10 @@
 //! open-loop step.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade_e2e::{Origin, RedisServer, bench_dir, closed_loop, percentile, run_cascade};
+use cascade_e2e::{Origin, RedisServer, bench_dir, bench_secs, closed_loop, percentile, run_cascade, small_tier};
 use cascade_shared::wire::{RecList, Source};
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
@@ -85,17 +84,9 @@ async fn open_loop(http: &reqwest::Client, base: &str, paths: &[String], rate: f
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let seconds: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
-    let small: PathBuf = std::env::var_os("CASCADE_SMALL_BUNDLE")
-        .map(PathBuf::from)
-        .ok_or_else(|| anyhow::anyhow!("CASCADE_SMALL_BUNDLE is not set: run scripts/bench.sh miss_path"))?;
-    let spec = std::env::var("CASCADE_SMALL_SPEC").unwrap_or_else(|_| "users=1000000,items=100000,dim=128".into());
-    let shards = [
-        RedisServer::start().await?,
-        RedisServer::start().await?,
-        RedisServer::start().await?,
-        RedisServer::start().await?,
-    ];
+    let seconds: u64 = bench_secs(10);
+    let (small, spec) = small_tier()?;
+    let shards = RedisServer::start_many(4).await?;
     let list = shards.iter().map(|s| s.url.clone()).collect::<Vec<_>>().join(",");
     let prepared = Instant::now();
     eprint!("{}", run_cascade(&["load", "--generate", &spec, "--redis", &list, "--users-only"])?);

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cascade_e2e::{bench_dir, bundle_dir, percentile};
+use cascade_e2e::{bench_dir, bench_secs, bundle_dir, percentile};
 use cascade_origin::bundle::Bundle;
 use cascade_origin::config::{DeviceChoice, RankerConfig};
 use cascade_origin::metrics::BatchMetrics;
@@ -105,7 +105,7 @@ fn ceiling_rows_per_s(bundle: &Bundle, device: tch::Device, rows: i64, seconds: 
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let seconds: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let seconds: f64 = bench_secs(5.0);
     let device_choice = match std::env::var("BENCH_DEVICE").as_deref() {
         Ok("cuda") => DeviceChoice::Cuda,
         Ok("auto") => DeviceChoice::Auto,

@@ -10,14 +10,14 @@
 
 use std::sync::Arc;
 
-use cascade_e2e::{Origin, bench_dir, bundle_dir, closed_loop};
+use cascade_e2e::{Origin, bench_dir, bench_secs, bundle_dir, closed_loop};
 use serde_json::json;
 
 const API_KEY: &str = "bench-internal-key-0123456789";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let seconds: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let seconds: u64 = bench_secs(10);
     let concurrency: usize = std::env::var("BENCH_CONCURRENCY").ok().and_then(|s| s.parse().ok()).unwrap_or(32);
     let bundle = bundle_dir()?;
     // One L1 entry: every user request runs the real-time pipeline (hit_path measures L1).

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cascade_e2e::{TempDir, bench_dir, run_cascade};
+use cascade_e2e::{TempDir, bench_dir, run_cascade, small_tier};
 use cascade_origin::bundle::Bundle;
 use cascade_origin::config::{DeviceChoice, RankerConfig};
 use cascade_origin::features::build_rows;
@@ -132,9 +132,7 @@ async fn f16_ranking_effect(bundle_dir: &Path, users: usize) -> anyhow::Result<V
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let small: PathBuf = std::env::var_os("CASCADE_SMALL_BUNDLE")
-        .map(PathBuf::from)
-        .ok_or_else(|| anyhow::anyhow!("CASCADE_SMALL_BUNDLE is not set: run scripts/bench.sh"))?;
+    let (small, _) = small_tier()?;
     let dir = TempDir::new("cascade-retrieval-bench")?;
     let nprobes = "4,8,16,32,64";
     let small_f32 = eval(&small, "auto", nprobes, false, &dir)?;

@@ -7,10 +7,9 @@
 //!
 //! Saves `target/cascade-bench/scale.json`.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use cascade_e2e::{RedisServer, bench_dir, run_cascade};
+use cascade_e2e::{RedisServer, bench_dir, run_cascade, small_tier};
 use serde_json::{Value, json};
 
 async fn info_field(url: &str, section: &str, field: &str) -> anyhow::Result<f64> {
@@ -77,16 +76,8 @@ async fn measured_load(urls: &[String], args: &[&str], vectors: u64, value_bytes
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let small: PathBuf = std::env::var_os("CASCADE_SMALL_BUNDLE")
-        .map(PathBuf::from)
-        .ok_or_else(|| anyhow::anyhow!("CASCADE_SMALL_BUNDLE is not set: run scripts/bench.sh scale"))?;
-    let spec = std::env::var("CASCADE_SMALL_SPEC").unwrap_or_else(|_| "users=1000000,items=100000,dim=128".into());
-    let shards = [
-        RedisServer::start().await?,
-        RedisServer::start().await?,
-        RedisServer::start().await?,
-        RedisServer::start().await?,
-    ];
+    let (small, spec) = small_tier()?;
+    let shards = RedisServer::start_many(4).await?;
     let urls: Vec<String> = shards.iter().map(|s| s.url.clone()).collect();
     let list = urls.join(",");
 

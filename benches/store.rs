@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cascade_e2e::{RedisServer, bench_dir};
+use cascade_e2e::{RedisServer, bench_dir, bench_secs};
 use cascade_origin::store::EmbeddingStore;
 use cascade_origin::store::redis_shards::RedisShardStore;
 use cascade_shared::hashing::shard_for;
@@ -186,12 +186,9 @@ async fn measure_raw_mget(urls: &[String], users: usize, in_flight: usize, secon
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let seconds: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let seconds: u64 = bench_secs(10);
     let users: usize = std::env::var("STORE_USERS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let mut shards = Vec::new();
-    for _ in 0..4 {
-        shards.push(RedisServer::start().await?);
-    }
+    let shards = RedisServer::start_many(4).await?;
     let urls: Vec<String> = shards.iter().map(|s| s.url.clone()).collect();
     let store = Arc::new(RedisShardStore::new(&urls, "bench", DIM, Duration::from_secs(2))?);
     let ids: Vec<String> = (0..users).map(|u| format!("u{u}")).collect();

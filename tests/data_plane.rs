@@ -88,8 +88,7 @@ async fn malformed_files_are_refused_with_the_offset_and_nothing_is_loaded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_killed_mid_batch_is_unavailable_never_unknown() {
-    let mut shards =
-        [RedisServer::start().await.unwrap(), RedisServer::start().await.unwrap(), RedisServer::start().await.unwrap()];
+    let mut shards = RedisServer::start_many(3).await.unwrap();
     let urls: Vec<String> = shards.iter().map(|s| s.url.clone()).collect();
     let spec = GenSpec::parse("users=2000,items=10,dim=8,clusters=2").unwrap();
     let store = RedisShardStore::new(&urls, &spec.bundle_id(), 8, Duration::from_millis(500)).unwrap();

@@ -18,13 +18,7 @@ async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_shards_to_five_interrupted_resumed_and_verified() {
-    let servers = [
-        RedisServer::start().await.unwrap(),
-        RedisServer::start().await.unwrap(),
-        RedisServer::start().await.unwrap(),
-        RedisServer::start().await.unwrap(),
-        RedisServer::start().await.unwrap(),
-    ];
+    let servers = RedisServer::start_many(5).await.unwrap();
     let all: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
     let (four, five) = (all[..4].join(","), all.join(","));
     let spec_text = "users=20000,items=2000,dim=8,clusters=10";

@@ -49,6 +49,21 @@ pub fn bench_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// `BENCH_SECS` from the environment, or `default`: how long each benchmark phase runs.
+pub fn bench_secs<T: std::str::FromStr>(default: T) -> T {
+    std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// The Small tier's bundle folder and generator spec, which `scripts/bench.sh` prepares and
+/// exports as `CASCADE_SMALL_BUNDLE` and `CASCADE_SMALL_SPEC`.
+pub fn small_tier() -> anyhow::Result<(PathBuf, String)> {
+    let bundle = std::env::var_os("CASCADE_SMALL_BUNDLE").map(PathBuf::from).ok_or_else(|| {
+        anyhow::anyhow!("CASCADE_SMALL_BUNDLE is not set: run this benchmark through scripts/bench.sh")
+    })?;
+    let spec = std::env::var("CASCADE_SMALL_SPEC").unwrap_or_else(|_| "users=1000000,items=100000,dim=128".into());
+    Ok((bundle, spec))
+}
+
 /// A TCP port nothing listens on right now.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -208,6 +223,15 @@ impl RedisServer {
     /// Starts one and waits until it answers PING.
     pub async fn start() -> anyhow::Result<Self> {
         Self::start_with(&[]).await
+    }
+
+    /// Starts `count` independent servers (shards), one after another.
+    pub async fn start_many(count: usize) -> anyhow::Result<Vec<Self>> {
+        let mut servers = Vec::with_capacity(count);
+        for _ in 0..count {
+            servers.push(Self::start().await?);
+        }
+        Ok(servers)
     }
 
     /// Starts one with extra `redis-server` arguments.
