@@ -28,6 +28,10 @@ mkdir -p "$CASCADE_HOME"
 setup_apt() {
   local missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
+  # redis-cli creates the test cluster; redis-benchmark is the store benchmark's yardstick.
+  command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null || missing+=(redis-tools)
+  # C/C++ for faiss-sys, torch-sys and mimalloc's build scripts.
+  command -v g++ >/dev/null || missing+=(g++)
   command -v cmake >/dev/null || missing+=(cmake)
   [ -e /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] || [ -e /usr/include/openblas/cblas.h ] \
     || dpkg -s libopenblas-dev >/dev/null 2>&1 || missing+=(libopenblas-dev)
