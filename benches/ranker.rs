@@ -22,7 +22,7 @@ use cascade_e2e::{bench_dir, bench_secs, bundle_dir, percentile};
 use cascade_origin::bundle::Bundle;
 use cascade_origin::config::{DeviceChoice, RankerConfig};
 use cascade_origin::metrics::BatchMetrics;
-use cascade_origin::ranker::{Ranker, TorchRanker, pick_device};
+use cascade_origin::ranking::{Ranker, TorchRanker, pick_device};
 use serde_json::{Value, json};
 
 const CALLERS: usize = 64;

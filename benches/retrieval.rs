@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use cascade_e2e::{TempDir, bench_dir, run_cascade, small_tier};
 use cascade_origin::bundle::Bundle;
 use cascade_origin::config::{DeviceChoice, RankerConfig};
-use cascade_origin::features::build_rows;
 use cascade_origin::metrics::BatchMetrics;
-use cascade_origin::ranker::{Ranker, TorchRanker};
+use cascade_origin::ranking::features::build_rows;
+use cascade_origin::ranking::{Ranker, TorchRanker};
 use cascade_shared::embedding::decode_file;
 use cascade_shared::segment::{Device, Page};
 use serde_json::{Value, json};
@@ -39,7 +39,7 @@ fn eval(bundle: &Path, factory: &str, nprobes: &str, f16: bool, dir: &TempDir) -
         "2000",
         "--k",
         "100",
-        "--json",
+        "--out",
         out.to_str().unwrap_or_default(),
     ];
     if f16 {

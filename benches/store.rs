@@ -190,7 +190,7 @@ async fn main() -> anyhow::Result<()> {
     let users: usize = std::env::var("STORE_USERS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let shards = RedisServer::start_many(4).await?;
     let urls: Vec<String> = shards.iter().map(|s| s.url.clone()).collect();
-    let store = Arc::new(RedisShardStore::new(&urls, "bench", DIM, Duration::from_secs(2))?);
+    let store = Arc::new(RedisShardStore::connect(&urls, "bench", DIM, Duration::from_secs(2))?);
     let ids: Vec<String> = (0..users).map(|u| format!("u{u}")).collect();
     for chunk in ids.chunks(BATCH) {
         let entries: Vec<(String, Vec<f32>)> =

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cascade_e2e::{RedisServer, bench_dir};
-use cascade_origin::cache::{CacheSettings, ListKey, RedisUserState, UserCaches};
-use cascade_origin::store::shards::ShardSet;
+use cascade_origin::cache::{CacheConfig, ListKey, RedisUserState, UserCaches};
+use cascade_origin::redis::ShardSet;
 use cascade_shared::segment::SegmentKey;
 use cascade_shared::wire::RecItem;
 use prometheus::{IntCounterVec, Opts};
@@ -52,8 +52,8 @@ async fn main() -> anyhow::Result<()> {
         (env("ZIPF_USERS", 1_000_000), env("ZIPF_REQUESTS", 1_000_000), env("ZIPF_L1", 100_000));
     let redis = RedisServer::start().await?;
     let lookups = IntCounterVec::new(Opts::new("zipf_lookups", "cache lookups"), &["layer", "result"])?;
-    let settings = CacheSettings { l1_capacity: l1, l2_ttl: Duration::from_secs(3600), ..CacheSettings::default() };
-    let shards = ShardSet::new(std::slice::from_ref(&redis.url), Duration::from_millis(500))?;
+    let settings = CacheConfig { l1_capacity: l1, l2_ttl_secs: 3600, ..CacheConfig::default() };
+    let shards = Arc::new(ShardSet::new(std::slice::from_ref(&redis.url), Duration::from_millis(500))?);
     let caches = Arc::new(UserCaches::new(&settings, Arc::new(RedisUserState::new(shards)), true, lookups.clone()));
     let zipf = Arc::new(Zipf::new(users as usize));
     let list: Arc<Vec<RecItem>> =
@@ -122,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
         "users": users,
         "distribution": "Zipf(1.0) over user ranks",
         "l1_capacity_entries": l1,
-        "l1_ttl_secs": settings.l1_ttl.as_secs(),
+        "l1_ttl_secs": settings.l1_ttl_secs,
         "l2": "one Redis server, TTL 3600 s, unbounded (maxmemory unset)",
         "warm_up": phases[0].1,
         "measured": phases[1].1,

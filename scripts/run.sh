@@ -54,13 +54,20 @@ pids+=($!)
 for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$ORIGIN_PORT/healthz" >/dev/null && break; sleep 0.5; done
 curl -sf "http://127.0.0.1:$ORIGIN_PORT/healthz" >/dev/null || { log "origin did not start"; exit 1; }
 
+# Build the Worker first, in the foreground, with cargo's progress on the terminal: the first
+# release build takes minutes on a fresh machine, longer than any fixed wait for `wrangler dev`
+# (which then rebuilds from the warm target folder in seconds).
+log "building the edge Worker (worker-build --release; minutes the first time)"
+(cd edge && worker-build --release) || { log "the edge Worker did not build"; exit 1; }
+
 log "starting the edge Worker (wrangler dev) on http://127.0.0.1:$EDGE_PORT"
 setsid wrangler dev --port "$EDGE_PORT" --ip 127.0.0.1 --persist-to "$CASCADE_HOME/wrangler-state" \
   --var "ORIGIN_URL:http://127.0.0.1:$ORIGIN_PORT" --var "ORIGIN_SECRET:$CASCADE_SECRET" \
   --show-interactive-dev-session=false &
 pids+=($!)
 for _ in $(seq 1 240); do curl -sf "http://127.0.0.1:$EDGE_PORT/healthz" >/dev/null && break; sleep 0.5; done
-curl -sf "http://127.0.0.1:$EDGE_PORT/healthz" >/dev/null || { log "edge did not start"; exit 1; }
+curl -sf "http://127.0.0.1:$EDGE_PORT/healthz" >/dev/null \
+  || { log "edge did not answer /healthz within 120 s of starting (the Worker was already built)"; exit 1; }
 
 # A signed-in visitor token (paste it into the demo page's token field).
 demo_user=u1; [ -n "$movielens" ] && demo_user=1

@@ -1,5 +1,6 @@
 //! The `worker` glue: the only file that touches the Workers runtime. It gathers request facts,
-//! asks `routing` what to do, and performs the Cache API and fetch calls.
+//! asks the pure modules what to do (`route`, `segment_cache`, `origin`, `cors`, `respond`), and
+//! performs the Cache API and fetch calls they name.
 //!
 //! Segment lists: a stored entry carries [`STORED_AT_HEADER`]; within the fresh period it is a HIT,
 //! within the stale window it is served at once as STALE while one background refresh
@@ -13,16 +14,19 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use cascade_shared::segment::SegmentKey;
-use cascade_shared::validate::MAX_N;
+use cascade_shared::validate::{MAX_N, is_valid_request_id};
 use futures_util::future::{Either, select};
 use worker::{
     AbortController, Cache, Context, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result,
     event,
 };
 
-use crate::routing::{
-    self, EdgeConfig, Freshness, OriginFailure, OriginRequest, Refusal, RequestFacts, Route, STORED_AT_HEADER,
-};
+use crate::config::EdgeConfig;
+use crate::cors::cors_headers;
+use crate::origin::{self, OriginFailure, OriginRequest, checked};
+use crate::respond::refusal_response;
+use crate::route::{self, Refusal, RequestFacts, Route, check_admin, visitor};
+use crate::segment_cache::{self, OnLookup, STORED_AT_HEADER};
 
 const DEMO_PAGE: &str = include_str!("demo.html");
 
@@ -39,13 +43,13 @@ fn json_response(status: u16, body: String) -> Result<Response> {
 }
 
 fn refusal(refusal: &Refusal) -> Result<Response> {
-    let (status, body) = routing::refusal_response(refusal);
+    let (status, body) = refusal_response(refusal);
     json_response(status, body)
 }
 
 fn request_id(req: &Request) -> String {
     match header(req, "x-request-id") {
-        Some(id) if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) => id,
+        Some(id) if is_valid_request_id(&id) => id,
         // Not a security token: Math.random is enough to follow one request in the logs.
         _ => format!("{:016x}{:016x}", (js_sys::Math::random() * 2f64.powi(53)) as u64, Date::now().as_millis()),
     }
@@ -68,7 +72,7 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let preflight = req.method() == Method::Options;
     let (mut response, cors) = match config(&env) {
         Ok(config) => {
-            let cors = routing::cors_headers(&config, browser_origin.as_deref(), preflight);
+            let cors = cors_headers(&config, browser_origin.as_deref(), preflight);
             let response = match &cors {
                 Err(refused) => refusal(refused),
                 Ok(_) => handle(req, config, ctx, &request_id).await,
@@ -109,7 +113,7 @@ async fn handle(req: Request, config: EdgeConfig, ctx: Context, request_id: &str
         user_agent: user_agent.as_deref(),
         ch_mobile: ch_mobile.as_deref(),
     };
-    let route = match routing::route(&facts) {
+    let route = match route::route(&facts) {
         Ok(route) => route,
         Err(refused) => return refusal(&refused),
     };
@@ -123,10 +127,10 @@ async fn handle(req: Request, config: EdgeConfig, ctx: Context, request_id: &str
             Ok(response)
         }
         Route::Purge { segment } => {
-            if let Err(refused) = routing::check_admin(&config, header(&req, "authorization").as_deref()) {
+            if let Err(refused) = check_admin(&config, header(&req, "authorization").as_deref()) {
                 return refusal(&refused);
             }
-            let key = routing::cache_key(&cache_origin, &segment);
+            let key = segment_cache::cache_key(&cache_origin, &segment);
             let purged = matches!(Cache::default().delete(&key, false).await?, worker::CacheDeletionOutcome::Success);
             worker::console_log!("purge {segment}: {}", if purged { "deleted" } else { "not cached" });
             let body = serde_json::json!({
@@ -162,11 +166,11 @@ async fn personal(
     request_id: &str,
 ) -> Result<Response> {
     let now = Date::now().as_millis();
-    let user_id = match routing::visitor(config, token, now / 1000) {
+    let user_id = match visitor(config, token, now / 1000) {
         Ok(user_id) => user_id,
         Err(refused) => return refusal(&refused),
     };
-    let request = routing::user_request(config, &user_id, &segment, n, now / 1000, request_id);
+    let request = origin::user_request(config, &user_id, &segment, n, now / 1000, request_id);
     let mut response = match call_origin(config, &request).await.and_then(|body| checked(&body, n)) {
         Ok(list) => {
             let mut response = json_response(200, list)?;
@@ -182,11 +186,7 @@ async fn personal(
     Ok(response)
 }
 
-fn checked(body: &[u8], n: usize) -> std::result::Result<String, OriginFailure> {
-    routing::cut_list(body, n).map(|cut| String::from_utf8_lossy(&cut).into_owned()).map_err(OriginFailure::BadBody)
-}
-
-/// A segment's list from the cache (HIT/STALE) or the origin (MISS).
+/// A segment's list from the cache (HIT/STALE) or the origin (MISS), as `segment_cache` decides.
 async fn segment_list(
     config: &EdgeConfig,
     ctx: &Context,
@@ -196,46 +196,36 @@ async fn segment_list(
     request_id: &str,
 ) -> Result<Response> {
     let cache = Cache::default();
-    let key = routing::cache_key(cache_origin, &segment);
-    let now_ms = Date::now().as_millis();
+    let key = segment_cache::cache_key(cache_origin, &segment);
     let stored = match cache.get(&key, false).await? {
         Some(mut entry) => {
             let stored_at = entry.headers().get(STORED_AT_HEADER).ok().flatten();
-            let body = entry.bytes().await?;
-            Some((routing::freshness(config, stored_at.as_deref(), now_ms), body))
+            Some((stored_at, entry.bytes().await?))
         }
         None => None,
     };
-    match &stored {
-        Some((Freshness::Fresh, body)) => {
-            if let Ok(list) = checked(body, n) {
-                return answer(list, "HIT", config.fresh_secs);
+    let lookup = stored.as_ref().map(|(at, body)| (at.as_deref(), body.as_slice()));
+    match segment_cache::on_lookup(config, lookup, Date::now().as_millis(), n) {
+        OnLookup::Serve { list, state, revalidate } => {
+            if revalidate {
+                revalidate_in_background(config, ctx, key, segment, request_id);
             }
+            return answer(list, state.as_str(), state.max_age(config));
+        }
+        OnLookup::Fetch { delete_stored: true } => {
             // An unreadable entry is dropped and refetched.
             let _ = cache.delete(&key, false).await;
         }
-        Some((Freshness::Stale, body)) => {
-            if let Ok(list) = checked(body, n) {
-                revalidate_in_background(config, ctx, key, segment, request_id);
-                return answer(list, "STALE", 0);
-            }
-            let _ = cache.delete(&key, false).await;
-        }
-        Some((Freshness::Expired, _)) | None => {}
+        OnLookup::Fetch { delete_stored: false } => {}
     }
-    let expired_copy = stored.map(|(_, body)| body);
-    match fetch_and_store(config, &key, &segment, request_id).await {
-        Ok(full) => answer(checked(&full, n).unwrap_or_default(), "MISS", config.fresh_secs),
-        Err(failure) => {
-            worker::console_error!("segment {segment}: origin {failure}");
-            match expired_copy.as_deref().map(|body| checked(body, n)) {
-                Some(Ok(list)) => answer(list, "STALE", 0),
-                _ => {
-                    let (status, body) = routing::origin_failure_response(&failure);
-                    json_response(status, body)
-                }
-            }
-        }
+    let fetched = fetch_and_store(config, &key, &segment, request_id).await;
+    if let Err(failure) = &fetched {
+        worker::console_error!("segment {segment}: origin {failure}");
+    }
+    let stored_body = stored.as_ref().map(|(_, body)| body.as_slice());
+    match segment_cache::after_fetch(fetched.as_deref(), stored_body, n) {
+        Ok((list, state)) => answer(list, state.as_str(), state.max_age(config)),
+        Err((status, body)) => json_response(status, body),
     }
 }
 
@@ -270,7 +260,7 @@ async fn fetch_and_store(
     segment: &SegmentKey,
     request_id: &str,
 ) -> std::result::Result<Vec<u8>, OriginFailure> {
-    let request = routing::segment_request(config, segment, Date::now().as_millis() / 1000, request_id);
+    let request = origin::segment_request(config, segment, Date::now().as_millis() / 1000, request_id);
     let full = call_origin(config, &request).await?;
     checked(&full, MAX_N)?;
     if let Err(error) = store(key, segment, config, full.clone()).await {
@@ -282,8 +272,8 @@ async fn fetch_and_store(
 async fn store(key: &str, segment: &SegmentKey, config: &EdgeConfig, body: Vec<u8>) -> Result<()> {
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
-    headers.set("cache-control", &routing::stored_cache_control(config))?;
-    headers.set("cache-tag", &routing::cache_tags(segment))?;
+    headers.set("cache-control", &segment_cache::stored_cache_control(config))?;
+    headers.set("cache-tag", &segment_cache::cache_tags(segment))?;
     headers.set(STORED_AT_HEADER, &Date::now().as_millis().to_string())?;
     Cache::default().put(key, Response::from_bytes(body)?.with_headers(headers)).await
 }

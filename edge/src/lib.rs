@@ -12,12 +12,22 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`routing`] | pure decisions: route, segment, freshness, tokens, CORS, cache key, origin requests, list cutting, errors |
+//! | [`config`] | the Worker's vars and secrets, validated; errors name the variable |
+//! | [`route`] | what a request is: route, segment, refusals, visitor tokens, admin auth |
+//! | [`segment_cache`] | cache key, freshness, and the HIT / STALE / MISS / stale-on-error decision |
+//! | [`origin`] | signed origin requests, origin failures, cutting a list to `n` |
+//! | [`cors`] | which browser origins may read the answers |
+//! | [`respond`] | status and JSON body of refusals and origin failures |
 //! | `glue` (wasm32 only) | the `worker` crate: the fetch handler, Cache API, outbound fetch with abort, `wait_until` |
 //!
-//! Everything that decides is in [`routing`] and unit-tested natively; `glue` only moves bytes.
+//! Everything that decides is pure and unit-tested natively; `glue` only moves bytes.
 
-pub mod routing;
+pub mod config;
+pub mod cors;
+pub mod origin;
+pub mod respond;
+pub mod route;
+pub mod segment_cache;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;

@@ -1,13 +1,36 @@
 //! Who may call the origin: the edge with a signed request, internal callers with a bearer key.
 //!
 //! Signatures are `cascade_shared::signing` (HMAC-SHA256 over method, path, query and timestamp);
-//! bearer keys are compared in constant time. Anything else is a 401.
+//! bearer keys are compared in constant time (`cascade_shared::signing::constant_time_eq`, the
+//! same comparison the edge uses). Anything else is an [`AuthError`] (the HTTP layer answers 401).
+//! Nothing here knows HTTP types: the middleware hands over the header values it found.
 
-use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
-use cascade_shared::signing::{RequestTarget, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify};
+use cascade_shared::signing::{RequestTarget, SIGNATURE_HEADER, TIMESTAMP_HEADER, constant_time_eq, verify};
 
-use crate::error::AppError;
+/// Credentials that do not admit the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// A bearer key that is not configured.
+    #[error("bearer key not recognised")]
+    UnknownKey,
+    /// No bearer key, and a missing, stale or wrong signature.
+    #[error("{0}: sign the request ({TIMESTAMP_HEADER}, {SIGNATURE_HEADER}) or send a bearer key")]
+    BadSignature(String),
+    /// An edge signature on a route for internal callers only.
+    #[error("{0} takes a bearer key; an edge signature is not enough")]
+    InternalOnly(&'static str),
+}
+
+/// The credential headers of one request, as the HTTP layer found them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// `Authorization`.
+    pub authorization: Option<&'a str>,
+    /// The signature's timestamp header.
+    pub timestamp: Option<&'a str>,
+    /// The signature header.
+    pub signature: Option<&'a str>,
+}
 
 /// Who a request came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,10 +46,6 @@ pub struct Auth {
     secret: Vec<u8>,
     api_keys: Vec<Vec<u8>>,
     window_secs: u64,
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Auth {
@@ -45,65 +64,52 @@ impl Auth {
         cascade_shared::token::issue(&self.secret, user_id, expires_at)
     }
 
-    /// Checks a request's credentials at `now` (Unix seconds).
+    /// Checks a request's credentials for `target` at `now` (Unix seconds).
     pub fn check(
         &self,
-        method: &str,
-        path: &str,
-        query: &str,
-        headers: &HeaderMap,
+        target: RequestTarget<'_>,
+        credentials: Credentials<'_>,
         now: u64,
-    ) -> Result<Caller, AppError> {
-        if let Some(value) = headers.get(AUTHORIZATION) {
-            let key = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("").trim().as_bytes();
+    ) -> Result<Caller, AuthError> {
+        if let Some(value) = credentials.authorization {
+            let key = value.strip_prefix("Bearer ").unwrap_or("").trim().as_bytes();
             return if self.api_keys.iter().any(|known| constant_time_eq(known, key)) {
                 Ok(Caller::Internal)
             } else {
-                Err(AppError::Unauthorized("bearer key not recognised".into()))
+                Err(AuthError::UnknownKey)
             };
         }
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        verify(
-            &self.secret,
-            RequestTarget { method, path, query },
-            header(TIMESTAMP_HEADER),
-            header(SIGNATURE_HEADER),
-            now,
-            self.window_secs,
-        )
-        .map(|()| Caller::Edge)
-        .map_err(|e| {
-            AppError::Unauthorized(format!(
-                "{e}: sign the request ({TIMESTAMP_HEADER}, {SIGNATURE_HEADER}) or send a bearer key"
-            ))
-        })
+        verify(&self.secret, target, credentials.timestamp, credentials.signature, now, self.window_secs)
+            .map(|()| Caller::Edge)
+            .map_err(|e| AuthError::BadSignature(e.to_string()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
     use cascade_shared::signing::sign;
 
     const SECRET: &str = "test-secret-0123456789";
 
+    fn target<'a>(path: &'a str, query: &'a str) -> RequestTarget<'a> {
+        RequestTarget { method: "GET", path, query }
+    }
+
     #[test]
     fn signature_bearer_and_refusals() {
         let auth = Auth::new(SECRET, &["internal-key-0123456789".to_string()], 300);
-        let mut headers = HeaderMap::new();
-        assert!(matches!(auth.check("GET", "/v1/x", "", &headers, 1000), Err(AppError::Unauthorized(_))));
+        let none = Credentials::default();
+        assert!(matches!(auth.check(target("/v1/x", ""), none, 1000), Err(AuthError::BadSignature(_))));
         let sig = sign(SECRET.as_bytes(), "GET", "/v1/x", "n=1", 1000);
-        headers.insert(TIMESTAMP_HEADER, HeaderValue::from_static("1000"));
-        headers.insert(SIGNATURE_HEADER, HeaderValue::from_str(&sig).unwrap());
-        assert_eq!(auth.check("GET", "/v1/x", "n=1", &headers, 1010).unwrap(), Caller::Edge);
-        assert!(auth.check("GET", "/v1/x", "n=1", &headers, 2000).is_err(), "stale");
-        assert!(auth.check("GET", "/v1/y", "n=1", &headers, 1010).is_err(), "other path");
+        let signed = Credentials { authorization: None, timestamp: Some("1000"), signature: Some(&sig) };
+        assert_eq!(auth.check(target("/v1/x", "n=1"), signed, 1010).unwrap(), Caller::Edge);
+        assert!(auth.check(target("/v1/x", "n=1"), signed, 2000).is_err(), "stale");
+        assert!(auth.check(target("/v1/y", "n=1"), signed, 1010).is_err(), "other path");
 
-        let mut bearer = HeaderMap::new();
-        bearer.insert(AUTHORIZATION, HeaderValue::from_static("Bearer internal-key-0123456789"));
-        assert_eq!(auth.check("GET", "/v1/x", "", &bearer, 0).unwrap(), Caller::Internal);
-        bearer.insert(AUTHORIZATION, HeaderValue::from_static("Bearer internal-key-012345678"));
-        assert!(auth.check("GET", "/v1/x", "", &bearer, 0).is_err());
+        let bearer = Credentials { authorization: Some("Bearer internal-key-0123456789"), ..Credentials::default() };
+        assert_eq!(auth.check(target("/v1/x", ""), bearer, 0).unwrap(), Caller::Internal);
+        let wrong = Credentials { authorization: Some("Bearer internal-key-012345678"), ..Credentials::default() };
+        assert_eq!(auth.check(target("/v1/x", ""), wrong, 0), Err(AuthError::UnknownKey));
     }
 }

@@ -12,7 +12,7 @@ use cascade_shared::embedding::{EmbeddingTable, decode_file};
 use cascade_shared::segment::{DEVICES, PAGES};
 use serde::Deserialize;
 
-use crate::features;
+use crate::ranking::features;
 
 /// Why a bundle was refused.
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,10 @@
 //!
 //! With no file and no variables this is the embedded default: development mode, an in-process
 //! embedding store, the bundle in `data/bundle`.
+//!
+//! Each subsystem owns its settings type and its defaults ([`RedisConfig`], [`RetrievalConfig`],
+//! [`RankerConfig`], [`ServingConfig`], [`CacheConfig`]); this file only composes them into the
+//! file's tables and checks every field in one place, so an error names the field.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +14,12 @@ use std::path::PathBuf;
 use cascade_shared::config as env_names;
 use cascade_shared::signing::MIN_SECRET_LEN;
 use serde::Deserialize;
+
+pub use crate::cache::CacheConfig;
+pub use crate::ranking::{DeviceChoice, RankerConfig};
+pub use crate::recommend::ServingConfig;
+pub use crate::redis::RedisConfig;
+pub use crate::retrieval::RetrievalConfig;
 
 /// Development (a secret is generated when none is set) or production (a secret is required).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -19,18 +29,6 @@ pub enum Mode {
     Development,
     /// Anything else.
     Production,
-}
-
-/// Where the ranking model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceChoice {
-    /// CUDA when available, else CPU.
-    Auto,
-    /// CPU.
-    Cpu,
-    /// CUDA device 0 (refused at start if absent).
-    Cuda,
 }
 
 /// The whole configuration.
@@ -61,114 +59,6 @@ pub struct Config {
     pub cache: CacheConfig,
 }
 
-/// The L1 cache and per-user state (`crate::cache`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CacheConfig {
-    /// L1 entries (one per user and context).
-    pub l1_capacity: u64,
-    /// L1 time to live, seconds.
-    pub l1_ttl_secs: u64,
-    /// L2 (Redis) time to live, seconds; each write gets ±10% jitter.
-    pub l2_ttl_secs: u64,
-    /// How long a process reuses a user's generation and purchases read from Redis,
-    /// milliseconds: the bound on cross-process invalidation.
-    pub state_ttl_ms: u64,
-    /// Users whose generation and purchases are remembered.
-    pub users_capacity: u64,
-    /// Event kinds that invalidate a user's cached lists.
-    pub significant_events: Vec<cascade_shared::wire::EventKind>,
-    /// Event kinds whose item joins the user's session (shifting real-time ranking).
-    pub session_events: Vec<cascade_shared::wire::EventKind>,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        let settings = crate::cache::CacheSettings::default();
-        CacheConfig {
-            l1_capacity: settings.l1_capacity,
-            l1_ttl_secs: settings.l1_ttl.as_secs(),
-            l2_ttl_secs: settings.l2_ttl.as_secs(),
-            state_ttl_ms: settings.state_ttl.as_millis() as u64,
-            users_capacity: settings.users_capacity,
-            significant_events: settings.significant,
-            session_events: settings.session,
-        }
-    }
-}
-
-impl CacheConfig {
-    /// The cache's settings.
-    pub fn settings(&self) -> crate::cache::CacheSettings {
-        crate::cache::CacheSettings {
-            l1_capacity: self.l1_capacity,
-            l1_ttl: std::time::Duration::from_secs(self.l1_ttl_secs),
-            l2_ttl: std::time::Duration::from_secs(self.l2_ttl_secs),
-            state_ttl: std::time::Duration::from_millis(self.state_ttl_ms),
-            users_capacity: self.users_capacity,
-            significant: self.significant_events.clone(),
-            session: self.session_events.clone(),
-        }
-    }
-}
-
-/// Redis shards for user embeddings; empty means the in-process store.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RedisConfig {
-    /// Shard URLs (`redis://host:port`), in shard order: jump hashing names shards by position,
-    /// so only append or remove at the end.
-    pub shards: Vec<String>,
-    /// Seed URLs of a Redis Cluster: when set, embeddings live there (user state, L2 and
-    /// precomputed lists stay on `shards`, or in process without them).
-    pub cluster: Vec<String>,
-    /// Per-operation timeout, milliseconds: a slow shard counts as unavailable.
-    pub timeout_ms: u64,
-}
-
-/// FAISS settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetrievalConfig {
-    /// FAISS index factory string, or `auto` (exact `Flat` below 20,000 items, else
-    /// `IVF{4·√n}_HNSW32,Flat`).
-    pub factory: String,
-    /// IVF lists probed per query.
-    pub nprobe: usize,
-    /// Candidates retrieved per request, before ranking.
-    pub candidates: usize,
-    /// Index copies searched in parallel (the faiss crate's search takes `&mut self`).
-    pub parallelism: usize,
-}
-
-/// Ranker settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RankerConfig {
-    /// `auto`, `cpu` or `cuda`.
-    pub device: DeviceChoice,
-    /// Requests waiting for inference before new ones are refused (and fall back).
-    pub queue_capacity: usize,
-    /// Most rows merged into one model call.
-    pub max_batch_rows: usize,
-    /// Longest a batch waits for more requests after its first, milliseconds.
-    pub max_wait_ms: f64,
-    /// Inference threads.
-    pub threads: usize,
-    /// libtorch intra-op threads per inference thread.
-    pub intra_op_threads: usize,
-}
-
-/// Request-path settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServingConfig {
-    /// Budget for the real-time path, milliseconds; past it the fallback chain answers.
-    pub deadline_ms: u64,
-    /// Requests in flight before new ones get 503 at once.
-    pub max_in_flight: usize,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -184,48 +74,6 @@ impl Default for Config {
             serving: ServingConfig::default(),
             cache: CacheConfig::default(),
         }
-    }
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig { shards: Vec::new(), cluster: Vec::new(), timeout_ms: 50 }
-    }
-}
-
-impl Default for RetrievalConfig {
-    fn default() -> Self {
-        RetrievalConfig { factory: "auto".into(), nprobe: 16, candidates: 100, parallelism: 2 }
-    }
-}
-
-impl Default for RankerConfig {
-    fn default() -> Self {
-        RankerConfig {
-            device: DeviceChoice::Auto,
-            queue_capacity: 256,
-            max_batch_rows: 1024,
-            max_wait_ms: 5.0,
-            threads: 1,
-            intra_op_threads: 1,
-        }
-    }
-}
-
-impl RankerConfig {
-    /// The batcher's settings.
-    pub fn batch_config(&self) -> crate::batcher::BatchConfig {
-        crate::batcher::BatchConfig {
-            max_batch_rows: self.max_batch_rows,
-            max_wait: std::time::Duration::from_secs_f64(self.max_wait_ms / 1000.0),
-            queue_capacity: self.queue_capacity,
-        }
-    }
-}
-
-impl Default for ServingConfig {
-    fn default() -> Self {
-        ServingConfig { deadline_ms: 80, max_in_flight: 1024 }
     }
 }
 
@@ -308,12 +156,11 @@ impl Config {
                 format!("every key must be at least {MIN_SECRET_LEN} bytes ({} is not)", key.len()),
             ));
         }
-        let urls = self.redis.shards.iter().map(|u| ("shards", u)).enumerate();
-        let cluster = self.redis.cluster.iter().map(|u| ("cluster", u)).enumerate();
-        for (index, (list, url)) in urls.chain(cluster) {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                let index = if list == "shards" { index } else { index - self.redis.shards.len() };
-                return Err(config_error(&format!("redis.{list}[{index}]"), format!("{url:?} is not a redis:// URL")));
+        let urls = self.redis.shards.iter().enumerate().map(|(index, url)| ("shards", index, url));
+        let cluster = self.redis.cluster.iter().enumerate().map(|(index, url)| ("cluster", index, url));
+        for (list, index, url) in urls.chain(cluster) {
+            if let Err(error) = crate::redis::url::RedisUrl::parse(url) {
+                return Err(config_error(&format!("redis.{list}[{index}]"), error.to_string()));
             }
         }
         let ranges: [(&str, usize, usize, usize); 7] = [

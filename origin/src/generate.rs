@@ -9,6 +9,7 @@
 //! have no neighbours worth finding).
 
 use cascade_shared::hashing::stable_hash64;
+use cascade_shared::stats::SplitMix64;
 
 /// What to generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,29 +68,6 @@ impl GenSpec {
     }
 }
 
-/// SplitMix64: a tiny, fast, well-mixed generator; one per row, seeded from the row's identity.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    /// A standard normal (Box-Muller).
-    fn normal(&mut self) -> f32 {
-        let (a, b) = (self.uniform(), self.uniform());
-        ((-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()) as f32
-    }
-}
-
 fn normalize(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
     v.iter_mut().for_each(|x| *x /= norm);
@@ -109,7 +87,7 @@ impl Generator {
     pub fn new(spec: GenSpec) -> Self {
         let mut centres = Vec::with_capacity(spec.clusters as usize * spec.dim);
         for k in 0..spec.clusters {
-            let mut rng = SplitMix(spec.seed ^ stable_hash64(format!("centre:{k}").as_bytes()));
+            let mut rng = SplitMix64::new(spec.seed ^ stable_hash64(format!("centre:{k}").as_bytes()));
             let mut centre: Vec<f32> = (0..spec.dim).map(|_| rng.normal()).collect();
             normalize(&mut centre);
             centres.extend(centre);
@@ -134,7 +112,7 @@ impl Generator {
 
     /// Item `n`'s vector.
     pub fn item(&self, n: u64) -> Vec<f32> {
-        let mut rng = SplitMix(self.spec.seed ^ stable_hash64(format!("item:{n}").as_bytes()));
+        let mut rng = SplitMix64::new(self.spec.seed ^ stable_hash64(format!("item:{n}").as_bytes()));
         let centre = self.centre(self.item_cluster(n));
         let scale = NOISE / (self.spec.dim as f32).sqrt();
         let mut v: Vec<f32> = centre.iter().map(|c| c + scale * rng.normal()).collect();
@@ -144,11 +122,11 @@ impl Generator {
 
     /// User `n`'s vector: one or two liked clusters, plus noise.
     pub fn user(&self, n: u64) -> Vec<f32> {
-        let mut rng = SplitMix(self.spec.seed ^ stable_hash64(format!("user:{n}").as_bytes()));
-        let liked = 1 + (rng.next() % 2);
+        let mut rng = SplitMix64::new(self.spec.seed ^ stable_hash64(format!("user:{n}").as_bytes()));
+        let liked = 1 + (rng.next_u64() % 2);
         let mut v = vec![0f32; self.spec.dim];
         for _ in 0..liked {
-            let centre = self.centre(rng.next() % self.spec.clusters);
+            let centre = self.centre(rng.next_u64() % self.spec.clusters);
             v.iter_mut().zip(centre).for_each(|(x, c)| *x += c);
         }
         let scale = NOISE / (self.spec.dim as f32).sqrt();

@@ -1,36 +1,38 @@
 //! Cascade's origin: the service behind the edge, and the `cascade` command.
 //!
+//! Layers, from the outside in (a module uses only modules below it; `docs/architecture.md` walks
+//! one request through them):
+//!
 //! | module | owns |
 //! |---|---|
-//! | [`config`] | typed configuration: defaults < TOML file < environment, validated at start |
-//! | [`error`] | the service error enum and the one place it becomes an HTTP status |
+//! | [`commands`] | the `cascade` subcommands: `serve`, `load`, `precompute`, `reshard`, `index`, `plan` |
+//! | [`http`] | the axum router, handlers, middleware, and the one error → status map |
+//! | [`app`] | the composition root: config → components, the recommender factory, bundle reloads |
+//! | [`config`] | the configuration file and environment, composed from each subsystem's settings |
+//! | [`auth`] | edge signatures and internal bearer keys (no HTTP types) |
+//! | [`recommend`] | the request path: caches → real time under a deadline → fallback chain |
+//! | [`cache`] | L1, L2, per-user generations, purchases and sessions, event rules and intake |
+//! | [`ranking`] | the ranker trait, the dynamic batcher over a backend trait, the TorchScript backend |
+//! | [`retrieval`] | FAISS inner-product search over the item embeddings |
+//! | [`store`] | [`store::EmbeddingStore`]: in-process, N Redis shards, or a Redis Cluster |
+//! | [`redis`] | the shard set every Redis user shares, the URL parser, the lean RESP reader |
 //! | [`bundle`] | a model bundle on disk: metadata, embeddings, model path, consistency checks |
-//! | [`store`] | [`store::EmbeddingStore`]: in-process, or N Redis shards by consistent hashing |
-//! | [`retrieval`] | [`retrieval::Retriever`]: FAISS inner-product search over the item embeddings |
-//! | [`features`] | the ranker's input rows (pure; the layout the training script defines) |
-//! | [`batcher`] | the dynamic batcher: rows of concurrent requests merged into one model call |
-//! | [`ranker`] | [`ranker::Ranker`]: the TorchScript model through tch, behind the batcher |
-//! | [`cache`] | L1 list cache with request coalescing, user generations, purchase filter |
-//! | [`recommend`] | the request path: retrieve, rank, and the fallback chain |
-//! | [`serving`] | the recommender being served, and atomic bundle reloads |
-//! | [`auth`] | edge signatures and internal bearer keys |
+//! | [`generate`] | deterministic clustered embeddings for the scale tiers |
 //! | [`metrics`] | Prometheus metrics |
-//! | [`http`] | the axum router, handlers and middleware |
-//! | [`commands`] | `serve`, `load`, `index`, `plan` |
+//!
+//! Each subsystem has its own error enum; only [`http::error`] knows HTTP status codes.
 
+pub mod app;
 pub mod auth;
-pub mod batcher;
 pub mod bundle;
 pub mod cache;
 pub mod commands;
 pub mod config;
-pub mod error;
-pub mod features;
 pub mod generate;
 pub mod http;
 pub mod metrics;
-pub mod ranker;
+pub mod ranking;
 pub mod recommend;
+pub mod redis;
 pub mod retrieval;
-pub mod serving;
 pub mod store;

@@ -4,7 +4,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
-/// The dynamic batcher's metrics (`crate::batcher`).
+/// The dynamic batcher's metrics (`crate::ranking::batcher`).
 #[derive(Clone)]
 pub struct BatchMetrics {
     /// `cascade_batch_requests`: requests merged per model call.

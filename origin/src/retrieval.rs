@@ -14,6 +14,27 @@ use faiss::index::TryClone;
 use faiss::index::autotune::ParameterSpace;
 use faiss::{Index, MetricType, index_factory};
 
+/// FAISS settings (`[retrieval]`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrievalConfig {
+    /// FAISS index factory string, or `auto` (exact `Flat` below 20,000 items, else
+    /// `IVF{4·√n}_HNSW32,Flat`).
+    pub factory: String,
+    /// IVF lists probed per query.
+    pub nprobe: usize,
+    /// Candidates retrieved per request, before ranking.
+    pub candidates: usize,
+    /// Index copies searched in parallel (the faiss crate's search takes `&mut self`).
+    pub parallelism: usize,
+}
+
+impl Default for RetrievalConfig {
+    fn default() -> Self {
+        RetrievalConfig { factory: "auto".into(), nprobe: 16, candidates: 100, parallelism: 2 }
+    }
+}
+
 /// A candidate: the item's row in the bundle and its inner product with the query.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate {

@@ -13,6 +13,7 @@
 //! | [`keys`] | the Redis key schema |
 //! | [`embedding`] | the embedding export file format and the Redis value encoding |
 //! | [`config`] | the environment-variable prefix and every variable name |
+//! | [`stats`] | the one percentile formula and the seeded generator (SplitMix64) |
 //!
 //! Nothing here reads a clock or a random source: callers pass the time in, so the same code runs in
 //! a Worker (where `SystemTime::now()` panics) and in the origin.
@@ -23,6 +24,7 @@ pub mod hashing;
 pub mod keys;
 pub mod segment;
 pub mod signing;
+pub mod stats;
 pub mod token;
 pub mod validate;
 pub mod wire;

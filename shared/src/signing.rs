@@ -61,6 +61,13 @@ pub fn sign(secret: &[u8], method: &str, path: &str, query: &str, timestamp: u64
     hex::encode(mac(secret, &canonical_request(method, path, query, timestamp)).finalize().into_bytes())
 }
 
+/// Whether two secrets (bearer keys, admin tokens) are equal, in time that depends only on their
+/// lengths, never on where they first differ. The one comparison both the edge and the origin use.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
 /// What a signature covers besides the timestamp: the method and the raw path and query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestTarget<'a> {
@@ -118,6 +125,14 @@ mod tests {
         assert!(check("1000", &sig.replace('a', "b"), 1_100).is_err());
         let other_query = verify(SECRET, target("n=99"), Some("1000"), Some(&sig), 1_000, 300);
         assert_eq!(other_query, Err(SignatureError::Mismatch));
+    }
+
+    #[test]
+    fn constant_time_equality() {
+        assert!(constant_time_eq(b"internal-key-0123", b"internal-key-0123"));
+        assert!(!constant_time_eq(b"internal-key-0123", b"internal-key-0124"));
+        assert!(!constant_time_eq(b"internal-key-0123", b"internal-key-012"));
+        assert!(constant_time_eq(b"", b""));
     }
 
     #[test]

@@ -47,6 +47,16 @@ pub fn validate_id(field: &str, id: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Longest `x-request-id` kept from a caller; a longer or malformed one is replaced by a new id.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Whether a caller's `x-request-id` may be kept and logged as given: 1 to
+/// [`MAX_REQUEST_ID_LEN`] visible ASCII characters (no spaces or control characters, which could
+/// forge log lines or break headers). The edge and the origin apply the same rule.
+pub fn is_valid_request_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Parses `n`: absent means [`DEFAULT_N`]; otherwise an integer in `1..=MAX_N`.
 pub fn parse_n(value: Option<&str>) -> Result<usize, FieldError> {
     let Some(value) = value else { return Ok(DEFAULT_N) };
@@ -121,6 +131,15 @@ mod tests {
         assert!(validate_id("user_id", "é").is_err());
         assert!(validate_id("user_id", &"a".repeat(MAX_ID_LEN)).is_ok());
         assert!(validate_id("user_id", &"a".repeat(MAX_ID_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(is_valid_request_id("req-1f2e"));
+        assert!(is_valid_request_id(&"r".repeat(MAX_REQUEST_ID_LEN)));
+        for bad in ["", "has space", "line\nbreak", "é", &"r".repeat(MAX_REQUEST_ID_LEN + 1)] {
+            assert!(!is_valid_request_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -413,13 +413,19 @@ pub fn run_cascade(args: &[&str]) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// The `p` quantile of sorted values (NaN when empty).
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
+/// Runs `cascade <args> --json` and parses the report it prints on stdout (its human summary,
+/// on stderr, is ignored).
+pub fn run_cascade_json(args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let output = Command::new(cascade_bin()?).args(args).arg("--json").env("OPENBLAS_NUM_THREADS", "1").output()?;
+    if !output.status.success() {
+        bail!("cascade {} failed ({}):\n{}", args.join(" "), output.status, String::from_utf8_lossy(&output.stderr));
     }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+    serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("cascade {} --json printed no report: {:?}", args.join(" "), output.stdout))
 }
+
+/// The `p` quantile of sorted values, nearest rank: the one formula `cascade index eval` uses too.
+pub use cascade_shared::stats::percentile;
 
 /// Drives `base` closed-loop: `concurrency` workers, each sending GETs for `paths` (round robin,
 /// with `bearer` when not empty) one after another for `seconds`. Returns requests, errors,

@@ -1,16 +1,50 @@
 //! `cascade index build`: train and write the FAISS index over a bundle's items, so `serve`
-//! starts without building it.
+//! starts without building it. `cascade index eval`: recall and latency for each `nprobe`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use cascade_shared::stats::percentile;
 use faiss::Index;
 
 use crate::bundle::Bundle;
 use crate::retrieval::{auto_factory, build_index, write};
 
+/// FAISS index tools.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum IndexCommand {
+    /// Train and write `items.faiss` into the bundle.
+    Build(BuildArgs),
+    /// Recall@K against exact search, and latency, for each nprobe (queries: the bundle's users).
+    Eval(EvalArgs),
+}
+
+/// Arguments of `cascade index build`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BuildArgs {
+    /// Bundle folder.
+    #[arg(long, env = cascade_shared::config::BUNDLE, default_value = "data/bundle")]
+    pub bundle: PathBuf,
+    /// FAISS factory string, or `auto`.
+    #[arg(long, default_value = "auto")]
+    pub factory: String,
+}
+
+/// What `cascade index build` wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildReport {
+    /// The index file.
+    pub path: PathBuf,
+    /// The factory string used.
+    pub factory: String,
+    /// Vectors indexed.
+    pub items: u64,
+    /// Seconds to train and add.
+    pub build_secs: f64,
+}
+
 /// Builds the index with `factory` (or `auto`) and writes it to the bundle's `items.faiss`.
-pub fn build(bundle_dir: &Path, factory: &str) -> anyhow::Result<()> {
+pub fn build(bundle_dir: &Path, factory: &str) -> anyhow::Result<BuildReport> {
     let bundle = Bundle::load(bundle_dir)?;
     let factory = if factory == "auto" { auto_factory(bundle.items.ids.len()) } else { factory.to_string() };
     let started = Instant::now();
@@ -23,7 +57,12 @@ pub fn build(bundle_dir: &Path, factory: &str) -> anyhow::Result<()> {
         bundle.metadata.dim,
         started.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(BuildReport {
+        path: bundle.index_path(),
+        factory,
+        items: index.ntotal(),
+        build_secs: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// What `cascade index eval` measures for one `nprobe`.
@@ -42,21 +81,32 @@ pub struct EvalPoint {
 }
 
 /// Arguments of `cascade index eval`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
     /// Bundle folder (items to index, users as queries).
-    pub bundle: std::path::PathBuf,
-    /// Factory string, `auto`, or `file` (the bundle's `items.faiss`).
+    #[arg(long, env = cascade_shared::config::BUNDLE, default_value = "data/bundle")]
+    pub bundle: PathBuf,
+    /// FAISS factory string, `auto`, or `file` (the bundle's items.faiss).
+    #[arg(long, default_value = "auto")]
     pub factory: String,
-    /// `nprobe` values to try.
+    /// nprobe values to try.
+    #[arg(long = "nprobe", value_delimiter = ',', default_value = "8,16,32,64")]
     pub nprobes: Vec<usize>,
-    /// Queries (the first users of the bundle).
+    /// Number of queries (the first users of the bundle).
+    #[arg(long, default_value_t = 2000)]
     pub queries: usize,
     /// K of recall@K.
+    #[arg(long, default_value_t = 100)]
     pub k: usize,
-    /// Threads for the throughput figure.
+    /// Threads searching at once for the throughput figure.
+    #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Also write the figures (the JSON printed on stdout) to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Index and query float16-rounded vectors (as `load --f16` stores them); recall is still
     /// against exact float32 search.
+    #[arg(long)]
     pub f16: bool,
 }
 
@@ -64,13 +114,6 @@ fn f16_round(values: &mut [f32]) {
     for v in values {
         *v = half::f16::from_f32(*v).to_f32();
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 /// Recall@K against exact inner-product search, and latency, for each `nprobe`.

@@ -24,8 +24,8 @@ use crate::store::redis_shards::RedisShardStore;
 /// Batches in flight at once.
 const IN_FLIGHT: usize = 4;
 
-/// What a load did.
-#[derive(Debug, Clone, PartialEq)]
+/// What a load did for one kind of entity.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LoadReport {
     /// Vectors written.
     pub written: usize,
@@ -140,30 +140,66 @@ pub async fn load_rows(
     Ok(LoadReport { written, verified, write_secs })
 }
 
-/// What to load and where.
+/// Bulk-load embeddings (a bundle's, or generated ones) into the Redis shards, then verify them.
+#[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
     /// Bundle folder (when not generating).
+    #[arg(long, env = cascade_shared::config::BUNDLE, default_value = "data/bundle")]
     pub bundle: PathBuf,
-    /// Generator spec, instead of the bundle's files.
+    /// Generate clustered data instead: `users=N,items=M,dim=D[,clusters=K][,seed=S]`.
+    #[arg(long, value_parser = |s: &str| GenSpec::parse(s))]
     pub generate: Option<GenSpec>,
-    /// Shard URLs (empty: don't load, e.g. only `--out`).
+    /// Comma-separated shard URLs, in shard order (none: don't load, e.g. only `--out`).
+    #[arg(long = "redis", env = cascade_shared::config::REDIS_SHARDS, value_delimiter = ',')]
     pub shards: Vec<String>,
     /// Vectors per batch.
+    #[arg(long, default_value_t = 1000)]
     pub batch: usize,
-    /// Users only.
+    /// Load users only (items are served from the bundle).
+    #[arg(long)]
     pub users_only: bool,
-    /// Value encoding written to Redis.
-    pub encoding: ValueEncoding,
-    /// Write generated data as a bundle folder here.
+    /// Store values as float16 (half the memory; readers accept both).
+    #[arg(long)]
+    pub f16: bool,
+    /// With --generate: also write the data as a bundle folder here.
+    #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Copy the model (and its reference scores) from this bundle into `out`.
+    /// With --out: copy the model and its reference scores from this bundle (same dim).
+    #[arg(long)]
     pub model_from: Option<PathBuf>,
-    /// `shards` are seed nodes of a Redis Cluster, not independent shards.
+    /// --redis names seed nodes of a Redis Cluster (default: independent shards).
+    #[arg(long)]
     pub cluster: bool,
 }
 
+/// What `cascade load` did (printed as JSON with `--json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LoadOutcome {
+    /// The bundle id the vectors were written under.
+    pub bundle_id: String,
+    /// `F32` or `F16`.
+    pub encoding: String,
+    /// The store written to (empty when only `--out` was asked for).
+    pub store: String,
+    /// One report per kind loaded.
+    pub loaded: Vec<LoadedKind>,
+}
+
+/// One kind's part of a load.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LoadedKind {
+    /// `users` or `items`.
+    pub kind: &'static str,
+    /// Vectors in the source.
+    pub total: u64,
+    /// What was written and read back.
+    #[serde(flatten)]
+    pub report: LoadReport,
+}
+
 /// Runs `cascade load`.
-pub async fn run(args: LoadArgs) -> anyhow::Result<Vec<(EntityKind, LoadReport)>> {
+pub async fn run(args: LoadArgs) -> anyhow::Result<LoadOutcome> {
+    let encoding = if args.f16 { ValueEncoding::F16 } else { ValueEncoding::F32 };
     anyhow::ensure!((1..=100_000).contains(&args.batch), "--batch must be within 1..=100000");
     let generator = args.generate.map(Generator::new);
     anyhow::ensure!(
@@ -183,20 +219,26 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Vec<(EntityKind, LoadReport)>
     if let (Some(generator), Some(out)) = (&generator, &args.out) {
         write_bundle(generator, out, args.model_from.as_deref())?;
     }
+    let mut outcome = LoadOutcome {
+        bundle_id: bundle_id.clone(),
+        encoding: format!("{encoding:?}"),
+        store: String::new(),
+        loaded: Vec::new(),
+    };
     if args.shards.is_empty() {
-        return Ok(Vec::new());
+        return Ok(outcome);
     }
     let timeout = Duration::from_secs(5);
     let store: Box<dyn EmbeddingStore> = if args.cluster {
-        Box::new(RedisClusterStore::connect(&args.shards, &bundle_id, dim, timeout).await?.with_encoding(args.encoding))
+        Box::new(RedisClusterStore::connect(&args.shards, &bundle_id, dim, timeout).await?.with_encoding(encoding))
     } else {
-        Box::new(RedisShardStore::new(&args.shards, &bundle_id, dim, timeout)?.with_encoding(args.encoding))
+        Box::new(RedisShardStore::connect(&args.shards, &bundle_id, dim, timeout)?.with_encoding(encoding))
     };
+    outcome.store = store.describe();
     let mut kinds = vec![EntityKind::User];
     if !args.users_only {
         kinds.push(EntityKind::Item);
     }
-    let mut reports = Vec::new();
     for kind in kinds {
         let table;
         let rows = match &generator {
@@ -214,7 +256,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Vec<(EntityKind, LoadReport)>
             label(kind),
             report.written,
             report.verified,
-            args.encoding,
+            encoding,
             store.describe(),
             report.write_secs,
             report.written as f64 / report.write_secs.max(1e-9)
@@ -225,9 +267,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Vec<(EntityKind, LoadReport)>
             report.verified,
             label(kind)
         );
-        reports.push((kind, report));
+        outcome.loaded.push(LoadedKind { kind: label(kind), total, report });
     }
-    Ok(reports)
+    Ok(outcome)
 }
 
 /// Writes generated users and items as CEMB files in `out`, and with `model_from` the rest of a

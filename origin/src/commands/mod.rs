@@ -1,4 +1,6 @@
-//! The `cascade` subcommands. Each is a thin function over the library.
+//! The `cascade` subcommands. Each is a thin function over the library: its arguments are a
+//! `clap::Args` struct in its own file, and it returns a typed report that `main` prints as JSON
+//! with `--json` (the human summary goes to stderr either way).
 
 pub mod index;
 pub mod load;
@@ -6,3 +8,66 @@ pub mod plan;
 pub mod precompute;
 pub mod reshard;
 pub mod serve;
+
+use clap::Subcommand;
+use serde::Serialize;
+
+/// Every subcommand.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API (with no configuration: the embedded default on 127.0.0.1:8080).
+    Serve(serve::ServeArgs),
+    /// Bulk-load embeddings (a bundle's, or generated ones) into the Redis shards, then verify them.
+    Load(load::LoadArgs),
+    /// Rank every user's top list offline and write it to the Redis shards (resumable).
+    Precompute(precompute::PrecomputeArgs),
+    /// Move keys from one shard list to another (only those whose shard changed), resumably, then
+    /// verify every key is on its shard exactly once with an unchanged checksum.
+    Reshard(reshard::ReshardArgs),
+    /// FAISS index tools.
+    #[command(subcommand)]
+    Index(index::IndexCommand),
+    /// Memory and shard counts for a deployment.
+    Plan(plan::PlanArgs),
+}
+
+/// What a command printed for machines: its report, when it has one.
+pub type Report = Option<serde_json::Value>;
+
+fn report(value: impl Serialize) -> anyhow::Result<Report> {
+    Ok(Some(serde_json::to_value(value)?))
+}
+
+impl Command {
+    /// Runs the command and returns its report (`json`: the caller prints the report as JSON, so
+    /// the command prints no human text on stdout).
+    pub async fn run(self, json: bool) -> anyhow::Result<Report> {
+        match self {
+            Command::Serve(args) => serve::run(args).await.map(|()| None),
+            Command::Load(args) => report(load::run(args).await?),
+            Command::Precompute(args) => report(precompute::run(args).await?),
+            Command::Reshard(args) => report(reshard::run(args).await?),
+            Command::Index(index::IndexCommand::Build(args)) => {
+                let built = tokio::task::spawn_blocking(move || index::build(&args.bundle, &args.factory)).await??;
+                report(built)
+            }
+            Command::Index(index::IndexCommand::Eval(args)) => {
+                let path = args.out.clone();
+                let figures = tokio::task::spawn_blocking(move || index::eval(&args)).await??;
+                if let Some(path) = path {
+                    std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
+                }
+                // Eval's figures are its output: printed whether or not --json is given.
+                println!("{}", serde_json::to_string_pretty(&figures)?);
+                Ok(None)
+            }
+            Command::Plan(args) => {
+                let input = args.input()?;
+                if !json {
+                    print!("{}", plan::render(input));
+                }
+                report(plan::plan(input))
+            }
+        }
+    }
+}

@@ -40,8 +40,54 @@ pub struct PlanInput {
     pub cores_per_node: u64,
 }
 
+/// Memory and shard counts for a deployment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    /// Users.
+    #[arg(long)]
+    pub users: u64,
+    /// Items.
+    #[arg(long)]
+    pub items: u64,
+    /// Embedding dimensions.
+    #[arg(long, default_value_t = 128)]
+    pub dim: u64,
+    /// Store values as float16.
+    #[arg(long)]
+    pub f16: bool,
+    /// Usable memory per Redis node, GiB.
+    #[arg(long, default_value_t = 64)]
+    pub node_memory_gib: u64,
+    /// Peak retrieval queries per second, for the FAISS node count.
+    #[arg(long, default_value_t = 0)]
+    pub qps: u64,
+    /// Cores per retrieval node.
+    #[arg(long, default_value_t = 16)]
+    pub cores_per_node: u64,
+}
+
+impl PlanArgs {
+    /// The plan's inputs, validated.
+    pub fn input(&self) -> anyhow::Result<PlanInput> {
+        anyhow::ensure!(
+            self.dim > 0 && self.users + self.items > 0 && self.node_memory_gib > 0,
+            "--users/--items, --dim and --node-memory-gib must be positive"
+        );
+        anyhow::ensure!(self.cores_per_node > 0, "--cores-per-node must be positive");
+        Ok(PlanInput {
+            users: self.users,
+            items: self.items,
+            dim: self.dim,
+            f16: self.f16,
+            node_memory: self.node_memory_gib << 30,
+            qps: self.qps,
+            cores_per_node: self.cores_per_node,
+        })
+    }
+}
+
 /// A plan's figures.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Plan {
     /// `(users + items) · dim · bytes`.
     pub raw_bytes: u64,

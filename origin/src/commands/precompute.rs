@@ -7,7 +7,6 @@
 //! `--checkpoint` (the next user index), so an interrupted run resumes where it stopped.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -15,38 +14,45 @@ use cascade_shared::segment::SegmentKey;
 use futures::future::join_all;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::bundle::{Bundle, read_embeddings};
+use crate::app::App;
+use crate::bundle::read_embeddings;
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::ranker::{TorchRanker, pick_device};
-use crate::recommend::{Components, Recommender};
-use crate::retrieval::{FaissRetriever, build_index};
-use crate::store::memory::MemoryStore;
-use crate::store::precomputed::{NoPrecomputed, PrecomputedLists, RedisPrecomputed};
-use crate::store::shards::ShardSet;
 
-/// What to precompute.
-#[derive(Debug, Clone)]
+/// Rank every user's top list offline and write it to the Redis shards (resumable).
+#[derive(Debug, Clone, clap::Args)]
 pub struct PrecomputeArgs {
+    /// TOML config file (also $CASCADE_CONFIG): ranker, retrieval and Redis settings, as `serve`
+    /// reads them. Environment variables override it; the flags below override both.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Bundle folder.
+    #[arg(long, env = cascade_shared::config::BUNDLE, default_value = "data/bundle")]
     pub bundle: PathBuf,
-    /// Redis shard URLs.
+    /// Comma-separated shard URLs, in shard order (default: the config's `redis.shards`).
+    #[arg(long = "redis", value_delimiter = ',')]
     pub shards: Vec<String>,
-    /// This worker's part, `(i, n)`: users with index % n == i.
+    /// This worker's part of the users, `i/N` (also `--shard i/N`).
+    #[arg(long, alias = "shard", default_value = "0/1", value_parser = parse_part)]
     pub part: (usize, usize),
     /// Items per list.
+    #[arg(long, default_value_t = 50)]
     pub top: usize,
-    /// List TTL.
-    pub ttl: Duration,
-    /// Checkpoint file (resume from it when present).
+    /// List time to live, seconds.
+    #[arg(long, default_value_t = 86_400)]
+    pub ttl_secs: u64,
+    /// Checkpoint file: resume from it, and update it after every chunk.
+    #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// Stop after this many users in this run (for staged runs).
+    /// Stop after this many users in this run.
+    #[arg(long)]
     pub max_users: Option<usize>,
 }
 
-/// What a run did.
-#[derive(Debug, Clone, PartialEq)]
+/// What a run did (printed as JSON with `--json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PrecomputeReport {
+    /// The bundle whose lists were written.
+    pub bundle_id: String,
     /// User index the run started from (0, or the checkpoint).
     pub resumed_at: usize,
     /// Lists written in this run.
@@ -76,45 +82,33 @@ fn read_checkpoint(path: &Path) -> anyhow::Result<usize> {
     }
 }
 
-/// Runs the job.
-pub async fn run(args: PrecomputeArgs) -> anyhow::Result<PrecomputeReport> {
+/// The configuration precompute ranks with: `serve`'s (file < environment), with `--bundle` and
+/// `--redis` on top.
+fn config(args: &PrecomputeArgs) -> anyhow::Result<Config> {
+    let mut config = Config::load(args.config.as_deref(), &|name| std::env::var(name).ok())?;
+    config.bundle = args.bundle.clone();
+    if !args.shards.is_empty() {
+        config.redis.shards = args.shards.clone();
+        config.validate()?;
+    }
     anyhow::ensure!(
-        !args.shards.is_empty(),
-        "no Redis shards: pass --redis or set {}",
+        !config.redis.shards.is_empty(),
+        "no Redis shards: pass --redis, set {} or redis.shards in --config",
         cascade_shared::config::REDIS_SHARDS
     );
+    Ok(config)
+}
+
+/// Runs the job.
+pub async fn run(args: PrecomputeArgs) -> anyhow::Result<PrecomputeReport> {
     anyhow::ensure!((1..=cascade_shared::validate::MAX_N).contains(&args.top), "--top must be within 1..=100");
-    let dir = args.bundle.clone();
-    let bundle = Arc::new(tokio::task::spawn_blocking(move || Bundle::load(&dir)).await??);
+    anyhow::ensure!(args.ttl_secs > 0, "--ttl-secs must be positive");
+    let ttl = Duration::from_secs(args.ttl_secs);
+    let app = App::new(config(&args)?)?;
+    let recommender = app.recommender().await?;
+    let bundle = recommender.bundle();
     let users = read_embeddings(&bundle.users_path(), bundle.id(), bundle.metadata.dim)?;
-    let index = match bundle.index_path() {
-        path if path.exists() => FaissRetriever::read(&path)?,
-        _ => build_index("auto", bundle.metadata.dim, &bundle.items.values)?,
-    };
-    let config = Config::default();
-    let metrics = Arc::new(Metrics::new());
-    let ranker =
-        TorchRanker::start(&bundle, pick_device(config.ranker.device)?, &config.ranker, metrics.batcher.clone())?;
-    let components = Components {
-        store: Arc::new(MemoryStore::new()),
-        retriever: Arc::new(FaissRetriever::new(
-            index,
-            config.retrieval.parallelism,
-            config.retrieval.nprobe,
-            "precompute",
-        )?),
-        ranker: Arc::new(ranker),
-        precomputed: Arc::new(NoPrecomputed),
-    };
-    let recommender = Recommender::new(
-        Arc::clone(&bundle),
-        components,
-        metrics,
-        config.retrieval.candidates,
-        Duration::from_secs(30),
-    )
-    .await;
-    let sink = RedisPrecomputed::new(ShardSet::new(&args.shards, Duration::from_secs(5))?, bundle.id());
+    let sink = recommender.precomputed();
 
     let (part, parts) = args.part;
     let mine: Vec<usize> = (0..users.ids.len()).filter(|u| u % parts == part).collect();
@@ -134,7 +128,9 @@ pub async fn run(args: PrecomputeArgs) -> anyhow::Result<PrecomputeReport> {
     let context = SegmentKey::from_parts(None, None, None);
     let started = Instant::now();
     let mut written = 0;
-    for chunk in todo.chunks(256) {
+    // Chunks no larger than the ranker's queue: every user of a chunk is queued at once.
+    let chunk_size = app.config.ranker.queue_capacity.clamp(1, 256);
+    for chunk in todo.chunks(chunk_size) {
         let ranked = join_all(chunk.iter().map(|&u| {
             let recommender = &recommender;
             let user = users.row(u);
@@ -148,11 +144,11 @@ pub async fn run(args: PrecomputeArgs) -> anyhow::Result<PrecomputeReport> {
         .await;
         let mut lists = Vec::with_capacity(chunk.len());
         for result in ranked {
-            let (u, mut items) = result.map_err(|e| anyhow::anyhow!("ranking failed: {e}"))?;
+            let (u, mut items) = result.context("ranking failed")?;
             items.truncate(args.top);
             lists.push((users.ids[u].clone(), items));
         }
-        written += sink.put_many(&lists, args.ttl).await?;
+        written += sink.put_many(&lists, ttl).await?;
         if let (Some(path), Some(&last)) = (&args.checkpoint, chunk.last()) {
             std::fs::write(path, format!("{}\n", last + 1)).with_context(|| format!("writing {}", path.display()))?;
         }
@@ -164,7 +160,7 @@ pub async fn run(args: PrecomputeArgs) -> anyhow::Result<PrecomputeReport> {
         "precompute: wrote {written} lists of {} items (part {part}/{parts}, resumed at user {resumed_at}, {remaining} left) at {users_per_sec:.0} users/s",
         args.top
     );
-    Ok(PrecomputeReport { resumed_at, written, remaining, users_per_sec })
+    Ok(PrecomputeReport { bundle_id: bundle.id().to_string(), resumed_at, written, remaining, users_per_sec })
 }
 
 #[cfg(test)]

@@ -26,18 +26,26 @@ use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
 use crate::commands::load::progress;
+use crate::redis::url::RedisUrl;
 
-/// What to reshard.
+/// Move keys from one shard list to another (only those whose shard changed), resumably, then
+/// verify every key is on its shard exactly once with an unchanged checksum.
+#[derive(Debug, Clone, clap::Args)]
 pub struct ReshardArgs {
-    /// The shard list the keys are on now, in order.
+    /// The shard list the keys are on now (comma-separated, in order).
+    #[arg(long, value_delimiter = ',', required = true)]
     pub from: Vec<String>,
-    /// The shard list they should be on, in order.
+    /// The new shard list.
+    #[arg(long, value_delimiter = ',', required = true)]
     pub to: Vec<String>,
-    /// Checkpoint file: resume from it, update it after every batch.
+    /// Checkpoint file: resume from it, and update it after every batch.
+    #[arg(long)]
     pub checkpoint: Option<PathBuf>,
     /// Keys per SCAN/MIGRATE batch.
+    #[arg(long, default_value_t = 1000)]
     pub batch: usize,
     /// Stop (resumably) after moving this many keys in this run.
+    #[arg(long)]
     pub max_moves: Option<u64>,
 }
 
@@ -67,8 +75,9 @@ struct Checkpoint {
     moved: u64,
 }
 
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq)]
+/// How a run ended (printed as JSON with `--json`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// Every shard walked and verified.
     Done {
@@ -86,15 +95,14 @@ pub enum Outcome {
     },
 }
 
+/// `(host, port, db)` of a shard URL, as `MIGRATE` needs them.
 fn host_port_db(url: &str) -> anyhow::Result<(String, u16, i64)> {
-    let rest = url
-        .strip_prefix("redis://")
-        .ok_or_else(|| anyhow::anyhow!("{url}: reshard takes redis://host:port[/db] URLs"))?;
-    anyhow::ensure!(!rest.contains('@'), "{url}: reshard does not handle authenticated shards yet");
-    let (address, db) = rest.split_once('/').unwrap_or((rest, "0"));
-    let (host, port) = address.rsplit_once(':').unwrap_or((address, "6379"));
-    let db = if db.is_empty() { 0 } else { db.parse().map_err(|_| anyhow::anyhow!("{url}: bad database number"))? };
-    Ok((host.to_string(), port.parse().map_err(|_| anyhow::anyhow!("{url}: bad port"))?, db))
+    let parsed = RedisUrl::parse(url)?;
+    anyhow::ensure!(
+        parsed.is_plain(),
+        "{url}: reshard takes plain redis://host:port[/db] URLs (no TLS or credentials yet)"
+    );
+    Ok((parsed.host, parsed.port, parsed.db))
 }
 
 async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {

@@ -6,13 +6,13 @@
 //! says which of three things happened: found, missing (the store answered: no such id), or
 //! unavailable (the shard that owns the id did not answer) — never a silent "unknown" for a
 //! shard that is down.
+//!
+//! This folder owns only the embeddings. The Redis plumbing underneath is `crate::redis`; per-user
+//! state and L2 are `crate::cache`; precomputed lists are `crate::recommend::precomputed`.
 
 pub mod memory;
-pub mod precomputed;
 pub mod redis_cluster;
 pub mod redis_shards;
-pub mod resp;
-pub mod shards;
 
 use async_trait::async_trait;
 use cascade_shared::keys::EntityKind;
@@ -37,6 +37,12 @@ pub enum StoreError {
         /// What is wrong.
         message: String,
     },
+}
+
+impl From<crate::redis::ShardError> for StoreError {
+    fn from(error: crate::redis::ShardError) -> Self {
+        StoreError::Unavailable { shard: error.shard, message: error.message }
+    }
 }
 
 /// The result of looking up one id: `Ok(None)` is "the store has no such id".

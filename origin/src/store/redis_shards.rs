@@ -5,11 +5,13 @@
 //! at once, with one `MGET` each, under a timeout: a shard that is down or slow makes its own ids
 //! [`StoreError::Unavailable`] and leaves the others' answers intact.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::resp::{Element, MgetPool};
-use super::shards::ShardSet;
 use super::{ComponentHealth, EmbeddingStore, Lookup, StoreError};
+use crate::redis::ShardSet;
+use crate::redis::pool::Element;
+use crate::redis::url::redact;
 use async_trait::async_trait;
 use cascade_shared::embedding::{ValueEncoding, decode_value, encode_value_as};
 use cascade_shared::keys::{EntityKind, embedding_key, embedding_key_prefix};
@@ -17,20 +19,21 @@ use futures::future::join_all;
 
 /// Embeddings sharded over Redis servers.
 pub struct RedisShardStore {
-    shards: ShardSet,
+    shards: Arc<ShardSet>,
     bundle_id: String,
     dim: usize,
     encoding: ValueEncoding,
-    /// Per shard: the lean MGET reader, where the URL allows it.
-    fast: Vec<Option<MgetPool>>,
 }
 
 impl RedisShardStore {
-    /// A store over `urls` (in shard order) for the embeddings of `bundle_id`.
-    pub fn new(urls: &[String], bundle_id: &str, dim: usize, timeout: Duration) -> Result<Self, StoreError> {
-        let shards = ShardSet::new(urls, timeout)?;
-        let fast = urls.iter().map(|url| MgetPool::for_url(url)).collect();
-        Ok(RedisShardStore { shards, bundle_id: bundle_id.to_string(), dim, encoding: ValueEncoding::F32, fast })
+    /// A store over `shards` for the embeddings of `bundle_id`.
+    pub fn new(shards: Arc<ShardSet>, bundle_id: &str, dim: usize) -> Self {
+        RedisShardStore { shards, bundle_id: bundle_id.to_string(), dim, encoding: ValueEncoding::F32 }
+    }
+
+    /// A store over its own shard set at `urls` (in shard order), for tools and tests.
+    pub fn connect(urls: &[String], bundle_id: &str, dim: usize, timeout: Duration) -> Result<Self, StoreError> {
+        Ok(Self::new(Arc::new(ShardSet::new(urls, timeout)?), bundle_id, dim))
     }
 
     /// Writes values in `encoding` (reads accept either, by length).
@@ -62,16 +65,17 @@ impl RedisShardStore {
         ids: &[String],
         positions: &[usize],
     ) -> Result<Vec<Element>, StoreError> {
-        if let Some(pool) = &self.fast[shard] {
+        if let Some(pool) = self.shards.mget_pool(shard) {
             let timeout = self.shards.timeout();
             let prefix = embedding_key_prefix(kind, &self.bundle_id);
             let wanted = positions.iter().map(|&p| ids[p].as_str());
             let call = pool.mget_prefixed(&prefix, wanted, positions.len(), self.dim);
             return match tokio::time::timeout(timeout, call).await {
                 Ok(Ok(elements)) => Ok(elements),
-                Ok(Err(error)) => {
-                    Err(StoreError::Unavailable { shard, message: format!("{}: {error}", self.shards.url(shard)) })
-                }
+                Ok(Err(error)) => Err(StoreError::Unavailable {
+                    shard,
+                    message: format!("{}: {error}", redact(self.shards.url(shard))),
+                }),
                 Err(_) => Err(StoreError::Unavailable { shard, message: format!("no answer within {timeout:?}") }),
             };
         }
@@ -142,7 +146,7 @@ impl EmbeddingStore for RedisShardStore {
     async fn health(&self) -> Vec<ComponentHealth> {
         let checks = (0..self.shards.len()).map(|index| async move {
             let name = format!("redis_shard_{index}");
-            let url = self.shards.url(index).to_string();
+            let url = redact(self.shards.url(index));
             match self.shards.query::<String>(index, &redis::cmd("PING"), None).await {
                 Ok(_) => ComponentHealth { name, healthy: true, detail: url },
                 Err(error) => ComponentHealth { name, healthy: false, detail: format!("{url}: {error}") },

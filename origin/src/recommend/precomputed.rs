@@ -4,6 +4,7 @@
 //! Stored at `cascade_shared::keys::precomputed_key(bundle, user)` on the user's shard, as JSON
 //! items, with a TTL. The embedded default has none ([`NoPrecomputed`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,8 +12,8 @@ use cascade_shared::keys::precomputed_key;
 use cascade_shared::wire::RecItem;
 use futures::future::join_all;
 
-use super::StoreError;
-use super::shards::ShardSet;
+use crate::redis::ShardSet;
+use crate::store::StoreError;
 
 /// Where precomputed lists live.
 #[async_trait]
@@ -39,13 +40,13 @@ impl PrecomputedLists for NoPrecomputed {
 
 /// Precomputed lists on the users' Redis shards.
 pub struct RedisPrecomputed {
-    shards: ShardSet,
+    shards: Arc<ShardSet>,
     bundle_id: String,
 }
 
 impl RedisPrecomputed {
     /// Lists of `bundle_id` over `shards`.
-    pub fn new(shards: ShardSet, bundle_id: &str) -> Self {
+    pub fn new(shards: Arc<ShardSet>, bundle_id: &str) -> Self {
         RedisPrecomputed { shards, bundle_id: bundle_id.to_string() }
     }
 }
@@ -54,8 +55,11 @@ impl RedisPrecomputed {
 impl PrecomputedLists for RedisPrecomputed {
     async fn get(&self, user: &str) -> Result<Option<Vec<RecItem>>, StoreError> {
         let key = precomputed_key(&self.bundle_id, user);
-        let value: Option<Vec<u8>> =
-            self.shards.query(self.shards.shard_of(user), redis::cmd("GET").arg(&key), None).await?;
+        let value: Option<Vec<u8>> = self
+            .shards
+            .query(self.shards.shard_of(user), redis::cmd("GET").arg(&key), None)
+            .await
+            .map_err(StoreError::from)?;
         match value {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
@@ -76,12 +80,11 @@ impl PrecomputedLists for RedisPrecomputed {
             counts[shard] += 1;
         }
         let budget = Some(self.shards.timeout().max(Duration::from_secs(10)));
-        let writes =
-            by_shard.iter().zip(&counts).enumerate().filter(|(_, (_, count))| **count > 0).map(
-                |(shard, (pipeline, &count))| async move {
-                    self.shards.pipeline(shard, pipeline, budget).await.map(|()| count)
-                },
-            );
+        let writes = by_shard.iter().zip(&counts).enumerate().filter(|(_, (_, count))| **count > 0).map(
+            |(shard, (pipeline, &count))| async move {
+                self.shards.pipeline(shard, pipeline, budget).await.map(|()| count).map_err(StoreError::from)
+            },
+        );
         let mut written = 0;
         for result in join_all(writes).await {
             written += result?;

@@ -12,16 +12,17 @@
 //! than `max_batch_rows` is scored alone. A request that would overflow the current batch waits for
 //! the next one, so batches never exceed `max_batch_rows` (unless one request alone does).
 //!
-//! The scorer is a plain function per thread, so the batching logic is tested without a model; the
-//! ranker (`crate::ranker`) plugs the TorchScript model in.
+//! The model is a [`ScoreBackend`] per thread (text-embeddings-inference's queue over a backend
+//! trait), so the batching logic is tested without a model; [`super::torch`] plugs the TorchScript
+//! model in.
 
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use tokio::sync::oneshot;
 
+use super::RankError;
 use crate::metrics::BatchMetrics;
-use crate::ranker::RankError;
 
 /// How batches are formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,14 +35,25 @@ pub struct BatchConfig {
     pub queue_capacity: usize,
 }
 
-impl Default for BatchConfig {
-    fn default() -> Self {
-        BatchConfig { max_batch_rows: 1024, max_wait: Duration::from_millis(5), queue_capacity: 1024 }
+/// A model the batcher can call: scores a row-major batch of rows, one score per row. Each
+/// inference thread owns one (models are not shared across threads).
+pub trait ScoreBackend: Send {
+    /// Scores `rows` (a whole number of rows of the batcher's width).
+    fn score_batch(&mut self, rows: &[f32]) -> Result<Vec<f32>, RankError>;
+}
+
+/// Any closure over a batch is a backend (tests and benchmarks use plain functions).
+impl<F> ScoreBackend for F
+where
+    F: FnMut(&[f32]) -> Result<Vec<f32>, RankError> + Send,
+{
+    fn score_batch(&mut self, rows: &[f32]) -> Result<Vec<f32>, RankError> {
+        self(rows)
     }
 }
 
-/// Scores a row-major batch of rows, one score per row. One per inference thread.
-pub type Scorer = Box<dyn FnMut(&[f32]) -> Result<Vec<f32>, RankError> + Send>;
+/// One backend per inference thread.
+pub type Scorer = Box<dyn ScoreBackend>;
 
 struct Job {
     rows: Vec<f32>,
@@ -67,7 +79,9 @@ impl Batcher {
         metrics: BatchMetrics,
     ) -> Result<Self, RankError> {
         if width == 0 || config.max_batch_rows == 0 || config.queue_capacity == 0 || scorers.is_empty() {
-            return Err(RankError::Model("batcher needs a width, max_batch_rows, queue_capacity and a scorer".into()));
+            return Err(RankError::BadInput(
+                "batcher needs a width, max_batch_rows, queue_capacity and a scorer".into(),
+            ));
         }
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(config.queue_capacity);
         for (index, scorer) in scorers.into_iter().enumerate() {
@@ -83,7 +97,7 @@ impl Batcher {
     /// Scores `rows` (row-major, `width` columns) unless `deadline` passes first.
     pub async fn score(&self, rows: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, RankError> {
         if !rows.len().is_multiple_of(self.width) {
-            return Err(RankError::Model(format!(
+            return Err(RankError::BadInput(format!(
                 "{} floats is not a whole number of {}-wide rows",
                 rows.len(),
                 self.width
@@ -178,7 +192,7 @@ fn run_batch(batch: Vec<Job>, scorer: &mut Scorer, width: usize, metrics: &Batch
     metrics.batch_requests.observe(live.len() as f64);
     metrics.batch_rows.observe(total as f64);
     let started = Instant::now();
-    let result = scorer(&input);
+    let result = scorer.score_batch(&input);
     metrics.inference_seconds.observe(started.elapsed().as_secs_f64());
     match result {
         Ok(scores) if scores.len() == total => {
@@ -216,14 +230,6 @@ mod tests {
         BatchConfig { max_batch_rows, max_wait: Duration::from_millis(wait_ms), queue_capacity: capacity }
     }
 
-    /// Deterministic pseudo-random numbers (xorshift), so the property test needs no extra crate.
-    fn next(state: &mut u64) -> u64 {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        *state
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_caller_gets_exactly_its_own_scores_in_order() {
         let width = 3;
@@ -237,12 +243,12 @@ mod tests {
             )
             .unwrap(),
         );
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rng = cascade_shared::stats::SplitMix64::new(0x9e37_79b9_7f4a_7c15);
         for _round in 0..20 {
-            let callers = 1 + next(&mut seed) as usize % 40;
+            let callers = 1 + rng.below(40);
             let mut tasks = Vec::new();
             for caller in 0..callers {
-                let count = 1 + next(&mut seed) as usize % 90;
+                let count = 1 + rng.below(90);
                 let rows: Vec<f32> = (0..count * width).map(|i| ((caller * 1000 + i) % 97) as f32).collect();
                 let expected: Vec<f32> = rows.chunks(width).map(|r| r.iter().sum()).collect();
                 let batcher = batcher.clone();
@@ -304,7 +310,7 @@ mod tests {
         let failing: Scorer = Box::new(|_rows: &[f32]| Err(RankError::Model("boom".into())));
         let batcher = Batcher::start(2, config(8, 0, 8), vec![failing], BatchMetrics::default()).unwrap();
         let far = Instant::now() + Duration::from_secs(5);
-        assert!(matches!(batcher.score(vec![1.0, 2.0, 3.0], far).await, Err(RankError::Model(_))));
+        assert!(matches!(batcher.score(vec![1.0, 2.0, 3.0], far).await, Err(RankError::BadInput(_))));
         assert_eq!(batcher.score(vec![1.0, 2.0], far).await, Err(RankError::Model("boom".into())));
         assert_eq!(batcher.score(Vec::new(), far).await, Ok(Vec::new()));
     }

@@ -12,17 +12,13 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::commands::serve::build_recommender;
-use crate::config::Config;
-use crate::error::AppError;
-use crate::metrics::Metrics;
+use super::factory::{BuildError, RecommenderFactory};
 use crate::recommend::Recommender;
 
 /// The current recommender and how to build another.
 pub struct Serving {
     current: ArcSwap<Recommender>,
-    config: Config,
-    metrics: Arc<Metrics>,
+    factory: Arc<RecommenderFactory>,
     /// One reload at a time: two concurrent loads would race for the swap.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -37,9 +33,9 @@ pub struct Swapped {
 }
 
 impl Serving {
-    /// Serves `recommender`; reloads build with `config` (the bundle path aside).
-    pub fn new(recommender: Recommender, config: Config, metrics: Arc<Metrics>) -> Self {
-        Serving { current: ArcSwap::from_pointee(recommender), config, metrics, reloading: tokio::sync::Mutex::new(()) }
+    /// Serves `recommender`; reloads build with `factory`.
+    pub fn new(recommender: Recommender, factory: Arc<RecommenderFactory>) -> Self {
+        Serving { current: ArcSwap::from_pointee(recommender), factory, reloading: tokio::sync::Mutex::new(()) }
     }
 
     /// The recommender to use for one request.
@@ -47,11 +43,12 @@ impl Serving {
         self.current.load_full()
     }
 
-    /// Loads the bundle in `dir` beside the current one and swaps it in, or refuses it.
-    pub async fn load(&self, dir: &Path) -> Result<Swapped, AppError> {
+    /// Loads the bundle in `dir` beside the current one and swaps it in, or refuses it (the error
+    /// says whether the bundle was wrong or a dependency was down).
+    pub async fn load(&self, dir: &Path) -> Result<Swapped, BuildError> {
         let _one_at_a_time = self.reloading.lock().await;
         let previous = self.current().bundle().id().to_string();
-        match build_recommender(&self.config, dir, Arc::clone(&self.metrics)).await {
+        match self.factory.build(dir).await {
             Ok(recommender) => {
                 let current = recommender.bundle().id().to_string();
                 self.current.store(Arc::new(recommender));
@@ -59,8 +56,8 @@ impl Serving {
                 Ok(Swapped { previous, current })
             }
             Err(error) => {
-                tracing::error!(dir = %dir.display(), error = format!("{error:#}"), "bundle refused; still serving {previous}");
-                Err(AppError::BundleRejected(format!("{error:#}")))
+                tracing::error!(dir = %dir.display(), %error, "bundle refused; still serving {previous}");
+                Err(error)
             }
         }
     }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use cascade_e2e::{RedisServer, TempDir, run_cascade};
+use cascade_e2e::{RedisServer, TempDir, run_cascade, run_cascade_json};
 use cascade_origin::generate::{GenSpec, Generator};
 use cascade_origin::store::EmbeddingStore;
 use cascade_origin::store::redis_shards::RedisShardStore;
@@ -45,17 +45,22 @@ async fn four_shards_to_five_interrupted_resumed_and_verified() {
             .unwrap();
     assert!((1000..total_keys).contains(&moved_first), "{moved_first}");
 
-    let second = run_cascade(&common).unwrap();
-    assert!(second.contains("resuming from"), "{second}");
-    assert!(second.contains(&format!("verified: {total_keys} keys, each on its shard exactly once")), "{second}");
+    let second = run_cascade_json(&common).unwrap();
+    assert_eq!(second["outcome"], "done", "{second}");
+    assert_eq!(second["keys"].as_u64(), Some(total_keys), "{second}");
+    let after = &second["after"];
+    assert_eq!(
+        (after["keys"].as_u64(), after["misplaced"].as_u64(), after["duplicates"].as_u64()),
+        (Some(total_keys), Some(0), Some(0))
+    );
     // Only keys whose shard changed moved: about a fifth, within 1.1x of ideal.
-    let ratio: f64 = second.split("%, ").nth(1).and_then(|t| t.split('x').next()).unwrap().parse().unwrap();
+    let ratio = second["moved"].as_f64().unwrap() / total_keys as f64 / 0.2;
     assert!((0.9..=1.1).contains(&ratio), "moved {ratio}x the ideal fraction: {second}");
 
     // Every vector reads back bit-exact through five shards; the moved TTLs survived.
     let spec = GenSpec::parse(spec_text).unwrap();
     let generator = Generator::new(spec);
-    let store = RedisShardStore::new(&all, &spec.bundle_id(), 8, Duration::from_secs(2)).unwrap();
+    let store = RedisShardStore::connect(&all, &spec.bundle_id(), 8, Duration::from_secs(2)).unwrap();
     let rows = generator.rows(EntityKind::User, 0..20_000);
     let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
     for ((id, want), got) in rows.iter().zip(store.get_batch(EntityKind::User, &ids).await) {

@@ -1,7 +1,8 @@
-//! [`Ranker`]: scores candidate rows with the bundle's TorchScript model through tch.
+//! [`TorchRanker`]: the bundle's TorchScript model through tch, as a [`ScoreBackend`] per
+//! inference thread behind the dynamic batcher.
 //!
 //! Inference is blocking, so it runs on dedicated threads behind the dynamic batcher
-//! ([`crate::batcher`]): rows of concurrent requests are merged into one model call. A full queue
+//! ([`super::batcher`]): rows of concurrent requests are merged into one model call. A full queue
 //! refuses at once ([`RankError::Overloaded`]) and a request whose deadline passed while queued is
 //! dropped before inference ([`RankError::DeadlineExceeded`]): the request path turns both into
 //! its fallback list.
@@ -15,44 +16,13 @@ use std::time::Instant;
 use async_trait::async_trait;
 use tch::{CModule, Device, Kind, Tensor};
 
-use crate::batcher::{Batcher, Scorer};
-use crate::bundle::Bundle;
+use super::batcher::{Batcher, ScoreBackend, Scorer};
+use super::{DeviceChoice, RankError, Ranker, RankerConfig};
+use crate::bundle::{Bundle, ReferenceBatch};
 use crate::metrics::BatchMetrics;
-
-use crate::bundle::ReferenceBatch;
-use crate::config::{DeviceChoice, RankerConfig};
 
 /// Largest difference from the reference scores accepted at load.
 pub const REFERENCE_TOLERANCE: f32 = 1e-5;
-
-/// Why rows were not scored.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum RankError {
-    /// The queue is full.
-    #[error("ranker queue full")]
-    Overloaded,
-    /// The deadline passed before inference started.
-    #[error("deadline passed before inference")]
-    DeadlineExceeded,
-    /// The model failed or does not fit the bundle.
-    #[error("model: {0}")]
-    Model(String),
-    /// The inference threads are gone.
-    #[error("ranker stopped")]
-    Stopped,
-}
-
-/// Scores candidate rows.
-#[async_trait]
-pub trait Ranker: Send + Sync {
-    /// Scores `rows` (row-major, `input_width` columns), one score per row, unless `deadline`
-    /// passes first.
-    async fn score(&self, rows: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, RankError>;
-    /// The input width.
-    fn input_width(&self) -> usize;
-    /// One line for logs.
-    fn describe(&self) -> String;
-}
 
 /// The TorchScript model on inference threads, behind the dynamic batcher.
 pub struct TorchRanker {
@@ -80,6 +50,19 @@ fn run_model(module: &CModule, rows: &[f32], width: usize, device: Device) -> Re
         return Err(RankError::Model(format!("model returned {} scores for {count} rows", scores.len())));
     }
     Ok(scores)
+}
+
+/// One inference thread's copy of the model.
+struct TorchBackend {
+    module: CModule,
+    width: usize,
+    device: Device,
+}
+
+impl ScoreBackend for TorchBackend {
+    fn score_batch(&mut self, rows: &[f32]) -> Result<Vec<f32>, RankError> {
+        run_model(&self.module, rows, self.width, self.device)
+    }
 }
 
 /// Loads the model and checks it against the bundle's width and reference scores.
@@ -117,7 +100,7 @@ impl TorchRanker {
         let mut scorers: Vec<Scorer> = Vec::new();
         for _ in 0..config.threads.max(1) {
             let module = load_checked(&path, device, width, reference)?;
-            scorers.push(Box::new(move |rows: &[f32]| run_model(&module, rows, width, device)));
+            scorers.push(Box::new(TorchBackend { module, width, device }));
         }
         Ok(TorchRanker { batcher: Batcher::start(width, config.batch_config(), scorers, metrics)?, device })
     }

@@ -1,6 +1,10 @@
-//! A set of independent Redis servers addressed by position, with jump consistent hashing, lazy
-//! connections (a shard that is down at start does not stop the origin) and a timeout on every
-//! call (a slow shard counts as unavailable).
+//! [`ShardSet`]: the independent Redis servers of a deployment, addressed by position, with jump
+//! consistent hashing, lazy connections (a shard that is down at start does not stop the origin)
+//! and a timeout on every call (a slow shard counts as unavailable).
+//!
+//! One `ShardSet` is built per process (by `crate::app`) and shared by everything that reaches the
+//! shards: the embedding store, user state, L2 and precomputed lists. Each shard has one
+//! multiplexed redis-rs connection and, for plain URLs, a pool of lean `MGET` connections.
 
 use std::time::Duration;
 
@@ -8,13 +12,26 @@ use cascade_shared::hashing::shard_for;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
-use super::StoreError;
+use super::pool::MgetPool;
+use super::url::redact;
+
+/// A shard that did not answer (down, or slower than the timeout), or a URL that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("shard {shard} unavailable: {message}")]
+pub struct ShardError {
+    /// Position of the shard in the configured list.
+    pub shard: usize,
+    /// What happened.
+    pub message: String,
+}
 
 struct Shard {
     url: String,
     client: redis::Client,
     /// Connected on first use and retried on the next call after a failure.
     connection: OnceCell<ConnectionManager>,
+    /// The lean MGET reader, where the URL allows it.
+    mget: Option<MgetPool>,
 }
 
 /// The shards, in configured order (jump hashing names them by position).
@@ -25,16 +42,17 @@ pub struct ShardSet {
 
 impl ShardSet {
     /// Shards at `urls` with a per-call `timeout`.
-    pub fn new(urls: &[String], timeout: Duration) -> Result<Self, StoreError> {
+    pub fn new(urls: &[String], timeout: Duration) -> Result<Self, ShardError> {
         let shards = urls
             .iter()
             .enumerate()
             .map(|(index, url)| {
                 let client = redis::Client::open(url.as_str())
-                    .map_err(|e| StoreError::Unavailable { shard: index, message: format!("bad URL {url}: {e}") })?;
-                Ok(Shard { url: url.clone(), client, connection: OnceCell::new() })
+                    .map_err(|e| ShardError { shard: index, message: format!("bad URL {}: {e}", redact(url)) })?;
+                let mget = MgetPool::for_url(url);
+                Ok(Shard { url: url.clone(), client, connection: OnceCell::new(), mget })
             })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            .collect::<Result<Vec<_>, ShardError>>()?;
         Ok(ShardSet { shards, timeout })
     }
 
@@ -58,13 +76,18 @@ impl ShardSet {
         &self.shards[index].url
     }
 
+    /// A shard's lean `MGET` pool, when its URL is plain.
+    pub fn mget_pool(&self, index: usize) -> Option<&MgetPool> {
+        self.shards[index].mget.as_ref()
+    }
+
     /// The per-call timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
 
     /// A connection to shard `index` (shared, multiplexed, reconnecting).
-    pub async fn connection(&self, index: usize) -> Result<ConnectionManager, StoreError> {
+    pub async fn connection(&self, index: usize) -> Result<ConnectionManager, ShardError> {
         let shard = &self.shards[index];
         let connect_budget = self.timeout.max(Duration::from_millis(200));
         let config = ConnectionManagerConfig::new()
@@ -74,10 +97,8 @@ impl ShardSet {
         let connect = shard.connection.get_or_try_init(|| shard.client.get_connection_manager_with_config(config));
         match tokio::time::timeout(connect_budget, connect).await {
             Ok(Ok(connection)) => Ok(connection.clone()),
-            Ok(Err(e)) => Err(StoreError::Unavailable { shard: index, message: format!("{}: {e}", shard.url) }),
-            Err(_) => {
-                Err(StoreError::Unavailable { shard: index, message: format!("{}: connect timed out", shard.url) })
-            }
+            Ok(Err(e)) => Err(ShardError { shard: index, message: format!("{}: {e}", redact(&shard.url)) }),
+            Err(_) => Err(ShardError { shard: index, message: format!("{}: connect timed out", redact(&shard.url)) }),
         }
     }
 
@@ -87,13 +108,13 @@ impl ShardSet {
         index: usize,
         command: &redis::Cmd,
         budget: Option<Duration>,
-    ) -> Result<T, StoreError> {
+    ) -> Result<T, ShardError> {
         let mut connection = self.connection(index).await?;
         let budget = budget.unwrap_or(self.timeout);
         match tokio::time::timeout(budget, command.query_async(&mut connection)).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(StoreError::Unavailable { shard: index, message: e.to_string() }),
-            Err(_) => Err(StoreError::Unavailable { shard: index, message: format!("no answer within {budget:?}") }),
+            Ok(Err(e)) => Err(ShardError { shard: index, message: e.to_string() }),
+            Err(_) => Err(ShardError { shard: index, message: format!("no answer within {budget:?}") }),
         }
     }
 
@@ -103,13 +124,13 @@ impl ShardSet {
         index: usize,
         pipeline: &redis::Pipeline,
         budget: Option<Duration>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), ShardError> {
         let mut connection = self.connection(index).await?;
         let budget = budget.unwrap_or(self.timeout);
         match tokio::time::timeout(budget, pipeline.query_async::<()>(&mut connection)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Unavailable { shard: index, message: e.to_string() }),
-            Err(_) => Err(StoreError::Unavailable { shard: index, message: format!("no answer within {budget:?}") }),
+            Ok(Err(e)) => Err(ShardError { shard: index, message: e.to_string() }),
+            Err(_) => Err(ShardError { shard: index, message: format!("no answer within {budget:?}") }),
         }
     }
 }

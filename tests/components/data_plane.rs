@@ -48,7 +48,7 @@ async fn generated_data_is_deterministic_loaded_verified_and_bit_exact() {
     let spec = GenSpec::parse(SPEC).unwrap();
     let generator = Generator::new(spec);
     let urls = [shards[0].url.clone(), shards[1].url.clone()];
-    let store = RedisShardStore::new(&urls, &spec.bundle_id(), 16, Duration::from_secs(2)).unwrap();
+    let store = RedisShardStore::connect(&urls, &spec.bundle_id(), 16, Duration::from_secs(2)).unwrap();
     let rows = generator.rows(EntityKind::User, 0..500);
     let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
     for ((_, want), got) in rows.iter().zip(store.get_batch(EntityKind::User, &ids).await) {
@@ -91,7 +91,7 @@ async fn a_shard_killed_mid_batch_is_unavailable_never_unknown() {
     let mut shards = RedisServer::start_many(3).await.unwrap();
     let urls: Vec<String> = shards.iter().map(|s| s.url.clone()).collect();
     let spec = GenSpec::parse("users=2000,items=10,dim=8,clusters=2").unwrap();
-    let store = RedisShardStore::new(&urls, &spec.bundle_id(), 8, Duration::from_millis(500)).unwrap();
+    let store = RedisShardStore::connect(&urls, &spec.bundle_id(), 8, Duration::from_millis(500)).unwrap();
     let rows = Generator::new(spec).rows(EntityKind::User, 0..2000);
     assert_eq!(store.set_batch(EntityKind::User, &rows).await.unwrap(), 2000);
     let mut ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
@@ -149,7 +149,7 @@ fn index_eval_measures_recall_against_exact_search() {
         "300",
         "--k",
         "50",
-        "--json",
+        "--out",
         json.to_str().unwrap(),
     ])
     .unwrap();

@@ -10,7 +10,7 @@ use cascade_e2e::{TempDir, bundle_dir};
 use cascade_origin::bundle::Bundle;
 use cascade_origin::config::RankerConfig;
 use cascade_origin::metrics::BatchMetrics;
-use cascade_origin::ranker::{RankError, Ranker, TorchRanker};
+use cascade_origin::ranking::{RankError, Ranker, TorchRanker};
 
 fn config(max_batch_rows: usize) -> RankerConfig {
     RankerConfig { max_batch_rows, queue_capacity: 4096, ..RankerConfig::default() }

@@ -10,7 +10,7 @@ use cascade_e2e::{TempDir, repo_root};
 use cascade_origin::bundle::Bundle;
 use cascade_origin::config::RankerConfig;
 use cascade_origin::metrics::BatchMetrics;
-use cascade_origin::ranker::TorchRanker;
+use cascade_origin::ranking::TorchRanker;
 
 #[test]
 fn training_beats_popularity_and_exports_a_bundle_rust_loads() {

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use cascade_e2e::{Origin, RedisServer, TempDir, bundle_dir, run_cascade, user_recs};
+use cascade_e2e::{Origin, RedisServer, TempDir, bundle_dir, run_cascade, run_cascade_json, user_recs};
 use cascade_shared::wire::{RecList, Source};
 
 const API_KEY: &str = "precompute-internal-key-0123456789";
@@ -34,14 +34,16 @@ async fn precomputed_lists_are_resumable_and_serve_as_candidates_and_fallback() 
         args.extend_from_slice(extra);
         args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
     };
-    let first = run_cascade(&args(&["--max-users", "300"]).iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
-    assert!(first.contains("wrote 300 lists") && first.contains("resumed at user 0"), "{first}");
-    let second = run_cascade(&args(&[]).iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
-    assert!(
-        second.contains(&format!("wrote {} lists", users - 300)) && second.contains("resumed at user 300"),
-        "{second}"
-    );
-    assert!(second.contains("0 left"), "{second}");
+    let report = |extra: &[&str]| {
+        let args = args(extra);
+        run_cascade_json(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap()
+    };
+    let first = report(&["--max-users", "300"]);
+    assert_eq!((first["written"].as_u64(), first["resumed_at"].as_u64()), (Some(300), Some(0)), "{first}");
+    assert_eq!(first["remaining"].as_u64(), Some(users - 300), "{first}");
+    let second = report(&[]);
+    assert_eq!((second["written"].as_u64(), second["resumed_at"].as_u64()), (Some(users - 300), Some(300)), "{second}");
+    assert_eq!(second["remaining"].as_u64(), Some(0), "{second}");
 
     let env = [
         ("CASCADE_BUNDLE", bundle.display().to_string()),

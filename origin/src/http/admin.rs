@@ -1,0 +1,53 @@
+//! Admin routes (bearer key only): bundle reloads and visitor tokens.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use cascade_shared::validate::{FieldError, validate_id};
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+use super::middleware::unix_now_secs;
+
+/// `POST /admin/bundle` `{"path": "/bundles/v2"}`: load, check and swap in a bundle (or roll back
+/// to an earlier one the same way). A wrong bundle is 422; a dependency that is down, 503.
+pub async fn load_bundle(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct LoadBundle {
+        path: String,
+    }
+    let request: LoadBundle = serde_json::from_slice(&body)
+        .map_err(|e| FieldError::new("body", format!("expected {{\"path\": \"<bundle folder>\"}}: {e}")))?;
+    if request.path.trim().is_empty() {
+        return Err(FieldError::new("path", "must not be empty").into());
+    }
+    let swapped = state.serving.load(std::path::Path::new(&request.path)).await?;
+    Ok(Json(swapped).into_response())
+}
+
+/// `POST /admin/tokens` `{"user_id": "42", "ttl_secs": 3600}`: a signed-in visitor token for the
+/// edge (`cascade_shared::token`). The site's login service calls this, or mints tokens itself with
+/// the same secret.
+pub async fn issue_token(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct IssueToken {
+        user_id: String,
+        ttl_secs: Option<u64>,
+    }
+    let request: IssueToken = serde_json::from_slice(&body)
+        .map_err(|e| FieldError::new("body", format!("expected {{\"user_id\": \"…\", \"ttl_secs\": 3600}}: {e}")))?;
+    validate_id("user_id", &request.user_id)?;
+    let ttl = request.ttl_secs.unwrap_or(3_600);
+    if !(1..=cascade_shared::token::MAX_TOKEN_TTL_SECS).contains(&ttl) {
+        return Err(FieldError::new(
+            "ttl_secs",
+            format!("must be 1..={}, got {ttl}", cascade_shared::token::MAX_TOKEN_TTL_SECS),
+        )
+        .into());
+    }
+    let expires_at = unix_now_secs() + ttl;
+    let token = state.auth.issue_user_token(&request.user_id, expires_at);
+    Ok(Json(json!({"token": token, "user_id": request.user_id, "expires_at": expires_at})).into_response())
+}

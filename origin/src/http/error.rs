@@ -1,0 +1,125 @@
+//! The one place where an error becomes an HTTP status, a JSON error code and `Retry-After`.
+//!
+//! Domain modules return their own errors ([`FieldError`], [`AuthError`], [`RecommendError`],
+//! [`EventsError`], [`BuildError`]); handlers convert them into [`ApiError`] with `?`, and
+//! [`ApiError::classify`] decides the answer by an exhaustive match. Client errors are answered and
+//! logged at debug; server errors are logged once, here.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use cascade_shared::validate::FieldError;
+use cascade_shared::wire::ErrorBody;
+
+use crate::app::BuildError;
+use crate::auth::AuthError;
+use crate::cache::events::EventsError;
+use crate::recommend::RecommendError;
+
+/// Why a request was not answered with what it asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The caller sent something wrong.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// The body is larger than the route accepts.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// No or bad credentials.
+    #[error(transparent)]
+    Unauthorized(#[from] AuthError),
+    /// No such route or resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// A bundle offered for loading could not be built: refused, or a dependency was down.
+    #[error("bundle refused: {0}")]
+    Reload(#[from] BuildError),
+    /// More requests in flight than configured.
+    #[error("too many requests in flight; retry shortly")]
+    Overloaded,
+    /// An events batch stopped part way: the state store failed.
+    #[error(transparent)]
+    Events(#[from] EventsError),
+    /// No list at all could be served.
+    #[error(transparent)]
+    Recommend(#[from] RecommendError),
+}
+
+/// How an error is answered.
+struct Classified {
+    status: StatusCode,
+    code: &'static str,
+    /// Whether the caller may retry soon (answered with `Retry-After: 1`).
+    retry: bool,
+}
+
+impl ApiError {
+    /// The status, the error code and whether a retry may help: decided here and only here.
+    fn classify(&self) -> Classified {
+        let (status, code, retry) = match self {
+            ApiError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_parameter", false),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", false),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", false),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", false),
+            ApiError::Reload(error) if error.is_dependency_down() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", true)
+            }
+            ApiError::Reload(BuildError::Task(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
+            ApiError::Reload(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bundle_rejected", false),
+            ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", true),
+            ApiError::Events(_) => (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", true),
+            ApiError::Recommend(RecommendError::NothingToServe(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", false)
+            }
+        };
+        Classified { status, code, retry }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let Classified { status, code, retry } = self.classify();
+        let body = match &self {
+            ApiError::Invalid(field_error) => ErrorBody::invalid(field_error),
+            other => ErrorBody::new(code, other.to_string(), None),
+        };
+        if status.is_server_error() {
+            tracing::error!(code, error = %self, "request failed");
+        } else {
+            tracing::debug!(code, error = %self, "request refused");
+        }
+        let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body.to_json()).into_response();
+        if retry {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::BundleError;
+    use crate::store::StoreError;
+
+    fn answer(error: ApiError) -> (u16, &'static str, bool) {
+        let Classified { status, code, retry } = error.classify();
+        (status.as_u16(), code, retry)
+    }
+
+    #[test]
+    fn reloads_are_refused_or_retried_by_cause() {
+        let wrong = ApiError::Reload(BuildError::Bundle(BundleError::Mismatch("parts".into())));
+        assert_eq!(answer(wrong), (422, "bundle_rejected", false));
+        let down = StoreError::Unavailable { shard: 0, message: "connection refused".into() };
+        assert_eq!(answer(ApiError::Reload(BuildError::Store(down))), (503, "dependency_unavailable", true));
+        assert_eq!(answer(ApiError::Reload(BuildError::Task("panicked".into()))), (500, "internal", false));
+    }
+
+    #[test]
+    fn overload_and_failed_events_ask_for_a_retry() {
+        assert_eq!(answer(ApiError::Overloaded), (503, "overloaded", true));
+        let cause = StoreError::Unavailable { shard: 1, message: "timeout".into() };
+        assert_eq!(answer(ApiError::Events(EventsError { applied: 2, cause })), (503, "dependency_unavailable", true));
+        assert_eq!(answer(ApiError::Unauthorized(AuthError::UnknownKey)), (401, "unauthorized", false));
+    }
+}

@@ -1,0 +1,113 @@
+//! The API's handlers: lists, events, health, readiness and metrics. Each validates its input,
+//! asks the domain, and turns the answer into a response; errors go through [`ApiError`].
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use cascade_shared::segment::SegmentKey;
+use cascade_shared::validate::{FieldError, QueryParams, RecsQuery, parse_n, validate_id};
+use cascade_shared::wire::parse_events;
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+use super::server_timing;
+use crate::recommend::Answer;
+
+fn recs_response(answer: Answer, cache_control: &'static str) -> Response {
+    let mut response = Json(answer.list).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&server_timing::header_value(&answer.timings)) {
+        headers.insert(HeaderName::from_static("server-timing"), value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    response
+}
+
+/// `GET /v1/users/{user_id}/recs?n=&page=&device=&country=`.
+pub async fn user_recs(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    validate_id("user_id", &user_id)?;
+    let query = RecsQuery::parse(query.as_deref().unwrap_or(""))?;
+    let answer = state.serving.current().user_recs(&user_id, query, &state.caches).await?;
+    Ok(recs_response(answer, "private, no-store"))
+}
+
+/// `GET /v1/segments/{segment}/recs?n=`.
+pub async fn segment_recs(
+    State(state): State<AppState>,
+    Path(segment): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let segment = SegmentKey::parse(&segment).map_err(|e| FieldError::new("segment", e.to_string()))?;
+    let params = QueryParams::parse(query.as_deref().unwrap_or(""))?;
+    let n = parse_n(params.get("n"))?;
+    let answer = state.serving.current().segment_recs(segment, n)?;
+    Ok(recs_response(answer, "public, max-age=60"))
+}
+
+/// `POST /v1/events`: a JSON batch, validated whole before any event is applied.
+pub async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge(format!("the body is over {} bytes; send smaller batches", super::MAX_BODY_BYTES))
+        }
+        _ => ApiError::Invalid(FieldError::new("body", rejection.body_text())),
+    })?;
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json {
+        return Err(FieldError::new("content-type", "must be application/json").into());
+    }
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
+    let events = parse_events(&body, now_ms)?;
+    let accepted = state.caches.apply_events(&events).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// `GET /readyz`: ready while the origin can answer at all (fallbacks cover a shard that is down),
+/// with the degraded components named.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let recommender = state.serving.current();
+    let components = recommender.health().await;
+    let degraded: Vec<&str> = components.iter().filter(|c| !c.healthy).map(|c| c.name.as_str()).collect();
+    let described: serde_json::Map<String, serde_json::Value> =
+        recommender.describe().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let body = json!({
+        "ready": true,
+        "degraded": degraded,
+        "components": components,
+        "serving": described,
+        "training_metrics": recommender.bundle().metadata.metrics,
+    });
+    Json(body).into_response()
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], Body::from(state.metrics.render())).into_response()
+}
+
+/// Any other path.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route; see README.md for the API".into())
+}

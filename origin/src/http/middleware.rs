@@ -1,0 +1,102 @@
+//! The middleware every request passes: request id, logging span and request metrics
+//! ([`observe`]), admission control ([`admit`]), and credentials ([`authenticate`],
+//! [`authenticate_internal`]).
+//!
+//! The request id is kept when it passes `cascade_shared::validate::is_valid_request_id` (the rule
+//! the edge applies too) and replaced otherwise: tower-http's `SetRequestId` keeps whatever the
+//! caller sent, which would let a caller forge log lines. Admission is a semaphore answered at once
+//! (no queueing), which is what tower's `ConcurrencyLimit` + `LoadShed` would do, plus the
+//! in-flight gauge, in fewer moving parts.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use cascade_shared::signing::{RequestTarget, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use cascade_shared::validate::is_valid_request_id;
+use tracing::Instrument;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::auth::{AuthError, Caller, Credentials};
+
+/// Header that follows one request from edge to ranker.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+/// Request id, logging span and request metrics.
+pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_valid_request_id(v))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        request.headers_mut().insert(REQUEST_ID, value);
+    }
+    let route =
+        request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let method = request.method().clone();
+    let started = Instant::now();
+    let span = tracing::info_span!("request", %request_id, %method, %route);
+    // `instrument`, never `span.enter()` across an await: a guard held over a suspension point
+    // corrupts the subscriber's span stack (it panicked under the reload test's load).
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    state.metrics.requests.with_label_values(&[&route, status.as_str()]).inc();
+    tracing::info!(parent: &span, status = status.as_u16(), ms = started.elapsed().as_secs_f64() * 1000.0, "served");
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// Admission control: a permit per request, or 503 at once.
+pub async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = state.admission.clone().try_acquire_owned() else {
+        return ApiError::Overloaded.into_response();
+    };
+    state.metrics.in_flight.inc();
+    let response = next.run(request).await;
+    state.metrics.in_flight.dec();
+    response
+}
+
+/// Who sent `request`, by bearer key or edge signature.
+fn caller(state: &AppState, request: &Request) -> Result<Caller, AuthError> {
+    let uri = request.uri();
+    let target =
+        RequestTarget { method: request.method().as_str(), path: uri.path(), query: uri.query().unwrap_or("") };
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let credentials = Credentials {
+        authorization: header(axum::http::header::AUTHORIZATION.as_str()),
+        timestamp: header(TIMESTAMP_HEADER),
+        signature: header(SIGNATURE_HEADER),
+    };
+    state.auth.check(target, credentials, unix_now_secs())
+}
+
+/// API routes take the edge (signed) and internal callers (bearer key).
+pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match caller(&state, &request) {
+        Ok(_) => next.run(request).await,
+        Err(error) => ApiError::from(error).into_response(),
+    }
+}
+
+/// Admin routes take internal callers only: an edge signature is not enough.
+pub async fn authenticate_internal(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match caller(&state, &request) {
+        Ok(Caller::Internal) => next.run(request).await,
+        Ok(Caller::Edge) => ApiError::from(AuthError::InternalOnly("admin routes")).into_response(),
+        Err(error) => ApiError::from(error).into_response(),
+    }
+}

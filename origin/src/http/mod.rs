@@ -1,0 +1,103 @@
+//! The origin's HTTP interface: `fn router(state) -> Router`, its handlers and middleware.
+//!
+//! | route | |
+//! |---|---|
+//! | `GET /v1/users/{user_id}/recs?n=&page=&device=&country=` | a user's list (signed or bearer) |
+//! | `GET /v1/segments/{segment}/recs?n=` | a segment's list (what the edge caches) |
+//! | `POST /v1/events` | user actions, validated and deduplicated |
+//! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness with degraded components, Prometheus |
+//! | `POST /admin/bundle` `{"path": …}` | load, check and swap in a model bundle (bearer key only) |
+//! | `POST /admin/tokens` `{"user_id": …}` | a signed-in visitor token for the edge (bearer key only) |
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`handlers`] | the API's handlers |
+//! | [`admin`] | the admin handlers |
+//! | [`middleware`] | request id, span and metrics; admission; credentials |
+//! | [`error`] | [`error::ApiError`]: the one map from domain errors to status, code and `Retry-After` |
+//! | [`server_timing`] | the `Server-Timing` header |
+//!
+//! Every response carries `x-request-id` (the caller's, or a new one) and the recs responses a
+//! `Server-Timing` header. Admission control answers 503 at once when more than
+//! `serving.max_in_flight` requests are being served. The router is tested in process with
+//! `tower::ServiceExt::oneshot` (`http/tests.rs`).
+
+pub mod admin;
+pub mod error;
+pub mod handlers;
+pub mod middleware;
+pub mod server_timing;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use tokio::sync::Semaphore;
+
+use crate::app::Serving;
+use crate::auth::Auth;
+use crate::cache::UserCaches;
+use crate::metrics::Metrics;
+
+pub use middleware::REQUEST_ID;
+
+/// Largest request body accepted, bytes (axum's default, stated): a full events batch of
+/// `cascade_shared::wire::MAX_EVENTS_PER_BATCH` events is a few hundred KB.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The request path (swapped by bundle reloads).
+    pub serving: Arc<Serving>,
+    /// Credentials.
+    pub auth: Arc<Auth>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Admission control: one permit per request in flight.
+    pub admission: Arc<Semaphore>,
+    /// Per-user caches and state (survive bundle reloads; keys carry the bundle id).
+    pub caches: Arc<UserCaches>,
+}
+
+impl AppState {
+    /// State admitting at most `max_in_flight` requests at once.
+    pub fn new(
+        serving: Arc<Serving>,
+        caches: Arc<UserCaches>,
+        auth: Arc<Auth>,
+        metrics: Arc<Metrics>,
+        max_in_flight: usize,
+    ) -> Self {
+        AppState { serving, caches, auth, metrics, admission: Arc::new(Semaphore::new(max_in_flight)) }
+    }
+}
+
+/// The router, with every middleware; tests drive it with `tower::ServiceExt::oneshot`.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/users/{user_id}/recs", get(handlers::user_recs))
+        .route("/v1/segments/{segment}/recs", get(handlers::segment_recs))
+        .route("/v1/events", post(handlers::events))
+        .route_layer(from_fn_with_state(state.clone(), middleware::authenticate));
+    let admin = Router::new()
+        .route("/admin/bundle", post(admin::load_bundle))
+        .route("/admin/tokens", post(admin::issue_token))
+        .route_layer(from_fn_with_state(state.clone(), middleware::authenticate_internal));
+    Router::new()
+        .merge(api)
+        .merge(admin)
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(from_fn_with_state(state.clone(), middleware::admit))
+        .layer(from_fn_with_state(state.clone(), middleware::observe))
+        .with_state(state)
+}

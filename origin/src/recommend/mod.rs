@@ -1,0 +1,264 @@
+//! The request path: a user's list from the caches, else in real time (embedding → FAISS → ranker)
+//! within a deadline, else the fallback chain (DESIGN.md, "When something fails").
+//!
+//! | module | owns |
+//! |---|---|
+//! | this file | [`Recommender`]: the components of one bundle, and the user and segment answers |
+//! | [`realtime`] | one run of the real-time pipeline under the deadline, and `rank_user` for precompute |
+//! | [`fallback`] | [`fallback::FallbackReason`] (also the metric label) and the chain: precomputed, segment, popular |
+//! | [`segments`] | segment and popular lists, ranked once per bundle |
+//! | [`precomputed`] | [`precomputed::PrecomputedLists`]: lists written offline, read as candidates or answers |
+//! | [`session`] | the session query: recent items pull the user's embedding |
+//! | [`timings`] | stage durations of one request (the HTTP layer formats them as `Server-Timing`) |
+//!
+//! Chain for a user: L1, L2, real time, then the user's precomputed list, then the segment list,
+//! then the global popular list. An unknown user (cold start) and a user whose shard is down get a
+//! list, not an error. Purchased items are filtered from every answer built from per-user data.
+
+pub mod fallback;
+pub mod precomputed;
+pub mod realtime;
+pub mod segments;
+pub mod session;
+pub mod timings;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cascade_shared::segment::SegmentKey;
+use cascade_shared::validate::RecsQuery;
+use cascade_shared::wire::{RecItem, RecList, Source};
+use serde::Deserialize;
+
+use crate::bundle::Bundle;
+use crate::cache::{ListKey, UserCaches, filter_items};
+use crate::metrics::Metrics;
+use crate::ranking::Ranker;
+use crate::retrieval::Retriever;
+use crate::store::{ComponentHealth, EmbeddingStore};
+use precomputed::PrecomputedLists;
+pub use timings::Timings;
+
+/// Request-path settings (`[serving]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServingConfig {
+    /// Budget for the real-time path, milliseconds; past it the fallback chain answers.
+    pub deadline_ms: u64,
+    /// Requests in flight before new ones get 503 at once (the HTTP layer's admission control).
+    pub max_in_flight: usize,
+}
+
+impl Default for ServingConfig {
+    fn default() -> Self {
+        ServingConfig { deadline_ms: 80, max_in_flight: 1024 }
+    }
+}
+
+/// Why a request got no list at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecommendError {
+    /// Nothing to serve: no segment or popular list in this bundle.
+    #[error("{0}")]
+    NothingToServe(String),
+}
+
+/// A list and how it was made.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The list.
+    pub list: RecList,
+    /// Stage times.
+    pub timings: Timings,
+}
+
+/// The I/O components a recommender is built from.
+pub struct Components {
+    /// User embeddings.
+    pub store: Arc<dyn EmbeddingStore>,
+    /// Candidate retrieval.
+    pub retriever: Arc<dyn Retriever>,
+    /// Ranking.
+    pub ranker: Arc<dyn Ranker>,
+    /// Precomputed lists.
+    pub precomputed: Arc<dyn PrecomputedLists>,
+}
+
+/// The recommender for one bundle: everything the request path needs, shared by all handlers.
+pub struct Recommender {
+    bundle: Arc<Bundle>,
+    bundle_id: Arc<str>,
+    store: Arc<dyn EmbeddingStore>,
+    retriever: Arc<dyn Retriever>,
+    ranker: Arc<dyn Ranker>,
+    precomputed: Arc<dyn PrecomputedLists>,
+    metrics: Arc<Metrics>,
+    candidates: usize,
+    deadline: Duration,
+    /// Ranked list per (page, device), [`MAX_N`](cascade_shared::validate::MAX_N) long.
+    segment_lists: HashMap<(usize, usize), Vec<RecItem>>,
+    popular: Vec<RecItem>,
+}
+
+impl Recommender {
+    /// Builds the recommender and ranks the segment lists (falling back to popularity order if the
+    /// ranker cannot).
+    pub async fn new(
+        bundle: Arc<Bundle>,
+        components: Components,
+        metrics: Arc<Metrics>,
+        candidates: usize,
+        deadline: Duration,
+    ) -> Self {
+        let Components { store, retriever, ranker, precomputed } = components;
+        let popular = segments::popular_list(&bundle);
+        let mut recommender = Recommender {
+            bundle_id: Arc::from(bundle.id()),
+            bundle,
+            store,
+            retriever,
+            ranker,
+            precomputed,
+            metrics,
+            candidates,
+            deadline,
+            segment_lists: HashMap::new(),
+            popular,
+        };
+        recommender.segment_lists = recommender.rank_segment_lists().await;
+        recommender
+    }
+
+    /// The bundle being served.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// Where precomputed lists of this bundle are read and written.
+    pub fn precomputed(&self) -> &Arc<dyn PrecomputedLists> {
+        &self.precomputed
+    }
+
+    /// The store's components' health.
+    pub async fn health(&self) -> Vec<ComponentHealth> {
+        self.store.health().await
+    }
+
+    /// Describes each component, for the start-up log and `/readyz`.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("bundle", self.bundle.id().to_string()),
+            ("store", self.store.describe()),
+            ("retriever", self.retriever.describe()),
+            ("ranker", self.ranker.describe()),
+        ]
+    }
+
+    /// Sorts (row, score) pairs by score, best first, and keeps `n` as items.
+    fn top_items(&self, scored: impl IntoIterator<Item = (usize, f32)>, n: usize) -> Vec<RecItem> {
+        let mut scored: Vec<(usize, f32)> = scored.into_iter().collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        scored
+            .into_iter()
+            .take(n)
+            .map(|(row, score)| {
+                let id = &self.bundle.items.ids[row];
+                RecItem { id: id.clone(), score, title: self.bundle.title(id) }
+            })
+            .collect()
+    }
+
+    /// The answer's list: cut to `n`, counted by source.
+    fn list(
+        &self,
+        user_id: Option<&str>,
+        segment: SegmentKey,
+        source: Source,
+        mut items: Vec<RecItem>,
+        n: usize,
+    ) -> RecList {
+        items.truncate(n);
+        self.metrics.sources.with_label_values(&[source.as_str()]).inc();
+        RecList {
+            user_id: user_id.map(str::to_string),
+            segment: segment.to_string(),
+            source,
+            model_version: self.bundle.id().to_string(),
+            items,
+        }
+    }
+
+    /// A segment's list (`GET /v1/segments/{segment}/recs`).
+    pub fn segment_recs(&self, segment: SegmentKey, n: usize) -> Result<Answer, RecommendError> {
+        let started = Instant::now();
+        let key = (segment.page.index(), segment.device.index());
+        let (source, items) = match self.segment_lists.get(&key) {
+            Some(items) if !items.is_empty() => (Source::Segment, items.clone()),
+            _ if !self.popular.is_empty() => (Source::Popular, self.popular.clone()),
+            _ => return Err(RecommendError::NothingToServe("no segment or popular list in this bundle".into())),
+        };
+        let mut timings = Timings::default();
+        timings.add("segment", started.elapsed());
+        Ok(Answer { list: self.list(None, segment, source, items, n), timings })
+    }
+
+    /// A user's list (`GET /v1/users/{id}/recs`): L1, else L2, else real time within the deadline
+    /// (computed once for concurrent identical misses), else the fallback chain. Purchased items
+    /// are filtered from every answer.
+    pub async fn user_recs(
+        &self,
+        user_id: &str,
+        query: RecsQuery,
+        caches: &UserCaches,
+    ) -> Result<Answer, RecommendError> {
+        let started = Instant::now();
+        let deadline = started + self.deadline;
+        let mut timings = Timings::default();
+        let view = match caches.user(user_id).await {
+            Ok(view) => view,
+            Err(error) => {
+                // The user's state is unreachable: bypass the caches rather than risk a stale or
+                // unfiltered cached list; the pipeline below falls back if the shard is down.
+                tracing::warn!(user_id, %error, "user state unavailable; caches bypassed");
+                let fallback = match self.compute(user_id, query, &[], deadline, &mut timings).await {
+                    Ok(items) => {
+                        timings.add("total", started.elapsed());
+                        let list = self.list(Some(user_id), query.segment, Source::Realtime, items, query.n);
+                        return Ok(Answer { list, timings });
+                    }
+                    Err(fallback) => fallback,
+                };
+                return self.fallback(user_id, query, &fallback, &HashSet::new(), started, timings);
+            }
+        };
+        let key = ListKey {
+            bundle: Arc::clone(&self.bundle_id),
+            user: user_id.to_string(),
+            segment: query.segment,
+            generation: view.generation,
+        };
+        if let Some(entry) = caches.get(&key).await {
+            timings.add("cache", started.elapsed());
+            let items = filter_items(&entry.items, &view.purchased, query.n);
+            return Ok(Answer {
+                list: self.list(Some(user_id), query.segment, Source::CacheL1, items, query.n),
+                timings,
+            });
+        }
+        let computed =
+            caches.get_or_compute(key, self.compute(user_id, query, &view.recent, deadline, &mut timings)).await;
+        let fallback = match computed {
+            Ok(entry) => {
+                timings.add("total", started.elapsed());
+                let items = filter_items(&entry.items, &view.purchased, query.n);
+                return Ok(Answer {
+                    list: self.list(Some(user_id), query.segment, entry.source, items, query.n),
+                    timings,
+                });
+            }
+            Err(fallback) => fallback,
+        };
+        self.fallback(user_id, query, &fallback, &view.purchased, started, timings)
+    }
+}

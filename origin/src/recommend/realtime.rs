@@ -1,0 +1,152 @@
+//! One run of the real-time pipeline: the user's embedding (pulled by their session), candidates
+//! from the precomputed list or FAISS, the ranker, all under the request's deadline.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cascade_shared::keys::EntityKind;
+use cascade_shared::segment::SegmentKey;
+use cascade_shared::validate::{MAX_N, RecsQuery};
+use cascade_shared::wire::RecItem;
+
+use super::fallback::{Fallback, FallbackReason};
+use super::session::{SESSION_WEIGHT, session_query};
+use super::{Recommender, Timings};
+use crate::ranking::RankError;
+use crate::ranking::features::build_rows;
+use crate::store::StoreError;
+
+/// Why the real-time stage gave up.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RealtimeError {
+    /// The deadline passed.
+    #[error("deadline")]
+    Deadline,
+    /// The ranker refused or failed.
+    #[error("{0}")]
+    Rank(#[from] RankError),
+    /// FAISS failed (or its task did).
+    #[error("retrieval: {0}")]
+    Retrieve(String),
+}
+
+impl RealtimeError {
+    /// The fallback reason this failure is counted under.
+    pub fn reason(&self) -> FallbackReason {
+        match self {
+            RealtimeError::Deadline | RealtimeError::Rank(RankError::DeadlineExceeded) => FallbackReason::Deadline,
+            RealtimeError::Rank(RankError::Overloaded) => FallbackReason::RankerOverloaded,
+            RealtimeError::Rank(_) => FallbackReason::RankerError,
+            RealtimeError::Retrieve(_) => FallbackReason::RetrievalError,
+        }
+    }
+}
+
+impl Recommender {
+    /// One run of the real-time pipeline: the user's full ranked list, or why not. With a
+    /// precomputed list, its items are the candidates (re-ranked in the request's context); without
+    /// one, FAISS retrieves them.
+    pub(super) async fn compute(
+        &self,
+        user_id: &str,
+        query: RecsQuery,
+        recent: &[String],
+        deadline: Instant,
+        timings: &mut Timings,
+    ) -> Result<Vec<RecItem>, Fallback> {
+        self.metrics.pipeline_runs.inc();
+        let started = Instant::now();
+        let (lookup, precomputed) =
+            futures::join!(self.store.get(EntityKind::User, user_id), self.precomputed.get(user_id));
+        timings.add("embed", started.elapsed());
+        let precomputed = precomputed.unwrap_or_else(|error| {
+            tracing::warn!(user_id, %error, "precomputed list unavailable");
+            None
+        });
+        let user = match lookup {
+            Ok(Some(user)) => user,
+            Ok(None) => return Err(Fallback { reason: FallbackReason::ColdStart, precomputed }),
+            Err(StoreError::Unavailable { shard, message }) => {
+                tracing::warn!(user_id, shard, %message, "user's shard unavailable; falling back");
+                return Err(Fallback { reason: FallbackReason::ShardUnavailable, precomputed });
+            }
+            Err(StoreError::Corrupt { key, message }) => {
+                tracing::error!(user_id, %key, %message, "corrupt user embedding; falling back");
+                return Err(Fallback { reason: FallbackReason::CorruptEmbedding, precomputed });
+            }
+        };
+        let recent_rows: Vec<&[f32]> = recent
+            .iter()
+            .filter_map(|id| self.bundle.item_index.get(id))
+            .map(|&row| self.bundle.items.row(row))
+            .collect();
+        let user = session_query(&user, &recent_rows, SESSION_WEIGHT);
+        let candidates: Option<Vec<usize>> = precomputed
+            .as_ref()
+            .map(|list| list.iter().filter_map(|item| self.bundle.item_index.get(&item.id).copied()).collect());
+        let attempt =
+            tokio::time::timeout_at(deadline.into(), self.realtime(&user, candidates, query, deadline, timings)).await;
+        let failure = match attempt {
+            Ok(Ok(items)) => return Ok(items),
+            Ok(Err(failure)) => failure,
+            Err(_) => RealtimeError::Deadline,
+        };
+        tracing::warn!(user_id, error = %failure, "real-time path failed; falling back");
+        Err(Fallback { reason: failure.reason(), precomputed })
+    }
+
+    /// Ranks `user`'s candidates in `segment`'s context: the full ranked list ([`MAX_N`] items).
+    /// `precomputed` rows replace FAISS retrieval when given. Used by the request path and by
+    /// `cascade precompute`.
+    pub async fn rank_user(
+        &self,
+        user: &[f32],
+        segment: SegmentKey,
+        deadline: Instant,
+    ) -> Result<Vec<RecItem>, RealtimeError> {
+        let query = RecsQuery { n: MAX_N, segment };
+        self.realtime(user, None, query, deadline, &mut Timings::default()).await
+    }
+
+    async fn realtime(
+        &self,
+        user: &[f32],
+        precomputed_rows: Option<Vec<usize>>,
+        query: RecsQuery,
+        deadline: Instant,
+        timings: &mut Timings,
+    ) -> Result<Vec<RecItem>, RealtimeError> {
+        let rows: Vec<usize> = match precomputed_rows {
+            Some(rows) if !rows.is_empty() => rows,
+            _ => {
+                let stage = Instant::now();
+                let retriever = Arc::clone(&self.retriever);
+                let (query_vector, k) = (user.to_vec(), self.candidates);
+                let candidates = tokio::task::spawn_blocking(move || retriever.search(&query_vector, k))
+                    .await
+                    .map_err(|e| RealtimeError::Retrieve(e.to_string()))?
+                    .map_err(|e| RealtimeError::Retrieve(e.to_string()))?;
+                timings.add("retrieve", stage.elapsed());
+                self.metrics.stage_seconds.with_label_values(&["retrieve"]).observe(stage.elapsed().as_secs_f64());
+                candidates.iter().map(|c| c.row).collect()
+            }
+        };
+        if Instant::now() >= deadline {
+            return Err(RealtimeError::Deadline);
+        }
+
+        let stage = Instant::now();
+        let mut features = Vec::with_capacity(rows.len() * self.ranker.input_width());
+        build_rows(
+            user,
+            rows.iter().map(|&r| self.bundle.items.row(r)),
+            query.segment.page,
+            query.segment.device,
+            &mut features,
+        );
+        let scores = self.ranker.score(features, deadline).await?;
+        timings.add("rank", stage.elapsed());
+        self.metrics.stage_seconds.with_label_values(&["rank"]).observe(stage.elapsed().as_secs_f64());
+        Ok(self.top_items(rows.into_iter().zip(scores), MAX_N))
+    }
+}

@@ -1,0 +1,111 @@
+//! A plain TCP connection to one Redis server that owns its read buffer: the I/O half of the lean
+//! `MGET` reader (the parsing half is [`super::frame`]).
+
+use cascade_shared::embedding::decode_value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::frame::{self, FrameError};
+use super::pool::Element;
+
+/// A connection failure or a reply that is not the one expected (the shard counts as unavailable).
+#[derive(Debug, thiserror::Error)]
+pub enum RespError {
+    /// Connect, read or write failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The server answered an error, or something that is not the expected reply.
+    #[error("{0}")]
+    Protocol(#[from] FrameError),
+}
+
+/// A connection and its read buffer: `buf[start..end]` holds bytes received and not yet parsed.
+pub struct Connection {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Connection {
+    /// Connects to `address` (`host:port`) and selects `db` when it is not 0.
+    pub async fn open(address: &str, db: i64) -> Result<Self, RespError> {
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        let mut connection = Connection { stream, buf: vec![0; 64 * 1024], start: 0, end: 0 };
+        if db != 0 {
+            let db = db.to_string();
+            let command = format!("*2\r\n$6\r\nSELECT\r\n${}\r\n{db}\r\n", db.len());
+            connection.stream.write_all(command.as_bytes()).await?;
+            loop {
+                if let Some((line, used)) = frame::line(connection.unparsed())? {
+                    if line.first() != Some(&b'+') {
+                        let reply = String::from_utf8_lossy(line);
+                        return Err(FrameError(format!("SELECT {db}: {reply}")).into());
+                    }
+                    connection.start += used;
+                    break;
+                }
+                connection.fill().await?;
+            }
+        }
+        Ok(connection)
+    }
+
+    fn unparsed(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Reads more bytes from the socket, making room first.
+    async fn fill(&mut self) -> Result<(), RespError> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.start > 0 && self.buf.len() - self.end < 16 * 1024 {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        if self.end == self.buf.len() {
+            // One element larger than the buffer.
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        let read = self.stream.read(&mut self.buf[self.end..]).await?;
+        if read == 0 {
+            return Err(RespError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        self.end += read;
+        Ok(())
+    }
+
+    /// Sends a complete, already encoded command.
+    pub async fn send(&mut self, command: &[u8]) -> Result<(), RespError> {
+        Ok(self.stream.write_all(command).await?)
+    }
+
+    /// Reads an `MGET` reply of `expected` values, each decoded as `dim` floats (float32 or
+    /// float16, by length) as soon as its bytes are in the buffer.
+    pub async fn read_mget_reply(&mut self, expected: usize, dim: usize) -> Result<Vec<Element>, RespError> {
+        loop {
+            if let Some(used) = frame::array_header(self.unparsed(), expected)? {
+                self.start += used;
+                break;
+            }
+            self.fill().await?;
+        }
+        let mut out = Vec::with_capacity(expected);
+        let mut remaining = expected;
+        loop {
+            let used = frame::bulks(self.unparsed(), &mut remaining, |value| {
+                out.push(value.map(|bytes| decode_value(bytes, dim)));
+            })?;
+            self.start += used;
+            if remaining == 0 {
+                break;
+            }
+            self.fill().await?;
+        }
+        if self.start != self.end {
+            return Err(FrameError("bytes after the MGET reply".into()).into());
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests of the real processes (`cascade`, Redis, `wrangler dev`), one test binary: the
+//! processes are spawned, so nothing here links libtorch or FAISS itself, and one binary links
+//! faster than seven (CI time). Fixtures are `cascade_e2e` (`tests/support/lib.rs`).
+
+mod cache;
+mod cache_redis;
+mod edge;
+mod every_hop;
+mod origin_failures;
+mod precompute;
+mod reload;
