@@ -82,7 +82,7 @@ fn ranker(bundle: &Bundle, device: tch::Device, max_batch_rows: usize) -> anyhow
         threads: 1,
         intra_op_threads: 2,
     };
-    Ok(Arc::new(TorchRanker::start(bundle, device, &config, BatchMetrics::new())?))
+    Ok(Arc::new(TorchRanker::start(bundle.model(), device, &config, BatchMetrics::new())?))
 }
 
 /// The model's compute rate here: `rows`-row forward passes back to back on one tensor, no batcher,

@@ -85,7 +85,7 @@ async fn f16_ranking_effect(bundle_dir: &Path, users: usize) -> anyhow::Result<V
         threads: 1,
         intra_op_threads: 2,
     };
-    let ranker = TorchRanker::start(&bundle, tch::Device::Cpu, &config, BatchMetrics::new())?;
+    let ranker = TorchRanker::start(bundle.model(), tch::Device::Cpu, &config, BatchMetrics::new())?;
     let round = |v: &[f32]| v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect::<Vec<f32>>();
     let (page, device) = (Page::parse_or_default(None), Device::parse_or_default(None));
     let (mut same_top20, mut top20_overlap, mut pairs_kept, mut pairs, mut worst_score) = (0, 0usize, 0u64, 0u64, 0f32);

@@ -13,6 +13,7 @@ use cascade_shared::segment::{DEVICES, PAGES};
 use serde::Deserialize;
 
 use crate::ranking::features;
+pub use crate::ranking::{ModelSpec, ReferenceBatch};
 
 /// Why a bundle was refused.
 #[derive(Debug, thiserror::Error)]
@@ -70,15 +71,6 @@ pub struct Reference {
     pub bundle_id: String,
     /// A fixed batch of input rows and their scores.
     pub batch: ReferenceBatch,
-}
-
-/// Input rows and the scores Python computed for them.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ReferenceBatch {
-    /// Rows of `input_width` floats.
-    pub inputs: Vec<Vec<f32>>,
-    /// One score per row.
-    pub scores: Vec<f32>,
 }
 
 /// A loaded bundle (users are loaded separately: they may live in Redis).
@@ -173,6 +165,11 @@ impl Bundle {
     /// Path of the TorchScript model.
     pub fn model_path(&self) -> PathBuf {
         self.dir.join("model.pt")
+    }
+
+    /// The model and what it must reproduce, for the ranker.
+    pub fn model(&self) -> ModelSpec<'_> {
+        ModelSpec { path: self.model_path(), input_width: self.metadata.input_width, reference: &self.reference.batch }
     }
 
     /// Path of the user embeddings.

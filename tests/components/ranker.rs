@@ -23,7 +23,7 @@ fn far() -> Instant {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_scores_equal_the_exported_reference_scores() {
     let bundle = Bundle::load(&bundle_dir().unwrap()).unwrap();
-    let ranker = TorchRanker::start(&bundle, tch::Device::Cpu, &config(64), BatchMetrics::new()).unwrap();
+    let ranker = TorchRanker::start(bundle.model(), tch::Device::Cpu, &config(64), BatchMetrics::new()).unwrap();
     let rows: Vec<f32> = bundle.reference.batch.inputs.iter().flatten().copied().collect();
     let scores = ranker.score(rows, far()).await.unwrap();
     assert_eq!(scores.len(), bundle.reference.batch.scores.len());
@@ -44,8 +44,9 @@ fn next(state: &mut u64) -> u64 {
 async fn batched_concurrent_requests_get_the_scores_they_would_get_alone() {
     let bundle = Bundle::load(&bundle_dir().unwrap()).unwrap();
     let width = bundle.metadata.input_width;
-    let alone = TorchRanker::start(&bundle, tch::Device::Cpu, &config(1 << 20), BatchMetrics::new()).unwrap();
-    let batched = Arc::new(TorchRanker::start(&bundle, tch::Device::Cpu, &config(512), BatchMetrics::new()).unwrap());
+    let alone = TorchRanker::start(bundle.model(), tch::Device::Cpu, &config(1 << 20), BatchMetrics::new()).unwrap();
+    let batched =
+        Arc::new(TorchRanker::start(bundle.model(), tch::Device::Cpu, &config(512), BatchMetrics::new()).unwrap());
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for _round in 0..8 {
         let callers = 1 + next(&mut seed) as usize % 24;
@@ -86,7 +87,8 @@ fn a_corrupt_or_mismatched_model_is_refused_with_a_reason() {
     let model = scratch.path().join("model.pt");
     std::fs::write(&model, b"this is not a TorchScript archive").unwrap();
     let bundle = Bundle::load(scratch.path()).unwrap();
-    let error = TorchRanker::start(&bundle, tch::Device::Cpu, &config(64), BatchMetrics::new()).err().expect("refused");
+    let error =
+        TorchRanker::start(bundle.model(), tch::Device::Cpu, &config(64), BatchMetrics::new()).err().expect("refused");
     assert!(matches!(&error, RankError::Model(m) if m.contains("model.pt")), "{error}");
 
     // Reference scores from another model: the model loads but does not reproduce them.
@@ -96,6 +98,7 @@ fn a_corrupt_or_mismatched_model_is_refused_with_a_reason() {
     json["batch"]["scores"][0] = serde_json::json!(0.123);
     std::fs::write(&reference, serde_json::to_vec(&json).unwrap()).unwrap();
     let bundle = Bundle::load(scratch.path()).unwrap();
-    let error = TorchRanker::start(&bundle, tch::Device::Cpu, &config(64), BatchMetrics::new()).err().expect("refused");
+    let error =
+        TorchRanker::start(bundle.model(), tch::Device::Cpu, &config(64), BatchMetrics::new()).err().expect("refused");
     assert!(error.to_string().contains("reference.json"), "{error}");
 }

@@ -34,5 +34,5 @@ fn training_beats_popularity_and_exports_a_bundle_rust_loads() {
     assert!(metrics["ndcg@10"].as_f64().unwrap() > metrics["popularity_ndcg@10"].as_f64().unwrap());
 
     // Loading runs the reference batch through the model and refuses a difference over 1e-5.
-    TorchRanker::start(&bundle, tch::Device::Cpu, &RankerConfig::default(), BatchMetrics::new()).unwrap();
+    TorchRanker::start(bundle.model(), tch::Device::Cpu, &RankerConfig::default(), BatchMetrics::new()).unwrap();
 }

@@ -88,7 +88,7 @@ impl RecommenderFactory {
         let store = self.store(&bundle).await?;
         let retriever = self.retriever(Arc::clone(&bundle)).await?;
         let device = pick_device(self.config.ranker.device)?;
-        let ranker = TorchRanker::start(&bundle, device, &self.config.ranker, self.metrics.batcher.clone())?;
+        let ranker = TorchRanker::start(bundle.model(), device, &self.config.ranker, self.metrics.batcher.clone())?;
         let precomputed: Arc<dyn PrecomputedLists> = match &self.shards {
             Some(shards) => Arc::new(RedisPrecomputed::new(Arc::clone(shards), bundle.id())),
             None => Arc::new(NoPrecomputed),

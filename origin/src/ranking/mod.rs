@@ -52,6 +52,27 @@ pub trait Ranker: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// A model file and what it must reproduce at load (from a bundle's `metadata.json` and
+/// `reference.json`): ranking knows models, not bundles.
+#[derive(Debug, Clone)]
+pub struct ModelSpec<'a> {
+    /// The TorchScript file.
+    pub path: std::path::PathBuf,
+    /// Columns per input row.
+    pub input_width: usize,
+    /// Rows and the scores the training script computed for them.
+    pub reference: &'a ReferenceBatch,
+}
+
+/// Input rows and the scores the training script computed for them (`reference.json`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReferenceBatch {
+    /// Rows of `input_width` floats.
+    pub inputs: Vec<Vec<f32>>,
+    /// One score per row.
+    pub scores: Vec<f32>,
+}
+
 /// Where the ranking model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

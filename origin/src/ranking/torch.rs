@@ -17,8 +17,7 @@ use async_trait::async_trait;
 use tch::{CModule, Device, Kind, Tensor};
 
 use super::batcher::{Batcher, ScoreBackend, Scorer};
-use super::{DeviceChoice, RankError, Ranker, RankerConfig};
-use crate::bundle::{Bundle, ReferenceBatch};
+use super::{DeviceChoice, ModelSpec, RankError, Ranker, RankerConfig, ReferenceBatch};
 use crate::metrics::BatchMetrics;
 
 /// Largest difference from the reference scores accepted at load.
@@ -90,12 +89,12 @@ impl TorchRanker {
     /// Loads one checked copy of the bundle's model per inference thread (`config.threads`) and
     /// starts the batcher.
     pub fn start(
-        bundle: &Bundle,
+        model: ModelSpec<'_>,
         device: Device,
         config: &RankerConfig,
         metrics: BatchMetrics,
     ) -> Result<Self, RankError> {
-        let (path, width, reference) = (bundle.model_path(), bundle.metadata.input_width, &bundle.reference.batch);
+        let (path, width, reference) = (model.path, model.input_width, model.reference);
         tch::set_num_threads(i32::try_from(config.intra_op_threads.max(1)).unwrap_or(1));
         let mut scorers: Vec<Scorer> = Vec::new();
         for _ in 0..config.threads.max(1) {
