@@ -38,7 +38,7 @@ setup_apt() {
   command -v pkg-config >/dev/null || missing+=(pkg-config)
   command -v curl >/dev/null || missing+=(curl)
   command -v gzip >/dev/null || missing+=(gzip)
-  # Headless browser for the edge demo page test (tests/edge.rs).
+  # Headless browser for the edge demo page test (tests/e2e/edge.rs).
   command -v chromium >/dev/null || missing+=(chromium)
   if [ ${#missing[@]} -gt 0 ]; then
     log "apt-get install ${missing[*]}"

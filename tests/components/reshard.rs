@@ -46,7 +46,7 @@ async fn four_shards_to_five_interrupted_resumed_and_verified() {
     assert!((1000..total_keys).contains(&moved_first), "{moved_first}");
 
     let second = run_cascade_json(&common).unwrap();
-    assert_eq!(second["outcome"], "done", "{second}");
+    assert_eq!((second["outcome"].as_str(), second["resumed"].as_bool()), (Some("done"), Some(true)), "{second}");
     assert_eq!(second["keys"].as_u64(), Some(total_keys), "{second}");
     let after = &second["after"];
     assert_eq!(

@@ -81,6 +81,8 @@ struct Checkpoint {
 pub enum Outcome {
     /// Every shard walked and verified.
     Done {
+        /// Whether this run continued from a checkpoint.
+        resumed: bool,
         /// Keys moved over all runs.
         moved: u64,
         /// Keys counted before.
@@ -185,6 +187,7 @@ pub async fn run(args: ReshardArgs) -> anyhow::Result<Outcome> {
     // half-finished, checkpoint lost) reshard still accounts for every key.
     let mut servers = args.from.clone();
     servers.extend(args.to.iter().filter(|u| !args.from.contains(u)).cloned());
+    let resumed = args.checkpoint.as_ref().is_some_and(|path| path.exists());
     let mut checkpoint = match &args.checkpoint {
         Some(path) if path.exists() => {
             let saved: Checkpoint = serde_json::from_slice(&std::fs::read(path)?)?;
@@ -312,7 +315,7 @@ pub async fn run(args: ReshardArgs) -> anyhow::Result<Outcome> {
         "verified: {} keys, each on its shard exactly once, checksum {:016x} unchanged",
         after.keys, after.checksum
     );
-    Ok(Outcome::Done { moved: checkpoint.moved, keys: before.keys, after })
+    Ok(Outcome::Done { resumed, moved: checkpoint.moved, keys: before.keys, after })
 }
 
 #[cfg(test)]

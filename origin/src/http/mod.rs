@@ -34,7 +34,6 @@ mod tests;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use tokio::sync::Semaphore;
@@ -46,8 +45,10 @@ use crate::metrics::Metrics;
 
 pub use middleware::REQUEST_ID;
 
-/// Largest request body accepted, bytes (axum's default, stated): a full events batch of
-/// `cascade_shared::wire::MAX_EVENTS_PER_BATCH` events is a few hundred KB.
+/// Largest request body accepted, bytes: axum's default limit for body extractors, which applies
+/// without a `DefaultBodyLimit` layer (a layer would insert an extension into every request, the
+/// cheapest ones included). A full events batch of `cascade_shared::wire::MAX_EVENTS_PER_BATCH`
+/// events is a few hundred KB. `tests.rs` checks that one byte more is a 413.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// What every handler shares.
@@ -96,7 +97,6 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(from_fn_with_state(state.clone(), middleware::admit))
         .layer(from_fn_with_state(state.clone(), middleware::observe))
         .with_state(state)

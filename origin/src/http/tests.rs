@@ -1,7 +1,7 @@
 //! The router, in process: every status DESIGN.md promises, driven with `tower::ServiceExt::oneshot`
 //! and no socket. The store (in-process) and FAISS (`Flat`) are real; the ranker is
 //! [`DotRanker`], a fake named as such (a TorchScript model needs a trained bundle; the ranker's
-//! real behaviour is covered by `tests/ranker.rs` and the end-to-end tests).
+//! real behaviour is covered by `tests/components/ranker.rs` and the end-to-end tests).
 
 use std::path::Path;
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //! retried one slot at a time (one `MGET` per slot, 16 in flight), so the ids on healthy masters are
 //! still answered and only the others are [`StoreError::Unavailable`]: never a silent "unknown".
 //! (Retrying every key at once made the client time out on all of them: measured in
-//! `tests/cluster.rs`.) Run the cluster with `cluster-require-full-coverage no`, or one master down
+//! `tests/components/cluster.rs`.) Run the cluster with `cluster-require-full-coverage no`, or one master down
 //! stops the others from answering.
 
 use std::time::Duration;
