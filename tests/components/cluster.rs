@@ -69,7 +69,7 @@ async fn the_origin_serves_real_time_lists_from_a_cluster_loaded_by_cascade_load
     let cluster = RedisCluster::start(3).await.unwrap();
     let seeds = cluster.urls().join(",");
     let bundle = cascade_e2e::bundle_dir().unwrap();
-    let loaded = cascade_e2e::run_cascade(&[
+    let loaded = cascade_e2e::run_cascade_json(&[
         "load",
         "--bundle",
         bundle.to_str().unwrap(),
@@ -79,7 +79,8 @@ async fn the_origin_serves_real_time_lists_from_a_cluster_loaded_by_cascade_load
         "--users-only",
     ])
     .unwrap();
-    assert!(loaded.contains("redis cluster"), "{loaded}");
+    assert!(loaded["store"].as_str().unwrap().contains("redis cluster"), "{loaded}");
+    assert_eq!(loaded["loaded"][0]["verified"], loaded["loaded"][0]["total"], "{loaded}");
     let origin = cascade_e2e::Origin::start(&[
         ("CASCADE_BUNDLE", bundle.display().to_string()),
         ("CASCADE_REDIS_CLUSTER", seeds.clone()),

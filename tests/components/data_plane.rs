@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use cascade_e2e::{RedisServer, TempDir, bundle_dir, run_cascade};
+use cascade_e2e::{RedisServer, TempDir, bundle_dir, run_cascade, run_cascade_json};
 use cascade_origin::generate::{GenSpec, Generator};
 use cascade_origin::store::redis_shards::RedisShardStore;
 use cascade_origin::store::{EmbeddingStore, StoreError};
@@ -34,9 +34,17 @@ async fn generated_data_is_deterministic_loaded_verified_and_bit_exact() {
     let list = format!("{},{}", shards[0].url, shards[1].url);
     let dir = TempDir::new("cascade-generated").unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let out = run_cascade(&["load", "--generate", SPEC, "--redis", &list, "--out", a.to_str().unwrap()]).unwrap();
-    assert!(out.contains("wrote 3000 and verified 3000 of 3000"), "{out}");
-    assert!(out.contains("wrote 4000 and verified 4000 of 4000"), "{out}");
+    let out = run_cascade_json(&["load", "--generate", SPEC, "--redis", &list, "--out", a.to_str().unwrap()]).unwrap();
+    let loaded: Vec<(&str, u64, u64, u64)> = out["loaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kind| {
+            let count = |field: &str| kind[field].as_u64().unwrap();
+            (kind["kind"].as_str().unwrap(), count("written"), count("verified"), count("total"))
+        })
+        .collect();
+    assert_eq!(loaded, vec![("users", 3000, 3000, 3000), ("items", 4000, 4000, 4000)], "{out}");
     assert_eq!(dbsize(&shards[0].url).await + dbsize(&shards[1].url).await, 7000);
     // Same spec, same bytes.
     run_cascade(&["load", "--generate", SPEC, "--out", b.to_str().unwrap()]).unwrap();
@@ -56,8 +64,8 @@ async fn generated_data_is_deterministic_loaded_verified_and_bit_exact() {
     }
 
     // float16 halves each value; reads decode either width with no setting.
-    let f16 = run_cascade(&["load", "--generate", SPEC, "--redis", &list, "--users-only", "--f16"]).unwrap();
-    assert!(f16.contains("F16"), "{f16}");
+    let f16 = run_cascade_json(&["load", "--generate", SPEC, "--redis", &list, "--users-only", "--f16"]).unwrap();
+    assert_eq!(f16["encoding"], "F16", "{f16}");
     let key = embedding_key(EntityKind::User, &spec.bundle_id(), "u7");
     assert_eq!(strlen(&urls[shard_for("u7", 2) as usize], &key).await, 32);
     let back = store.get(EntityKind::User, "u7").await.unwrap().unwrap();
