@@ -94,6 +94,8 @@ pub enum Outcome {
     Interrupted {
         /// Keys moved so far over all runs.
         moved: u64,
+        /// Keys counted before the first run.
+        keys: u64,
     },
 }
 
@@ -277,7 +279,7 @@ pub async fn run(args: ReshardArgs) -> anyhow::Result<Outcome> {
                     "interrupted after {moved_this_run} moves this run ({} in all); run again with the same --checkpoint to resume",
                     checkpoint.moved
                 );
-                return Ok(Outcome::Interrupted { moved: checkpoint.moved });
+                return Ok(Outcome::Interrupted { moved: checkpoint.moved, keys: before.keys });
             }
         }
     }
