@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade_e2e::{Origin, RedisServer, bench_dir, bench_secs, closed_loop, percentile, run_cascade, small_tier};
+use cascade_e2e::{Origin, RedisServer, bench_dir, bench_secs, closed_loop, p50_p99, run_cascade, small_tier};
 use cascade_shared::wire::{RecList, Source};
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
@@ -70,15 +70,15 @@ async fn open_loop(http: &reqwest::Client, base: &str, paths: &[String], rate: f
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    latencies.sort_by(f64::total_cmp);
+    let (p50_ms, p99_ms) = p50_p99(&mut latencies);
     json!({
         "rate": rate,
         "achieved_rate": latencies.len() as f64 / elapsed,
         "requests": latencies.len(),
         "errors": errors,
         "fallbacks": fallbacks,
-        "p50_ms": percentile(&latencies, 0.50),
-        "p99_ms": percentile(&latencies, 0.99),
+        "p50_ms": p50_ms,
+        "p99_ms": p99_ms,
     })
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cascade_e2e::{bench_dir, bench_secs, bundle_dir, percentile};
+use cascade_e2e::{bench_dir, bench_secs, bundle_dir, p50_p99};
 use cascade_origin::bundle::Bundle;
 use cascade_origin::config::{DeviceChoice, RankerConfig};
 use cascade_origin::metrics::BatchMetrics;
@@ -63,13 +63,13 @@ async fn drive(ranker: Arc<TorchRanker>, callers: usize, rows_per_call: usize, s
         failures += f;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    all.sort_by(f64::total_cmp);
+    let (p50_ms, p99_ms) = p50_p99(&mut all);
     Ok(json!({
         "calls": all.len(),
         "failures": failures,
         "throughput_rows_per_s": (all.len() * rows_per_call) as f64 / elapsed,
-        "p50_ms": percentile(&all, 0.50),
-        "p99_ms": percentile(&all, 0.99),
+        "p50_ms": p50_ms,
+        "p99_ms": p99_ms,
     }))
 }
 

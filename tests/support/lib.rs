@@ -424,8 +424,8 @@ pub fn run_cascade_json(args: &[&str]) -> anyhow::Result<serde_json::Value> {
         .with_context(|| format!("cascade {} --json printed no report: {:?}", args.join(" "), output.stdout))
 }
 
-/// The `p` quantile of sorted values, nearest rank: the one formula `cascade index eval` uses too.
-pub use cascade_shared::stats::percentile;
+/// Percentiles by the one formula (nearest rank) that `cascade index eval` uses too.
+pub use cascade_shared::stats::{p50_p99, percentile};
 
 /// Drives `base` closed-loop: `concurrency` workers, each sending GETs for `paths` (round robin,
 /// with `bearer` when not empty) one after another for `seconds`. Returns requests, errors,
@@ -478,12 +478,12 @@ pub async fn closed_loop(
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    all.sort_by(f64::total_cmp);
+    let (p50_ms, p99_ms) = p50_p99(&mut all);
     Ok(serde_json::json!({
         "requests": all.len(),
         "errors": errors,
         "requests_per_sec": all.len() as f64 / elapsed,
-        "p50_ms": percentile(&all, 0.50),
-        "p99_ms": percentile(&all, 0.99),
+        "p50_ms": p50_ms,
+        "p99_ms": p99_ms,
     }))
 }

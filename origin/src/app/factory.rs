@@ -70,11 +70,6 @@ impl RecommenderFactory {
         RecommenderFactory { config, metrics, shards }
     }
 
-    /// The configuration recommenders are built with.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// Loads the bundle in `bundle_dir` and builds its recommender.
     pub async fn build(&self, bundle_dir: &Path) -> Result<Recommender, BuildError> {
         let dir = bundle_dir.to_path_buf();

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cascade_shared::stats::percentile;
+use cascade_shared::stats::p50_p99;
 use faiss::Index;
 
 use crate::bundle::Bundle;
@@ -181,7 +181,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
             latencies.push(t.elapsed().as_secs_f64() * 1000.0);
             found += got.iter().filter(|c| truth.contains(&c.row)).count();
         }
-        latencies.sort_by(f64::total_cmp);
+        let (p50_ms, p99_ms) = p50_p99(&mut latencies);
         let t = Instant::now();
         std::thread::scope(|scope| {
             for worker in 0..args.threads {
@@ -194,13 +194,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
             }
         });
         let qps = queries.len() as f64 / t.elapsed().as_secs_f64();
-        let point = EvalPoint {
-            nprobe,
-            recall: found as f64 / (queries.len() * k) as f64,
-            p50_ms: percentile(&latencies, 0.50),
-            p99_ms: percentile(&latencies, 0.99),
-            qps,
-        };
+        let point = EvalPoint { nprobe, recall: found as f64 / (queries.len() * k) as f64, p50_ms, p99_ms, qps };
         eprintln!(
             "nprobe {:>5}: recall@{k} {:.4}  p50 {:.3} ms  p99 {:.3} ms  {:.0} queries/s on {} threads",
             point.nprobe, point.recall, point.p50_ms, point.p99_ms, point.qps, args.threads

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
-use super::middleware::unix_now_secs;
+use super::middleware::unix_now;
 
 /// `POST /admin/bundle` `{"path": "/bundles/v2"}`: load, check and swap in a bundle (or roll back
 /// to an earlier one the same way). A wrong bundle is 422; a dependency that is down, 503.
@@ -47,7 +47,7 @@ pub async fn issue_token(State(state): State<AppState>, body: Bytes) -> Result<R
         )
         .into());
     }
-    let expires_at = unix_now_secs() + ttl;
+    let expires_at = unix_now().as_secs() + ttl;
     let token = state.auth.issue_user_token(&request.user_id, expires_at);
     Ok(Json(json!({"token": token, "user_id": request.user_id, "expires_at": expires_at})).into_response())
 }

@@ -1,8 +1,6 @@
 //! The API's handlers: lists, events, health, readiness and metrics. Each validates its input,
 //! asks the domain, and turns the answer into a response; errors go through [`ApiError`].
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -16,6 +14,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
+use super::middleware::unix_now;
 use super::server_timing;
 use crate::recommend::Answer;
 
@@ -73,8 +72,7 @@ pub async fn events(
     if !is_json {
         return Err(FieldError::new("content-type", "must be application/json").into());
     }
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
-    let events = parse_events(&body, now_ms)?;
+    let events = parse_events(&body, unix_now().as_millis() as u64)?;
     let accepted = state.caches.apply_events(&events).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }

@@ -8,7 +8,7 @@
 //! (no queueing), which is what tower's `ConcurrencyLimit` + `LoadShed` would do, plus the
 //! in-flight gauge, in fewer moving parts.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue};
@@ -25,9 +25,9 @@ use crate::auth::{AuthError, Caller, Credentials};
 /// Header that follows one request from edge to ranker.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+/// Time since the Unix epoch (zero if the clock is before it).
+pub fn unix_now() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
 /// Request id, logging span and request metrics.
@@ -86,7 +86,7 @@ fn caller(state: &AppState, request: &Request) -> Result<Caller, AuthError> {
         Some(_) => Credentials { authorization, ..Credentials::default() },
         None => Credentials { authorization, timestamp: header(&TIMESTAMP), signature: header(&SIGNATURE) },
     };
-    state.auth.check(target, credentials, unix_now_secs())
+    state.auth.check(target, credentials, unix_now().as_secs())
 }
 
 /// API routes take the edge (signed) and internal callers (bearer key).

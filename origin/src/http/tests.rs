@@ -212,7 +212,7 @@ async fn credentials_are_checked_and_admin_routes_refuse_edge_signatures() {
         Request::builder().uri("/v1/users/u1/recs").header(header::AUTHORIZATION, "Bearer nope").body(Body::empty());
     assert_eq!(send(&h.state, wrong_key.unwrap()).await.0, StatusCode::UNAUTHORIZED);
 
-    let now = super::middleware::unix_now_secs();
+    let now = super::middleware::unix_now().as_secs();
     let signed = |method: &str, path: &str| {
         let signature = sign(SECRET.as_bytes(), method, path, "", now);
         Request::builder()

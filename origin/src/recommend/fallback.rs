@@ -31,17 +31,6 @@ pub enum FallbackReason {
 }
 
 impl FallbackReason {
-    /// Every reason, for dashboards and tests.
-    pub const ALL: [FallbackReason; 7] = [
-        FallbackReason::ColdStart,
-        FallbackReason::ShardUnavailable,
-        FallbackReason::CorruptEmbedding,
-        FallbackReason::Deadline,
-        FallbackReason::RankerOverloaded,
-        FallbackReason::RankerError,
-        FallbackReason::RetrievalError,
-    ];
-
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -95,9 +95,8 @@ impl Recommender {
         Err(Fallback { reason: failure.reason(), precomputed })
     }
 
-    /// Ranks `user`'s candidates in `segment`'s context: the full ranked list ([`MAX_N`] items).
-    /// `precomputed` rows replace FAISS retrieval when given. Used by the request path and by
-    /// `cascade precompute`.
+    /// Ranks `user`'s FAISS candidates in `segment`'s context: the full ranked list ([`MAX_N`]
+    /// items), with no session and no precomputed candidates. Used by `cascade precompute`.
     pub async fn rank_user(
         &self,
         user: &[f32],
