@@ -45,6 +45,7 @@ pub enum ApiError {
 }
 
 /// How an error is answered.
+#[derive(Debug)]
 struct Classified {
     status: StatusCode,
     code: &'static str,
@@ -73,6 +74,24 @@ impl ApiError {
         };
         Classified { status, code, retry }
     }
+
+    /// The message the caller reads. A caller's mistake is explained in full; a server-side
+    /// failure says what to do, never what broke inside (no addresses, no raw dependency errors:
+    /// those are logged, with the request id, by [`IntoResponse`]).
+    fn public_message(&self) -> String {
+        match self {
+            ApiError::Events(error) => format!(
+                "{} event(s) applied, then the user state store did not answer; retry the rest \
+                 (idempotency keys make the retry safe)",
+                error.applied
+            ),
+            ApiError::Reload(error) if error.is_dependency_down() => {
+                "a store the bundle needs did not answer; the current bundle keeps serving; retry".into()
+            }
+            ApiError::Reload(BuildError::Task(_)) => "internal error while loading the bundle; see the log".into(),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -80,7 +99,7 @@ impl IntoResponse for ApiError {
         let Classified { status, code, retry } = self.classify();
         let body = match &self {
             ApiError::Invalid(field_error) => ErrorBody::invalid(field_error),
-            other => ErrorBody::new(code, other.to_string(), None),
+            other => ErrorBody::new(code, other.public_message(), None),
         };
         if status.is_server_error() {
             tracing::error!(code, error = %self, "request failed");
@@ -113,6 +132,19 @@ mod tests {
         let down = StoreError::Unavailable { shard: 0, message: "connection refused".into() };
         assert_eq!(answer(ApiError::Reload(BuildError::Store(down))), (503, "dependency_unavailable", true));
         assert_eq!(answer(ApiError::Reload(BuildError::Task("panicked".into()))), (500, "internal", false));
+    }
+
+    #[test]
+    fn server_errors_say_what_to_do_not_what_broke() {
+        let cause = StoreError::Unavailable { shard: 1, message: "redis://:hunter2@10.0.0.7:6379: refused".into() };
+        let events = ApiError::Events(EventsError { applied: 2, cause: cause.clone() });
+        let reload = ApiError::Reload(BuildError::Store(cause));
+        for error in [events, reload, ApiError::Reload(BuildError::Task("panicked at src/x.rs".into()))] {
+            let message = error.public_message();
+            assert!(!message.contains("hunter2") && !message.contains("10.0.0.7"), "{message}");
+            assert!(!message.contains("src/x.rs"), "{message}");
+            assert!(error.to_string().contains("hunter2") || error.to_string().contains("src/x.rs"), "logged in full");
+        }
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub async fn healthz() -> Response {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let recommender = state.serving.current();
     let components = recommender.health().await;
-    let degraded: Vec<&str> = components.iter().filter(|c| !c.healthy).map(|c| c.name.as_str()).collect();
+    let degraded: Vec<&str> = components.iter().filter(|c| !c.healthy()).map(|c| c.name.as_str()).collect();
     let described: serde_json::Map<String, serde_json::Value> =
         recommender.describe().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     let body = json!({

@@ -20,15 +20,18 @@ use super::{AppState, REQUEST_ID, router};
 use crate::app::{RecommenderFactory, Serving};
 use crate::auth::Auth;
 use crate::bundle::{Bundle, read_embeddings};
-use crate::cache::{CacheConfig, UserCaches};
+use crate::cache::{CacheConfig, RedisUserState, UserCaches, UserStateBackend};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::ranking::features::input_layout;
 use crate::ranking::{RankError, Ranker};
 use crate::recommend::precomputed::NoPrecomputed;
 use crate::recommend::{Components, Recommender};
+use crate::redis::ShardSet;
 use crate::retrieval::{FaissRetriever, build_index};
+use crate::store::EmbeddingStore;
 use crate::store::memory::MemoryStore;
+use crate::store::redis_shards::RedisShardStore;
 
 const SECRET: &str = "router-secret-0123456789";
 const KEY: &str = "router-internal-key-0123456789";
@@ -84,14 +87,33 @@ struct Harness {
 }
 
 async fn harness(popular: &[&str], refusal: Option<RankError>, config: Config) -> Harness {
+    harness_over(popular, refusal, config, None).await
+}
+
+/// Where users' embeddings and state live when not in process.
+struct Stores {
+    embeddings: Arc<dyn EmbeddingStore>,
+    state: Arc<dyn UserStateBackend>,
+}
+
+async fn harness_over(popular: &[&str], refusal: Option<RankError>, config: Config, stores: Option<Stores>) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     write_bundle(dir.path(), "router-test", popular);
     let bundle = Arc::new(Bundle::load(dir.path()).unwrap());
     let users = read_embeddings(&bundle.users_path(), bundle.id(), DIM).unwrap();
     let index = build_index("Flat", DIM, &bundle.items.values).unwrap();
     let metrics = Arc::new(Metrics::new());
+    let (store, caches) = match stores {
+        Some(Stores { embeddings, state }) => {
+            (embeddings, UserCaches::new(&CacheConfig::default(), state, true, metrics.cache_lookups.clone()))
+        }
+        None => (
+            Arc::new(MemoryStore::with_users(&users)) as Arc<dyn EmbeddingStore>,
+            UserCaches::in_process(&CacheConfig::default(), metrics.cache_lookups.clone()),
+        ),
+    };
     let components = Components {
-        store: Arc::new(MemoryStore::with_users(&users)),
+        store,
         retriever: Arc::new(FaissRetriever::new(index, 1, 1, "Flat").unwrap()),
         ranker: Arc::new(DotRanker { refusal }),
         precomputed: Arc::new(NoPrecomputed),
@@ -100,7 +122,6 @@ async fn harness(popular: &[&str], refusal: Option<RankError>, config: Config) -
     let recommender = Recommender::new(bundle, components, Arc::clone(&metrics), 10, deadline).await;
     let max_in_flight = config.serving.max_in_flight;
     let factory = Arc::new(RecommenderFactory::new(config, Arc::clone(&metrics), None));
-    let caches = UserCaches::in_process(&CacheConfig::default(), metrics.cache_lookups.clone());
     let state = AppState::new(
         Arc::new(Serving::new(recommender, factory)),
         Arc::new(caches),
@@ -248,6 +269,10 @@ async fn a_full_origin_answers_503_with_retry_after_at_once() {
     let (status, headers, body) = get(&h.state, "/v1/users/u1/recs").await;
     assert_eq!((status, error_code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "overloaded"));
     assert_eq!(headers[header::RETRY_AFTER], "1");
+    // Shedding load is not being down: a load balancer must not eject every origin at once.
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(get(&h.state, probe).await.0, StatusCode::OK, "{probe} bypasses admission");
+    }
     drop(held);
     assert_eq!(get(&h.state, "/v1/users/u1/recs").await.0, StatusCode::OK);
 }
@@ -300,4 +325,32 @@ async fn events_are_accepted_once_and_purchases_filtered() {
     assert_eq!(body["duplicates"], 1);
     let (_, _, after) = get(&h.state, "/v1/users/u1/recs?n=20").await;
     assert!(after["items"].as_array().unwrap().iter().all(|item| item["id"] != top.as_str()), "{after}");
+}
+
+#[tokio::test]
+async fn readiness_and_503_bodies_name_components_never_addresses_or_credentials() {
+    // A Redis shard with a password, on a port where nothing listens.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("redis://:hunter2@127.0.0.1:{closed_port}");
+    let shards = Arc::new(ShardSet::new(&[url], std::time::Duration::from_millis(100)).unwrap());
+    let stores = Stores {
+        embeddings: Arc::new(RedisShardStore::new(Arc::clone(&shards), "router-test", DIM)),
+        state: Arc::new(RedisUserState::new(shards)),
+    };
+    let h = harness_over(&["i1"], None, Config::default(), Some(stores)).await;
+    let leaks = |body: &Value| {
+        let text = body.to_string();
+        text.contains("hunter2") || text.contains("127.0.0.1") || text.contains(&closed_port.to_string())
+    };
+    let (status, _, ready) = get(&h.state, "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready["degraded"], json!(["redis_shard_0"]), "{ready}");
+    assert_eq!(ready["components"][0]["state"], "unreachable", "{ready}");
+    assert!(!leaks(&ready), "{ready}");
+
+    let batch = json!({"events": [{"user_id": "u1", "kind": "purchase", "item_id": "i1"}]}).to_string();
+    let post = bearer("POST", "/v1/events").header(header::CONTENT_TYPE, "application/json").body(Body::from(batch));
+    let (status, _, body) = send(&h.state, post.unwrap()).await;
+    assert_eq!((status, error_code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable"), "{body}");
+    assert!(!leaks(&body), "{body}");
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use cascade_shared::embedding::EmbeddingTable;
 use cascade_shared::keys::EntityKind;
 
-use super::{ComponentHealth, EmbeddingStore, Lookup, StoreError};
+use super::{ComponentHealth, EmbeddingStore, HealthState, Lookup, StoreError};
 
 /// Embeddings in memory. Lookups never fail.
 #[derive(Debug, Default)]
@@ -54,8 +54,7 @@ impl EmbeddingStore for MemoryStore {
     }
 
     async fn health(&self) -> Vec<ComponentHealth> {
-        let users = self.users.read().map(|t| t.len()).unwrap_or(0);
-        vec![ComponentHealth { name: "memory_store".into(), healthy: true, detail: format!("{users} users") }]
+        vec![ComponentHealth::new("memory_store", HealthState::Ok)]
     }
 
     fn describe(&self) -> String {

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 
-use super::{ComponentHealth, EmbeddingStore, Lookup, StoreError};
+use super::{ComponentHealth, EmbeddingStore, HealthState, Lookup, StoreError};
 
 /// Embeddings in a Redis Cluster.
 pub struct RedisClusterStore {
@@ -178,18 +178,27 @@ impl EmbeddingStore for RedisClusterStore {
             redis::cmd("CLUSTER").arg("INFO").query_async::<String>(&mut connection),
         )
         .await;
-        let detail = self.nodes.join(",");
-        let (healthy, detail) = match info {
-            Ok(Ok(text)) if text.contains("cluster_state:ok") => (true, detail),
-            Ok(Ok(text)) => (false, format!("{detail}: {}", text.lines().next().unwrap_or_default())),
-            Ok(Err(error)) => (false, format!("{detail}: {error}")),
-            Err(_) => (false, format!("{detail}: no answer")),
+        // The details go to the log: `/readyz` names states, never addresses or raw errors.
+        let state = match info {
+            Ok(Ok(text)) if text.contains("cluster_state:ok") => HealthState::Ok,
+            Ok(Ok(text)) => {
+                tracing::warn!(state = text.lines().next().unwrap_or_default(), "redis cluster degraded");
+                HealthState::Degraded
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "redis cluster health check failed");
+                HealthState::Unreachable
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?self.timeout, "redis cluster health check: no answer");
+                HealthState::Unreachable
+            }
         };
-        vec![ComponentHealth { name: "redis_cluster".into(), healthy, detail }]
+        vec![ComponentHealth::new("redis_cluster", state)]
     }
 
     fn describe(&self) -> String {
-        format!("redis cluster (seeds {})", self.nodes.join(","))
+        format!("redis cluster ({} seed nodes)", self.nodes.len())
     }
 }
 

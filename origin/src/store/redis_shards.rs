@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ComponentHealth, EmbeddingStore, Lookup, StoreError};
+use super::{ComponentHealth, EmbeddingStore, HealthState, Lookup, StoreError};
 use crate::redis::ShardSet;
 use crate::redis::pool::Element;
 use crate::redis::url::redact;
@@ -146,10 +146,13 @@ impl EmbeddingStore for RedisShardStore {
     async fn health(&self) -> Vec<ComponentHealth> {
         let checks = (0..self.shards.len()).map(|index| async move {
             let name = format!("redis_shard_{index}");
-            let url = redact(self.shards.url(index));
             match self.shards.query::<String>(index, &redis::cmd("PING"), None).await {
-                Ok(_) => ComponentHealth { name, healthy: true, detail: url },
-                Err(error) => ComponentHealth { name, healthy: false, detail: format!("{url}: {error}") },
+                Ok(_) => ComponentHealth::new(name, HealthState::Ok),
+                Err(error) => {
+                    // The details go to the log: `/readyz` names states, never addresses or errors.
+                    tracing::warn!(shard = index, %error, "redis shard health check failed");
+                    ComponentHealth::new(name, HealthState::Unreachable)
+                }
             }
         });
         join_all(checks).await
