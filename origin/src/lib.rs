@@ -19,6 +19,7 @@
 //! | [`bundle`] | a model bundle on disk: metadata, embeddings, model path, consistency checks |
 //! | [`generate`] | deterministic clustered embeddings for the scale tiers |
 //! | [`metrics`] | Prometheus metrics |
+//! | [`health`] | [`health::ComponentHealth`]: what `/readyz` says of each component |
 //!
 //! Each subsystem has its own error enum; only [`http::error`] knows HTTP status codes.
 //! `architecture_tests.rs` checks these rules on every test run: no dependency cycle between the
@@ -31,6 +32,7 @@ pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod generate;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod ranking;

@@ -21,6 +21,8 @@ pub struct BatchMetrics {
     pub expired: IntCounter,
     /// `cascade_ranker_overloaded_total`: requests refused because the queue was full.
     pub overloaded: IntCounter,
+    /// `cascade_ranker_panics_total`: model calls that panicked (caught; the thread goes on).
+    pub panics: IntCounter,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -48,6 +50,8 @@ impl BatchMetrics {
                 .unwrap_or_else(|_| unreachable!("static metric definition")),
             overloaded: IntCounter::new("cascade_ranker_overloaded_total", "Requests refused with a full queue")
                 .unwrap_or_else(|_| unreachable!("static metric definition")),
+            panics: IntCounter::new("cascade_ranker_panics_total", "Model calls that panicked (caught)")
+                .unwrap_or_else(|_| unreachable!("static metric definition")),
         }
     }
 
@@ -60,6 +64,7 @@ impl BatchMetrics {
             inference_seconds: register(registry, self.inference_seconds),
             expired: register(registry, self.expired),
             overloaded: register(registry, self.overloaded),
+            panics: register(registry, self.panics),
         }
     }
 }

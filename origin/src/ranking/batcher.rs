@@ -12,17 +12,28 @@
 //! than `max_batch_rows` is scored alone. A request that would overflow the current batch waits for
 //! the next one, so batches never exceed `max_batch_rows` (unless one request alone does).
 //!
+//! A model call that panics (tch panics on some errors, e.g. a CUDA out-of-memory) is caught: its
+//! callers get [`RankError::Model`], `cascade_ranker_panics_total` counts it, the thread takes the
+//! next batch, and [`Batcher::health`] reports the ranker degraded for [`PANIC_DEGRADED_FOR`].
+//!
 //! The model is a [`ScoreBackend`] per thread (text-embeddings-inference's queue over a backend
 //! trait), so the batching logic is tested without a model; [`super::torch`] plugs the TorchScript
 //! model in.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use tokio::sync::oneshot;
 
 use super::RankError;
+use crate::health::HealthState;
 use crate::metrics::BatchMetrics;
+
+/// How long the ranker is reported degraded after a model call panicked.
+pub const PANIC_DEGRADED_FOR: Duration = Duration::from_secs(30);
 
 /// How batches are formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,11 +74,37 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<f32>, RankError>>,
 }
 
+/// What the inference threads report about themselves.
+#[derive(Default)]
+struct Supervision {
+    /// Inference threads running.
+    alive: AtomicUsize,
+    /// When a model call last panicked.
+    last_panic: Mutex<Option<Instant>>,
+}
+
+/// Counts a live inference thread for as long as it runs, however it ends.
+struct Alive(Arc<Supervision>);
+
+impl Alive {
+    fn new(supervision: &Arc<Supervision>) -> Self {
+        supervision.alive.fetch_add(1, Ordering::SeqCst);
+        Alive(Arc::clone(supervision))
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.alive.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The batcher: a bounded queue and its inference threads.
 pub struct Batcher {
     queue: Sender<Job>,
     width: usize,
     metrics: BatchMetrics,
+    supervision: Arc<Supervision>,
 }
 
 impl Batcher {
@@ -84,14 +121,29 @@ impl Batcher {
             ));
         }
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(config.queue_capacity);
+        let supervision = Arc::new(Supervision::default());
         for (index, scorer) in scorers.into_iter().enumerate() {
             let (receiver, metrics) = (receiver.clone(), metrics.clone());
+            let alive = Alive::new(&supervision);
             std::thread::Builder::new()
                 .name(format!("ranker-{index}"))
-                .spawn(move || inference_loop(receiver, scorer, width, config, metrics))
+                .spawn(move || inference_loop(receiver, scorer, width, config, metrics, alive))
                 .map_err(|e| RankError::Model(format!("cannot start inference thread: {e}")))?;
         }
-        Ok(Batcher { queue: sender, width, metrics })
+        Ok(Batcher { queue: sender, width, metrics, supervision })
+    }
+
+    /// `Ok`; `Degraded` within [`PANIC_DEGRADED_FOR`] of a caught panic; `Unreachable` when no
+    /// inference thread runs.
+    pub fn health(&self) -> HealthState {
+        if self.supervision.alive.load(Ordering::SeqCst) == 0 {
+            return HealthState::Unreachable;
+        }
+        let last_panic = *self.supervision.last_panic.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match last_panic {
+            Some(at) if at.elapsed() < PANIC_DEGRADED_FOR => HealthState::Degraded,
+            _ => HealthState::Ok,
+        }
     }
 
     /// Scores `rows` (row-major, `width` columns) unless `deadline` passes first.
@@ -137,6 +189,7 @@ fn inference_loop(
     width: usize,
     config: BatchConfig,
     metrics: BatchMetrics,
+    alive: Alive,
 ) {
     // A request taken from the queue that did not fit the previous batch starts the next one.
     let mut carried: Option<Job> = None;
@@ -169,11 +222,20 @@ fn inference_loop(
             }
         }
         metrics.queue_depth.set(receiver.len() as i64);
-        run_batch(batch, &mut scorer, width, &metrics);
+        run_batch(batch, &mut scorer, width, &metrics, &alive.0);
     }
 }
 
-fn run_batch(batch: Vec<Job>, scorer: &mut Scorer, width: usize, metrics: &BatchMetrics) {
+/// A panic's message, when it has one.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+fn run_batch(batch: Vec<Job>, scorer: &mut Scorer, width: usize, metrics: &BatchMetrics, supervision: &Supervision) {
     let now = Instant::now();
     let (live, expired): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|job| job.deadline > now);
     for job in expired {
@@ -192,7 +254,15 @@ fn run_batch(batch: Vec<Job>, scorer: &mut Scorer, width: usize, metrics: &Batch
     metrics.batch_requests.observe(live.len() as f64);
     metrics.batch_rows.observe(total as f64);
     let started = Instant::now();
-    let result = scorer.score_batch(&input);
+    // The backend is foreign code (libtorch through tch): a panic there must cost this batch, not
+    // the thread. The backend is reused after a panic; tch's handles hold no Rust invariants.
+    let result = catch_unwind(AssertUnwindSafe(|| scorer.score_batch(&input))).unwrap_or_else(|payload| {
+        metrics.panics.inc();
+        *supervision.last_panic.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+        let message = panic_message(payload.as_ref());
+        tracing::error!(panic = message, rows = total, "model call panicked; the inference thread goes on");
+        Err(RankError::Model("model call panicked".into()))
+    });
     metrics.inference_seconds.observe(started.elapsed().as_secs_f64());
     match result {
         Ok(scores) if scores.len() == total => {
@@ -213,105 +283,5 @@ fn run_batch(batch: Vec<Job>, scorer: &mut Scorer, width: usize, metrics: &Batch
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::{Arc, Mutex};
-
-    /// A scorer with a known answer per row (the sum of its values) that records batch sizes.
-    fn summing_scorer(width: usize, sizes: Arc<Mutex<Vec<usize>>>, delay: Duration) -> Scorer {
-        Box::new(move |rows: &[f32]| {
-            sizes.lock().unwrap().push(rows.len() / width);
-            std::thread::sleep(delay);
-            Ok(rows.chunks(width).map(|row| row.iter().sum()).collect())
-        })
-    }
-
-    fn config(max_batch_rows: usize, wait_ms: u64, capacity: usize) -> BatchConfig {
-        BatchConfig { max_batch_rows, max_wait: Duration::from_millis(wait_ms), queue_capacity: capacity }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_caller_gets_exactly_its_own_scores_in_order() {
-        let width = 3;
-        let sizes = Arc::new(Mutex::new(Vec::new()));
-        let batcher = Arc::new(
-            Batcher::start(
-                width,
-                config(256, 2, 4096),
-                vec![summing_scorer(width, sizes.clone(), Duration::ZERO)],
-                BatchMetrics::default(),
-            )
-            .unwrap(),
-        );
-        let mut rng = cascade_shared::stats::SplitMix64::new(0x9e37_79b9_7f4a_7c15);
-        for _round in 0..20 {
-            let callers = 1 + rng.below(40);
-            let mut tasks = Vec::new();
-            for caller in 0..callers {
-                let count = 1 + rng.below(90);
-                let rows: Vec<f32> = (0..count * width).map(|i| ((caller * 1000 + i) % 97) as f32).collect();
-                let expected: Vec<f32> = rows.chunks(width).map(|r| r.iter().sum()).collect();
-                let batcher = batcher.clone();
-                tasks.push(tokio::spawn(async move {
-                    let got = batcher.score(rows, Instant::now() + Duration::from_secs(10)).await.unwrap();
-                    assert_eq!(got, expected, "caller {caller}");
-                }));
-            }
-            for task in tasks {
-                task.await.unwrap();
-            }
-        }
-        let sizes = sizes.lock().unwrap();
-        // Requests have at most 90 rows: a bigger batch merged several.
-        assert!(sizes.iter().any(|&s| s > 90), "requests were merged: {sizes:?}");
-        assert!(sizes.iter().all(|&s| s <= 256), "no batch beyond max_batch_rows: {sizes:?}");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_full_queue_refuses_at_once_and_expired_rows_are_dropped() {
-        let width = 1;
-        let sizes = Arc::new(Mutex::new(Vec::new()));
-        let slow = summing_scorer(width, sizes.clone(), Duration::from_millis(500));
-        let batcher = Arc::new(Batcher::start(width, config(1, 0, 2), vec![slow], BatchMetrics::default()).unwrap());
-        let far = Instant::now() + Duration::from_secs(10);
-        // The thread takes the first; two more fill the queue; the fourth is refused at once.
-        let first = tokio::spawn({
-            let b = batcher.clone();
-            async move { b.score(vec![1.0], far).await }
-        });
-        // Wait until the inference thread has taken it (then the queue is empty).
-        while batcher.queue_depth() > 0 || sizes.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let expiring = tokio::spawn({
-            let b = batcher.clone();
-            async move { b.score(vec![2.0], Instant::now() + Duration::from_millis(20)).await }
-        });
-        let third = tokio::spawn({
-            let b = batcher.clone();
-            async move { b.score(vec![3.0], far).await }
-        });
-        // Both are queued (the thread is still inside the first, slow, batch).
-        let waiting_since = Instant::now();
-        while batcher.queue_depth() < 2 && waiting_since.elapsed() < Duration::from_millis(300) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let refused_at = Instant::now();
-        assert_eq!(batcher.score(vec![4.0], far).await, Err(RankError::Overloaded));
-        assert!(refused_at.elapsed() < Duration::from_millis(50), "overload is answered at once");
-        assert_eq!(first.await.unwrap(), Ok(vec![1.0]));
-        assert_eq!(expiring.await.unwrap(), Err(RankError::DeadlineExceeded));
-        assert_eq!(third.await.unwrap(), Ok(vec![3.0]));
-        assert_eq!(*sizes.lock().unwrap(), vec![1, 1], "the expired request cost no inference");
-    }
-
-    #[tokio::test]
-    async fn malformed_input_and_model_errors_reach_the_caller() {
-        let failing: Scorer = Box::new(|_rows: &[f32]| Err(RankError::Model("boom".into())));
-        let batcher = Batcher::start(2, config(8, 0, 8), vec![failing], BatchMetrics::default()).unwrap();
-        let far = Instant::now() + Duration::from_secs(5);
-        assert!(matches!(batcher.score(vec![1.0, 2.0, 3.0], far).await, Err(RankError::BadInput(_))));
-        assert_eq!(batcher.score(vec![1.0, 2.0], far).await, Err(RankError::Model("boom".into())));
-        assert_eq!(batcher.score(Vec::new(), far).await, Ok(Vec::new()));
-    }
-}
+#[path = "batcher_tests.rs"]
+mod tests;

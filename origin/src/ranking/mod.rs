@@ -50,6 +50,10 @@ pub trait Ranker: Send + Sync {
     fn input_width(&self) -> usize;
     /// One line for logs.
     fn describe(&self) -> String;
+    /// What `/readyz` says of the ranker.
+    fn health(&self) -> crate::health::HealthState {
+        crate::health::HealthState::Ok
+    }
 }
 
 /// A model file and what it must reproduce at load (from a bundle's `metadata.json` and

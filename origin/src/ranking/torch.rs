@@ -39,12 +39,22 @@ pub fn pick_device(choice: DeviceChoice) -> Result<Device, RankError> {
     }
 }
 
+/// One model call. The fallible `f_*` tensor operations: their panicking twins would end the call
+/// in a panic on a CUDA error (the batcher catches that too, but an error is cheaper and clearer).
 fn run_model(module: &CModule, rows: &[f32], width: usize, device: Device) -> Result<Vec<f32>, RankError> {
+    let model_error = |e: tch::TchError| RankError::Model(e.to_string());
     let count = rows.len() / width;
-    let input = Tensor::from_slice(rows).reshape([count as i64, width as i64]).to_device(device);
-    let output = tch::no_grad(|| module.forward_ts(&[input])).map_err(|e| RankError::Model(e.to_string()))?;
-    let output = output.to_device(Device::Cpu).to_kind(Kind::Float).reshape([-1]);
-    let scores = Vec::<f32>::try_from(&output).map_err(|e| RankError::Model(e.to_string()))?;
+    let input = Tensor::from_slice(rows)
+        .f_reshape([count as i64, width as i64])
+        .and_then(|t| t.f_to_device(device))
+        .map_err(model_error)?;
+    let output = tch::no_grad(|| module.forward_ts(&[input])).map_err(model_error)?;
+    let output = output
+        .f_to_device(Device::Cpu)
+        .and_then(|t| t.f_to_kind(Kind::Float))
+        .and_then(|t| t.f_reshape([-1]))
+        .map_err(model_error)?;
+    let scores = Vec::<f32>::try_from(&output).map_err(model_error)?;
     if scores.len() != count {
         return Err(RankError::Model(format!("model returned {} scores for {count} rows", scores.len())));
     }
@@ -122,5 +132,9 @@ impl Ranker for TorchRanker {
 
     fn describe(&self) -> String {
         format!("torchscript on {:?} (input width {}, dynamic batching)", self.device, self.batcher.width())
+    }
+
+    fn health(&self) -> crate::health::HealthState {
+        self.batcher.health()
     }
 }

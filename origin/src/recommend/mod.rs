@@ -140,9 +140,11 @@ impl Recommender {
         &self.precomputed
     }
 
-    /// The store's components' health.
+    /// The components' health: the store's, then the ranker's.
     pub async fn health(&self) -> Vec<ComponentHealth> {
-        self.store.health().await
+        let mut components = self.store.health().await;
+        components.push(ComponentHealth::new("ranker", self.ranker.health()));
+        components
     }
 
     /// Describes each component, for the start-up log and `/readyz`.

@@ -16,7 +16,6 @@ pub mod redis_shards;
 
 use async_trait::async_trait;
 use cascade_shared::keys::EntityKind;
-use serde::Serialize;
 
 /// A lookup that could not be answered.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -48,39 +47,7 @@ impl From<crate::redis::ShardError> for StoreError {
 /// The result of looking up one id: `Ok(None)` is "the store has no such id".
 pub type Lookup = Result<Option<Vec<f32>>, StoreError>;
 
-/// Health of one component, for `/readyz`: a name and a state, never an address or raw error text
-/// (`/readyz` is unauthenticated; the details go to the log).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ComponentHealth {
-    /// Name, e.g. `redis_shard_1`.
-    pub name: String,
-    /// What the last check found.
-    pub state: HealthState,
-}
-
-impl ComponentHealth {
-    /// A component in `state`.
-    pub fn new(name: impl Into<String>, state: HealthState) -> Self {
-        ComponentHealth { name: name.into(), state }
-    }
-
-    /// Whether it serves as it should.
-    pub fn healthy(&self) -> bool {
-        self.state == HealthState::Ok
-    }
-}
-
-/// What a health check found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HealthState {
-    /// Answering, with the data it should hold.
-    Ok,
-    /// Not answering (down, or slower than its timeout).
-    Unreachable,
-    /// Answering but degraded (e.g. a cluster whose state is not `ok`, a ranker that restarted).
-    Degraded,
-}
+pub use crate::health::{ComponentHealth, HealthState};
 
 /// Embedding lookups and writes.
 #[async_trait]
