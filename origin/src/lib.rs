@@ -19,6 +19,7 @@
 //! | [`bundle`] | a model bundle on disk: metadata, embeddings, model path, consistency checks |
 //! | [`generate`] | deterministic clustered embeddings for the scale tiers |
 //! | [`metrics`] | Prometheus metrics |
+//! | [`work_queue`] | [`work_queue::WorkQueue`]: blocking work behind a bounded queue that skips dead work |
 //! | [`health`] | [`health::ComponentHealth`]: what `/readyz` says of each component |
 //!
 //! Each subsystem has its own error enum; only [`http::error`] knows HTTP status codes.
@@ -40,6 +41,7 @@ pub mod recommend;
 pub mod redis;
 pub mod retrieval;
 pub mod store;
+pub mod work_queue;
 
 #[cfg(test)]
 mod architecture_tests;

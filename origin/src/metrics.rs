@@ -94,6 +94,8 @@ pub struct Metrics {
     pub pipeline_runs: IntCounter,
     /// The ranker's batcher.
     pub batcher: BatchMetrics,
+    /// Blocking work queues (FAISS searches).
+    pub work_queues: crate::work_queue::QueueMetrics,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -143,6 +145,13 @@ impl Metrics {
             stage_seconds: register(&registry, stage_seconds),
             in_flight: register(&registry, in_flight),
             batcher: BatchMetrics::new().register(&registry),
+            work_queues: {
+                let queues = crate::work_queue::QueueMetrics::default();
+                crate::work_queue::QueueMetrics {
+                    tasks: register(&registry, queues.tasks),
+                    depth: register(&registry, queues.depth),
+                }
+            },
             registry,
         }
     }

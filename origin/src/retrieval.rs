@@ -25,13 +25,16 @@ pub struct RetrievalConfig {
     pub nprobe: usize,
     /// Candidates retrieved per request, before ranking.
     pub candidates: usize,
-    /// Index copies searched in parallel (the faiss crate's search takes `&mut self`).
+    /// Index copies searched in parallel (the faiss crate's search takes `&mut self`), each on
+    /// its own thread.
     pub parallelism: usize,
+    /// Searches waiting for a thread before new ones are refused (and fall back at once).
+    pub queue_capacity: usize,
 }
 
 impl Default for RetrievalConfig {
     fn default() -> Self {
-        RetrievalConfig { factory: "auto".into(), nprobe: 16, candidates: 100, parallelism: 2 }
+        RetrievalConfig { factory: "auto".into(), nprobe: 16, candidates: 100, parallelism: 2, queue_capacity: 64 }
     }
 }
 

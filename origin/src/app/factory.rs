@@ -21,6 +21,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::redis_cluster::RedisClusterStore;
 use crate::store::redis_shards::RedisShardStore;
 use crate::store::{EmbeddingStore, StoreError};
+use crate::work_queue::WorkQueue;
 
 /// Why a recommender could not be built. [`BuildError::is_dependency_down`] separates a bundle
 /// that is wrong (refuse it: 422 on reload) from a dependency that is down (retry later: 503).
@@ -88,7 +89,21 @@ impl RecommenderFactory {
             Some(shards) => Arc::new(RedisPrecomputed::new(Arc::clone(shards), bundle.id())),
             None => Arc::new(NoPrecomputed),
         };
-        let components = Components { store, retriever: Arc::new(retriever), ranker: Arc::new(ranker), precomputed };
+        let retrieval = &self.config.retrieval;
+        let searches = WorkQueue::start(
+            "faiss",
+            retrieval.parallelism,
+            retrieval.queue_capacity,
+            self.metrics.work_queues.clone(),
+        )
+        .map_err(|e| BuildError::Task(format!("cannot start search threads: {e}")))?;
+        let components = Components {
+            store,
+            retriever: Arc::new(retriever),
+            searches: Arc::new(searches),
+            ranker: Arc::new(ranker),
+            precomputed,
+        };
         let recommender = Recommender::new(
             bundle,
             components,

@@ -128,8 +128,8 @@ pub async fn run(args: PrecomputeArgs) -> anyhow::Result<PrecomputeReport> {
     let context = SegmentKey::from_parts(None, None, None);
     let started = Instant::now();
     let mut written = 0;
-    // Chunks no larger than the ranker's queue: every user of a chunk is queued at once.
-    let chunk_size = app.config.ranker.queue_capacity.clamp(1, 256);
+    // Chunks no larger than the ranker's or the search queue: every user of a chunk is queued at once.
+    let chunk_size = app.config.ranker.queue_capacity.min(app.config.retrieval.queue_capacity).clamp(1, 256);
     for chunk in todo.chunks(chunk_size) {
         let ranked = join_all(chunk.iter().map(|&u| {
             let recommender = &recommender;

@@ -32,6 +32,7 @@ use crate::retrieval::{FaissRetriever, build_index};
 use crate::store::EmbeddingStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis_shards::RedisShardStore;
+use crate::work_queue::WorkQueue;
 
 const SECRET: &str = "router-secret-0123456789";
 const KEY: &str = "router-internal-key-0123456789";
@@ -115,6 +116,7 @@ async fn harness_over(popular: &[&str], refusal: Option<RankError>, config: Conf
     let components = Components {
         store,
         retriever: Arc::new(FaissRetriever::new(index, 1, 1, "Flat").unwrap()),
+        searches: Arc::new(WorkQueue::start("faiss", 1, 16, metrics.work_queues.clone()).unwrap()),
         ranker: Arc::new(DotRanker { refusal }),
         precomputed: Arc::new(NoPrecomputed),
     };

@@ -28,6 +28,8 @@ pub enum FallbackReason {
     RankerError,
     /// FAISS failed.
     RetrievalError,
+    /// The search queue was full: load shed.
+    RetrievalOverloaded,
 }
 
 impl FallbackReason {
@@ -41,6 +43,7 @@ impl FallbackReason {
             FallbackReason::RankerOverloaded => "ranker_overloaded",
             FallbackReason::RankerError => "ranker_error",
             FallbackReason::RetrievalError => "retrieval_error",
+            FallbackReason::RetrievalOverloaded => "retrieval_overloaded",
         }
     }
 }

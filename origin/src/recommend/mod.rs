@@ -37,6 +37,7 @@ use crate::metrics::Metrics;
 use crate::ranking::Ranker;
 use crate::retrieval::Retriever;
 use crate::store::{ComponentHealth, EmbeddingStore};
+use crate::work_queue::WorkQueue;
 use precomputed::PrecomputedLists;
 pub use timings::Timings;
 
@@ -79,6 +80,8 @@ pub struct Components {
     pub store: Arc<dyn EmbeddingStore>,
     /// Candidate retrieval.
     pub retriever: Arc<dyn Retriever>,
+    /// Where searches run (bounded; skips searches nobody waits for).
+    pub searches: Arc<WorkQueue>,
     /// Ranking.
     pub ranker: Arc<dyn Ranker>,
     /// Precomputed lists.
@@ -91,6 +94,7 @@ pub struct Recommender {
     bundle_id: Arc<str>,
     store: Arc<dyn EmbeddingStore>,
     retriever: Arc<dyn Retriever>,
+    searches: Arc<WorkQueue>,
     ranker: Arc<dyn Ranker>,
     precomputed: Arc<dyn PrecomputedLists>,
     metrics: Arc<Metrics>,
@@ -111,13 +115,14 @@ impl Recommender {
         candidates: usize,
         deadline: Duration,
     ) -> Self {
-        let Components { store, retriever, ranker, precomputed } = components;
+        let Components { store, retriever, searches, ranker, precomputed } = components;
         let popular = segments::popular_list(&bundle);
         let mut recommender = Recommender {
             bundle_id: Arc::from(bundle.id()),
             bundle,
             store,
             retriever,
+            searches,
             ranker,
             precomputed,
             metrics,

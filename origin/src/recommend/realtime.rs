@@ -15,6 +15,7 @@ use super::{Recommender, Timings};
 use crate::ranking::RankError;
 use crate::ranking::features::build_rows;
 use crate::store::StoreError;
+use crate::work_queue::QueueError;
 
 /// Why the real-time stage gave up.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -28,6 +29,9 @@ pub enum RealtimeError {
     /// FAISS failed (or its task did).
     #[error("retrieval: {0}")]
     Retrieve(String),
+    /// The search queue was full: load shed.
+    #[error("retrieval queue full")]
+    RetrievalOverloaded,
 }
 
 impl RealtimeError {
@@ -38,6 +42,7 @@ impl RealtimeError {
             RealtimeError::Rank(RankError::Overloaded) => FallbackReason::RankerOverloaded,
             RealtimeError::Rank(_) => FallbackReason::RankerError,
             RealtimeError::Retrieve(_) => FallbackReason::RetrievalError,
+            RealtimeError::RetrievalOverloaded => FallbackReason::RetrievalOverloaded,
         }
     }
 }
@@ -121,10 +126,12 @@ impl Recommender {
                 let stage = Instant::now();
                 let retriever = Arc::clone(&self.retriever);
                 let (query_vector, k) = (user.to_vec(), self.candidates);
-                let candidates = tokio::task::spawn_blocking(move || retriever.search(&query_vector, k))
-                    .await
-                    .map_err(|e| RealtimeError::Retrieve(e.to_string()))?
-                    .map_err(|e| RealtimeError::Retrieve(e.to_string()))?;
+                let candidates = match self.searches.run(deadline, move || retriever.search(&query_vector, k)).await {
+                    Ok(found) => found.map_err(|e| RealtimeError::Retrieve(e.to_string()))?,
+                    Err(QueueError::Full) => return Err(RealtimeError::RetrievalOverloaded),
+                    Err(QueueError::Expired) => return Err(RealtimeError::Deadline),
+                    Err(QueueError::Stopped) => return Err(RealtimeError::Retrieve("search task failed".into())),
+                };
                 timings.add("retrieve", stage.elapsed());
                 self.metrics.stage_seconds.with_label_values(&["retrieve"]).observe(stage.elapsed().as_secs_f64());
                 candidates.iter().map(|c| c.row).collect()
