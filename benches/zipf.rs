@@ -88,7 +88,10 @@ async fn main() -> anyhow::Result<()> {
                                 runs.fetch_add(1, Ordering::Relaxed);
                                 Ok::<_, ()>(list.as_ref().clone())
                             };
-                            caches.get_or_compute(key, compute).await.map_err(|_| anyhow::anyhow!("compute failed"))?;
+                            caches
+                                .get_or_compute(key, Instant::now() + Duration::from_secs(1), compute)
+                                .await
+                                .map_err(|_| anyhow::anyhow!("compute failed"))?;
                         }
                     }
                     anyhow::Ok(())

@@ -191,20 +191,27 @@ impl UserCaches {
     }
 
     /// The list for `key` from L2, else `compute`'s (then written to L2), computed once however
-    /// many callers miss L1 at once. Errors are not cached and reach every waiting caller.
-    pub async fn get_or_compute<E, F>(&self, key: ListKey, compute: F) -> Result<CachedList, Arc<E>>
+    /// many callers miss L1 at once. Errors are not cached and reach every waiting caller. An L2
+    /// read still unanswered at `deadline` counts as a miss.
+    pub async fn get_or_compute<E, F>(
+        &self,
+        key: ListKey,
+        deadline: std::time::Instant,
+        compute: F,
+    ) -> Result<CachedList, Arc<E>>
     where
         F: std::future::Future<Output = Result<Vec<RecItem>, E>>,
         E: Send + Sync + 'static,
     {
         let fill = async {
-            match self.backend.l2_get(&key).await {
-                Ok(Some(items)) => {
+            match tokio::time::timeout_at(deadline.into(), self.backend.l2_get(&key)).await {
+                Ok(Ok(Some(items))) => {
                     self.count("l2", true);
                     return Ok(Arc::new(ListEntry { items, source: Source::CacheL2 }));
                 }
-                Ok(None) => self.count("l2", false),
-                Err(error) => tracing::warn!(%error, "L2 read failed; computing"),
+                Ok(Ok(None)) => self.count("l2", false),
+                Ok(Err(error)) => tracing::warn!(%error, "L2 read failed; computing"),
+                Err(_) => tracing::warn!("L2 read slower than the deadline; computing"),
             }
             let items = compute.await?;
             let jitter = 0.9 + rand::random::<f64>() * 0.2;
@@ -268,7 +275,7 @@ mod tests {
             .map(|_| {
                 let (c, runs, key) = (c.clone(), runs.clone(), key.clone());
                 tokio::spawn(async move {
-                    c.get_or_compute::<(), _>(key, async {
+                    c.get_or_compute::<(), _>(key, std::time::Instant::now() + Duration::from_secs(5), async {
                         runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         Ok(vec![RecItem { id: "x".into(), score: 1.0, title: None }])

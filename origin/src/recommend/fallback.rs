@@ -30,6 +30,8 @@ pub enum FallbackReason {
     RetrievalError,
     /// The search queue was full: load shed.
     RetrievalOverloaded,
+    /// The user's state (purchases, generation) could not be read within the deadline.
+    StateUnavailable,
 }
 
 impl FallbackReason {
@@ -44,6 +46,7 @@ impl FallbackReason {
             FallbackReason::RankerError => "ranker_error",
             FallbackReason::RetrievalError => "retrieval_error",
             FallbackReason::RetrievalOverloaded => "retrieval_overloaded",
+            FallbackReason::StateUnavailable => "state_unavailable",
         }
     }
 }

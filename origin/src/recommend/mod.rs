@@ -13,7 +13,9 @@
 //!
 //! Chain for a user: L1, L2, real time, then the user's precomputed list, then the segment list,
 //! then the global popular list. An unknown user (cold start) and a user whose shard is down get a
-//! list, not an error. Purchased items are filtered from every answer built from per-user data.
+//! list, not an error. Purchased items are filtered from every answer built from per-user data; a
+//! user whose state cannot be read in time gets the context's segment list (never an unfiltered
+//! personal one). Every stage runs inside the request's one deadline.
 
 pub mod fallback;
 pub mod precomputed;
@@ -38,6 +40,7 @@ use crate::ranking::Ranker;
 use crate::retrieval::Retriever;
 use crate::store::{ComponentHealth, EmbeddingStore};
 use crate::work_queue::WorkQueue;
+use fallback::{Fallback, FallbackReason};
 use precomputed::PrecomputedLists;
 pub use timings::Timings;
 
@@ -220,22 +223,20 @@ impl Recommender {
         caches: &UserCaches,
     ) -> Result<Answer, RecommendError> {
         let started = Instant::now();
+        // One budget for every stage: state, L2, embeddings, retrieval and ranking each stop at
+        // it, so a slow dependency costs at most the deadline, never its own timeout on top.
         let deadline = started + self.deadline;
         let mut timings = Timings::default();
-        let view = match caches.user(user_id).await {
-            Ok(view) => view,
-            Err(error) => {
-                // The user's state is unreachable: bypass the caches rather than risk a stale or
-                // unfiltered cached list; the pipeline below falls back if the shard is down.
-                tracing::warn!(user_id, %error, "user state unavailable; caches bypassed");
-                let fallback = match self.compute(user_id, query, &[], deadline, &mut timings).await {
-                    Ok(items) => {
-                        timings.add("total", started.elapsed());
-                        let list = self.list(Some(user_id), query.segment, Source::Realtime, items, query.n);
-                        return Ok(Answer { list, timings });
-                    }
-                    Err(fallback) => fallback,
-                };
+        let view = match tokio::time::timeout_at(deadline.into(), caches.user(user_id)).await {
+            Ok(Ok(view)) => view,
+            unknown => {
+                // Without the user's state their purchases are unknown: a personal list could
+                // show what they bought. Serve the context's list, bypassing the caches.
+                match unknown {
+                    Ok(Err(error)) => tracing::warn!(user_id, %error, "user state unavailable; segment list served"),
+                    _ => tracing::warn!(user_id, "user state slower than the deadline; segment list served"),
+                }
+                let fallback = Fallback { reason: FallbackReason::StateUnavailable, precomputed: None };
                 return self.fallback(user_id, query, &fallback, &HashSet::new(), started, timings);
             }
         };
@@ -253,8 +254,9 @@ impl Recommender {
                 timings,
             });
         }
-        let computed =
-            caches.get_or_compute(key, self.compute(user_id, query, &view.recent, deadline, &mut timings)).await;
+        let computed = caches
+            .get_or_compute(key, deadline, self.compute(user_id, query, &view.recent, deadline, &mut timings))
+            .await;
         let fallback = match computed {
             Ok(entry) => {
                 timings.add("total", started.elapsed());

@@ -61,8 +61,12 @@ impl Recommender {
     ) -> Result<Vec<RecItem>, Fallback> {
         self.metrics.pipeline_runs.inc();
         let started = Instant::now();
-        let (lookup, precomputed) =
-            futures::join!(self.store.get(EntityKind::User, user_id), self.precomputed.get(user_id));
+        let lookups =
+            async { futures::join!(self.store.get(EntityKind::User, user_id), self.precomputed.get(user_id)) };
+        let Ok((lookup, precomputed)) = tokio::time::timeout_at(deadline.into(), lookups).await else {
+            tracing::warn!(user_id, "embedding lookup slower than the deadline; falling back");
+            return Err(Fallback { reason: FallbackReason::Deadline, precomputed: None });
+        };
         timings.add("embed", started.elapsed());
         let precomputed = precomputed.unwrap_or_else(|error| {
             tracing::warn!(user_id, %error, "precomputed list unavailable");

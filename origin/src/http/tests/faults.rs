@@ -1,0 +1,113 @@
+//! The router under faulty dependencies: stalled state and embeddings (fakes named as such;
+//! the real faults are in the fault suite) and a shard that refuses connections.
+
+use super::*;
+
+#[tokio::test]
+async fn readiness_and_503_bodies_name_components_never_addresses_or_credentials() {
+    // A Redis shard with a password, on a port where nothing listens.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("redis://:hunter2@127.0.0.1:{closed_port}");
+    let shards = Arc::new(ShardSet::new(&[url], std::time::Duration::from_millis(100)).unwrap());
+    let stores = Stores {
+        embeddings: Arc::new(RedisShardStore::new(Arc::clone(&shards), "router-test", DIM)),
+        state: Arc::new(RedisUserState::new(shards)),
+    };
+    let h = harness_over(&["i1"], None, Config::default(), Some(stores)).await;
+    let leaks = |body: &Value| {
+        let text = body.to_string();
+        text.contains("hunter2") || text.contains("127.0.0.1") || text.contains(&closed_port.to_string())
+    };
+    let (status, _, ready) = get(&h.state, "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready["degraded"], json!(["redis_shard_0"]), "{ready}");
+    assert_eq!(ready["components"][0]["state"], "unreachable", "{ready}");
+    assert!(!leaks(&ready), "{ready}");
+
+    let batch = json!({"events": [{"user_id": "u1", "kind": "purchase", "item_id": "i1"}]}).to_string();
+    let post = bearer("POST", "/v1/events").header(header::CONTENT_TYPE, "application/json").body(Body::from(batch));
+    let (status, _, body) = send(&h.state, post.unwrap()).await;
+    assert_eq!((status, error_code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable"), "{body}");
+    assert!(!leaks(&body), "{body}");
+}
+
+/// A user state backend that answers nothing for 2 s (a fake standing in for a blackholed shard;
+/// the real one is in the fault suite).
+struct StalledState;
+
+#[async_trait]
+impl UserStateBackend for StalledState {
+    async fn generation(&self, _: &str) -> Result<u64, StoreError> {
+        stall().await
+    }
+    async fn bump_generation(&self, _: &str) -> Result<u64, StoreError> {
+        stall().await
+    }
+    async fn add_purchase(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        stall().await
+    }
+    async fn purchases(&self, _: &str) -> Result<std::collections::HashSet<String>, StoreError> {
+        stall().await
+    }
+    async fn push_recent(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        stall().await
+    }
+    async fn recent(&self, _: &str) -> Result<Vec<String>, StoreError> {
+        stall().await
+    }
+    async fn l2_get(&self, _: &ListKey) -> Result<Option<Vec<cascade_shared::wire::RecItem>>, StoreError> {
+        stall().await
+    }
+    async fn l2_set(&self, _: &ListKey, _: &[cascade_shared::wire::RecItem], _: Duration) -> Result<(), StoreError> {
+        stall().await
+    }
+}
+
+async fn stall<T>() -> Result<T, StoreError> {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Err(StoreError::Unavailable { shard: 0, message: "stalled (test fake)".into() })
+}
+
+/// An embedding store that answers nothing for 2 s (a fake, as above).
+struct StalledStore;
+
+#[async_trait]
+impl EmbeddingStore for StalledStore {
+    async fn get_batch(&self, _: cascade_shared::keys::EntityKind, ids: &[String]) -> Vec<crate::store::Lookup> {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        vec![Ok(None); ids.len()]
+    }
+    async fn set_batch(
+        &self,
+        _: cascade_shared::keys::EntityKind,
+        entries: &[(String, Vec<f32>)],
+    ) -> Result<usize, StoreError> {
+        Ok(entries.len())
+    }
+    async fn health(&self) -> Vec<crate::store::ComponentHealth> {
+        Vec::new()
+    }
+    fn describe(&self) -> String {
+        "stalled (test fake)".into()
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_dependency_costs_the_deadline_not_its_timeout() {
+    let memory_state = || Arc::new(crate::cache::MemoryUserState::new(1000)) as Arc<dyn UserStateBackend>;
+    let cases: [(&str, Stores, &str); 2] = [
+        ("state", Stores { embeddings: Arc::new(StalledStore), state: Arc::new(StalledState) }, "state_unavailable"),
+        ("embeddings", Stores { embeddings: Arc::new(StalledStore), state: memory_state() }, "deadline"),
+    ];
+    for (stalled, stores, reason) in cases {
+        let h = harness_over(&["i1", "i2"], None, Config::default(), Some(stores)).await;
+        let started = std::time::Instant::now();
+        let (status, _, body) = get(&h.state, "/v1/users/u1/recs?n=2").await;
+        let took = started.elapsed();
+        assert_eq!((status, body["source"].as_str()), (StatusCode::OK, Some("segment")), "{stalled}: {body}");
+        // The deadline is 80 ms; the stalled call would take 2 s.
+        assert!(took < Duration::from_millis(1000), "{stalled} stalled: answered in {took:?}");
+        let metrics = h.state.metrics.render();
+        assert!(metrics.contains(&format!("cascade_fallbacks_total{{reason=\"{reason}\"}} 1")), "{stalled}: {metrics}");
+    }
+}
