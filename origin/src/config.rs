@@ -163,7 +163,7 @@ impl Config {
                 return Err(config_error(&format!("redis.{list}[{index}]"), error.to_string()));
             }
         }
-        let ranges: [(&str, usize, usize, usize); 7] = [
+        let ranges: [(&str, usize, usize, usize); 9] = [
             ("ranker.max_batch_rows", self.ranker.max_batch_rows, 1, 1 << 20),
             ("retrieval.candidates", self.retrieval.candidates, 1, 10_000),
             ("retrieval.nprobe", self.retrieval.nprobe, 1, 65_536),
@@ -171,6 +171,8 @@ impl Config {
             ("ranker.queue_capacity", self.ranker.queue_capacity, 1, 1 << 20),
             ("ranker.threads", self.ranker.threads, 1, 64),
             ("serving.max_in_flight", self.serving.max_in_flight, 1, 1 << 20),
+            ("retrieval.queue_capacity", self.retrieval.queue_capacity, 1, 1 << 20),
+            ("serving.events_deadline_ms", self.serving.events_deadline_ms as usize, 1, 600_000),
         ];
         for (field, value, min, max) in ranges {
             if !(min..=max).contains(&value) {

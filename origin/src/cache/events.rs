@@ -1,74 +1,156 @@
-//! A batch of events from `POST /v1/events`: idempotency keys first, then each event's
-//! [`Effects`](super::rules::Effects) applied to the user's state.
+//! A batch of events from `POST /v1/events`: each event's idempotency key claimed, its
+//! [`Effects`](super::rules::Effects) applied to the user's state, then the key remembered.
 //!
-//! An event with an `idempotency_key` already seen (per user, within a day, at most a million
-//! keys) is counted as a duplicate and not applied again. A purchase is remembered; a session
-//! event joins the session; a significant or session event bumps the user's generation. This
-//! process sees the change at once, other processes within `state_ttl`.
+//! An event with an `idempotency_key` already applied (per user, within a day, at most a million
+//! keys, least recently seen forgotten first) is counted as a duplicate and not applied again. A
+//! key is remembered only once its event is applied: while a first attempt is in flight, a retry
+//! carrying the same key waits for it (and applies the event itself if the first attempt failed
+//! or was cancelled), so an event is never acknowledged and lost. A claim is released however its
+//! attempt ends, a dropped (cancelled) batch included.
+//!
+//! The whole batch runs within a budget (`serving.events_deadline_ms`): past it, the events not
+//! yet applied are answered with [`EventsError`] (503, retry the rest), so a slow shard cannot
+//! hold a request slot for the Redis timeout of every event.
+//!
+//! A purchase is remembered; a session event joins the session; a significant or session event
+//! bumps the user's generation. This process sees the change at once, other processes within
+//! `state_ttl`.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use cascade_shared::wire::{Event, EventsAccepted};
+use tokio::sync::watch;
 
 use super::UserCaches;
 use crate::store::StoreError;
 
-/// A batch stopped part way: the state store failed on one event. The events before it were
-/// applied; the caller should retry the rest (their idempotency keys make a retry safe).
+/// A batch stopped part way. The events before it were applied; the caller should retry the rest
+/// (their idempotency keys make a retry safe).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{applied} event(s) applied, then the user state store failed ({cause}); retry the rest")]
+#[error("{applied} event(s) applied, then {cause}; retry the rest")]
 pub struct EventsError {
     /// Events applied before the failure.
     pub applied: usize,
     /// What failed.
-    pub cause: StoreError,
+    pub cause: EventsFailure,
 }
 
-/// The window of remembered idempotency keys.
-pub(super) fn dedup_window() -> moka::sync::Cache<String, ()> {
-    moka::sync::Cache::builder().max_capacity(1_000_000).time_to_live(Duration::from_secs(86_400)).build()
+/// Why a batch stopped.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EventsFailure {
+    /// The state store failed on an event.
+    #[error("the user state store failed ({0})")]
+    Store(#[from] StoreError),
+    /// The batch's budget ran out.
+    #[error("the batch's budget of {0:?} ran out")]
+    Budget(Duration),
+}
+
+/// Idempotency keys: those applied (a bounded window) and those being applied now.
+pub(super) struct Dedup {
+    applied: moka::sync::Cache<String, ()>,
+    /// Keys whose event is being applied: the sender is dropped when the attempt ends.
+    in_flight: Mutex<HashMap<String, watch::Receiver<()>>>,
+}
+
+impl Dedup {
+    /// The window of remembered keys (LRU: a new key is never refused admission).
+    pub(super) fn new() -> Self {
+        Dedup {
+            applied: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(Duration::from_secs(86_400))
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Claims `key` for one attempt, or `None` when its event was already applied. Waits while
+    /// another attempt holds it.
+    async fn claim<'a>(&'a self, key: &str) -> Option<Claim<'a>> {
+        loop {
+            if self.applied.contains_key(key) {
+                return None;
+            }
+            let mut wait = {
+                let mut in_flight = self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                match in_flight.get(key) {
+                    Some(receiver) => receiver.clone(),
+                    None => {
+                        let (done, receiver) = watch::channel(());
+                        in_flight.insert(key.to_string(), receiver);
+                        return Some(Claim { dedup: self, key: key.to_string(), _done: done });
+                    }
+                }
+            };
+            // Returns (with an error) when the other attempt's claim is dropped.
+            let _ = wait.changed().await;
+        }
+    }
+}
+
+/// One attempt's hold on a key: released (and waiters woken) when dropped.
+struct Claim<'a> {
+    dedup: &'a Dedup,
+    key: String,
+    _done: watch::Sender<()>,
+}
+
+impl Claim<'_> {
+    /// The event is applied: remember the key, then release it.
+    fn applied(self) {
+        self.dedup.applied.insert(self.key.clone(), ());
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.dedup.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.key);
+    }
 }
 
 impl UserCaches {
-    /// Applies a validated batch, skipping events whose idempotency key was seen.
-    pub async fn apply_events(&self, events: &[Event]) -> Result<EventsAccepted, EventsError> {
+    /// Applies a validated batch within `budget`, skipping events whose idempotency key was
+    /// applied before.
+    pub async fn apply_events(&self, events: &[Event], budget: Duration) -> Result<EventsAccepted, EventsError> {
+        let deadline = Instant::now() + budget;
         let mut accepted = 0;
         let mut duplicates = 0;
         for event in events {
-            let dedup_key = event.idempotency_key.as_ref().map(|key| format!("{}:{key}", event.user_id));
-            let fresh = match &dedup_key {
-                Some(key) => self.seen_events.entry(key.clone()).or_insert(()).is_fresh(),
-                None => true,
-            };
-            if !fresh {
-                duplicates += 1;
-                continue;
-            }
-            if let Err(cause) = self.record(event).await {
-                // Not applied: forget the key so the caller's retry is taken.
-                if let Some(key) = &dedup_key {
-                    self.seen_events.invalidate(key);
+            let attempt = async {
+                let claim = match &event.idempotency_key {
+                    Some(key) => match self.dedup.claim(&format!("{}:{key}", event.user_id)).await {
+                        Some(claim) => Some(claim),
+                        None => return Ok(false),
+                    },
+                    None => None,
+                };
+                self.record(event).await?;
+                if let Some(claim) = claim {
+                    claim.applied();
                 }
-                return Err(EventsError { applied: accepted, cause });
+                Ok::<bool, StoreError>(true)
+            };
+            match tokio::time::timeout_at(deadline.into(), attempt).await {
+                Ok(Ok(true)) => {
+                    accepted += 1;
+                    tracing::debug!(user_id = %event.user_id, kind = ?event.kind, "event accepted");
+                }
+                Ok(Ok(false)) => duplicates += 1,
+                Ok(Err(cause)) => return Err(EventsError { applied: accepted, cause: cause.into() }),
+                Err(_) => return Err(EventsError { applied: accepted, cause: EventsFailure::Budget(budget) }),
             }
-            accepted += 1;
-            tracing::debug!(user_id = %event.user_id, kind = ?event.kind, "event accepted");
         }
         Ok(EventsAccepted { accepted, duplicates })
     }
 
-    /// Applies one event's effects to the user's state.
+    /// Applies one event's effects to the user's state (one round trip on Redis).
     pub async fn record(&self, event: &Event) -> Result<(), StoreError> {
         let effects = self.rules.effects(event);
-        if let Some(item) = effects.purchase {
-            self.backend.add_purchase(&event.user_id, item).await?;
-        }
-        if let Some(item) = effects.session_item {
-            self.backend.push_recent(&event.user_id, item).await?;
-        }
-        if effects.invalidate {
-            self.backend.bump_generation(&event.user_id).await?;
-        }
+        self.backend.apply(&event.user_id, effects).await?;
         if let Some(local) = &self.local {
             local.invalidate(&event.user_id).await;
         }
@@ -77,30 +159,5 @@ impl UserCaches {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use cascade_shared::wire::EventKind;
-    use prometheus::{IntCounterVec, Opts};
-
-    fn event(key: Option<&str>) -> Event {
-        Event {
-            user_id: "u1".into(),
-            kind: EventKind::Purchase,
-            item_id: Some("i1".into()),
-            timestamp_ms: None,
-            idempotency_key: key.map(String::from),
-        }
-    }
-
-    #[tokio::test]
-    async fn idempotency_keys_apply_an_event_once() {
-        let lookups = IntCounterVec::new(Opts::new("t", "t"), &["layer", "result"]).unwrap();
-        let caches = UserCaches::in_process(&super::super::CacheConfig::default(), lookups);
-        let batch = [event(Some("k1")), event(Some("k1")), event(None)];
-        let accepted = caches.apply_events(&batch).await.unwrap();
-        assert_eq!((accepted.accepted, accepted.duplicates), (2, 1));
-        let again = caches.apply_events(&batch[..1]).await.unwrap();
-        assert_eq!((again.accepted, again.duplicates), (0, 1));
-        assert_eq!(caches.user("u1").await.unwrap().generation, 2, "two purchases applied");
-    }
-}
+#[path = "events_tests.rs"]
+mod tests;

@@ -134,8 +134,8 @@ pub struct UserCaches {
     rules: EventRules,
     l2_ttl: Duration,
     lookups: IntCounterVec,
-    /// Idempotency keys seen recently (bounded, with a TTL): see [`events`].
-    seen_events: moka::sync::Cache<String, ()>,
+    /// Idempotency keys applied recently and being applied now: see [`events`].
+    dedup: events::Dedup,
 }
 
 impl UserCaches {
@@ -156,7 +156,7 @@ impl UserCaches {
             rules: config.rules(),
             l2_ttl: Duration::from_secs(config.l2_ttl_secs),
             lookups,
-            seen_events: events::dedup_window(),
+            dedup: events::Dedup::new(),
         }
     }
 

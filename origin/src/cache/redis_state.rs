@@ -10,6 +10,7 @@ use cascade_shared::keys::{generation_key, l2_key, purchases_key, recent_key};
 use cascade_shared::wire::RecItem;
 
 use super::ListKey;
+use super::rules::Effects;
 use super::state::{SESSION_ITEMS, SESSION_TTL, UserStateBackend};
 use crate::redis::ShardSet;
 use crate::store::StoreError;
@@ -63,6 +64,28 @@ impl UserStateBackend for RedisUserState {
     async fn recent(&self, user: &str) -> Result<Vec<String>, StoreError> {
         let command = redis::cmd("LRANGE").arg(recent_key(user)).arg(0).arg(SESSION_ITEMS as i64 - 1).clone();
         self.query(user, &command).await
+    }
+
+    async fn apply(&self, user: &str, effects: Effects<'_>) -> Result<(), StoreError> {
+        // One round trip, applied whole (MULTI/EXEC): the keys share the user's shard.
+        let mut pipeline = redis::pipe();
+        pipeline.atomic();
+        if let Some(item) = effects.purchase {
+            pipeline.cmd("SADD").arg(purchases_key(user)).arg(item).ignore();
+        }
+        if let Some(item) = effects.session_item {
+            let key = recent_key(user);
+            pipeline.cmd("LPUSH").arg(&key).arg(item).ignore();
+            pipeline.cmd("LTRIM").arg(&key).arg(0).arg(SESSION_ITEMS as i64 - 1).ignore();
+            pipeline.cmd("EXPIRE").arg(&key).arg(SESSION_TTL.as_secs()).ignore();
+        }
+        if effects.invalidate {
+            pipeline.cmd("INCR").arg(generation_key(user)).ignore();
+        }
+        if effects == Effects::default() {
+            return Ok(());
+        }
+        Ok(self.shards.pipeline(self.shards.shard_of(user), &pipeline, None).await?)
     }
 
     async fn l2_get(&self, key: &ListKey) -> Result<Option<Vec<RecItem>>, StoreError> {

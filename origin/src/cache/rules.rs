@@ -15,8 +15,8 @@ pub struct EventRules {
     pub session: Vec<EventKind>,
 }
 
-/// What one event changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What one event changes (the default: nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Effects<'a> {
     /// An item to remember as purchased (filtered from every later answer).
     pub purchase: Option<&'a str>,

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use cascade_shared::wire::RecItem;
 
 use super::ListKey;
+use super::rules::Effects;
 use crate::store::StoreError;
 
 /// Most purchases remembered per user (oldest forgotten first).
@@ -37,9 +38,27 @@ pub trait UserStateBackend: Send + Sync {
     async fn l2_get(&self, key: &ListKey) -> Result<Option<Vec<RecItem>>, StoreError>;
     /// Stores an L2 list for `ttl`.
     async fn l2_set(&self, key: &ListKey, items: &[RecItem], ttl: Duration) -> Result<(), StoreError>;
+
+    /// Applies one event's effects: purchase, then session, then generation. The default makes
+    /// one call per effect; the Redis backend sends them as one pipeline.
+    async fn apply(&self, user: &str, effects: Effects<'_>) -> Result<(), StoreError> {
+        if let Some(item) = effects.purchase {
+            self.add_purchase(user, item).await?;
+        }
+        if let Some(item) = effects.session_item {
+            self.push_recent(user, item).await?;
+        }
+        if effects.invalidate {
+            self.bump_generation(user).await?;
+        }
+        Ok(())
+    }
 }
 
-/// In-process generations and purchases (the embedded default; no L2).
+/// In-process generations and purchases (the embedded default; no L2). Bounded by users, least
+/// recently used forgotten first: LRU, not moka's default TinyLFU, whose admission policy may
+/// refuse a new key when the cache is full, which would silently drop a new user's purchase or
+/// generation bump.
 pub struct MemoryUserState {
     generations: moka::sync::Cache<String, u64>,
     purchases: moka::sync::Cache<String, Arc<Mutex<VecDeque<String>>>>,
@@ -49,10 +68,15 @@ pub struct MemoryUserState {
 impl MemoryUserState {
     /// Remembers at most `users` users.
     pub fn new(users: u64) -> Self {
+        let lru = || moka::policy::EvictionPolicy::lru();
         MemoryUserState {
-            generations: moka::sync::Cache::builder().max_capacity(users).build(),
-            purchases: moka::sync::Cache::builder().max_capacity(users).build(),
-            recent: moka::sync::Cache::builder().max_capacity(users).time_to_idle(SESSION_TTL).build(),
+            generations: moka::sync::Cache::builder().max_capacity(users).eviction_policy(lru()).build(),
+            purchases: moka::sync::Cache::builder().max_capacity(users).eviction_policy(lru()).build(),
+            recent: moka::sync::Cache::builder()
+                .max_capacity(users)
+                .time_to_idle(SESSION_TTL)
+                .eviction_policy(lru())
+                .build(),
         }
     }
 }
@@ -109,5 +133,33 @@ impl UserStateBackend for MemoryUserState {
 
     async fn l2_set(&self, _key: &ListKey, _items: &[RecItem], _ttl: Duration) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_state_still_takes_a_new_users_writes() {
+        let state = MemoryUserState::new(10);
+        // Ten users, each read often: under TinyLFU a newcomer would lose the admission contest.
+        for round in 0..20 {
+            for user in 0..10 {
+                let user = format!("old{user}");
+                if round == 0 {
+                    state.bump_generation(&user).await.unwrap();
+                    state.add_purchase(&user, "i1").await.unwrap();
+                }
+                state.generation(&user).await.unwrap();
+                state.purchases(&user).await.unwrap();
+            }
+        }
+        state.bump_generation("new").await.unwrap();
+        state.add_purchase("new", "bought").await.unwrap();
+        state.generations.run_pending_tasks();
+        state.purchases.run_pending_tasks();
+        assert_eq!(state.generation("new").await.unwrap(), 1, "the newest write is kept");
+        assert!(state.purchases("new").await.unwrap().contains("bought"), "the newest purchase is kept");
     }
 }

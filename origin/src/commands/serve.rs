@@ -25,7 +25,7 @@ pub async fn build_state(app: &App) -> anyhow::Result<AppState> {
         Arc::new(app.caches()),
         Arc::new(app.auth()),
         Arc::clone(&app.metrics),
-        app.config.serving.max_in_flight,
+        &app.config.serving,
     ))
 }
 

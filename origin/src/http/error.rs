@@ -12,7 +12,7 @@ use cascade_shared::wire::ErrorBody;
 
 use crate::app::BuildError;
 use crate::auth::AuthError;
-use crate::cache::events::EventsError;
+use crate::cache::events::{EventsError, EventsFailure};
 use crate::recommend::RecommendError;
 
 /// Why a request was not answered with what it asked for.
@@ -81,9 +81,12 @@ impl ApiError {
     fn public_message(&self) -> String {
         match self {
             ApiError::Events(error) => format!(
-                "{} event(s) applied, then the user state store did not answer; retry the rest \
-                 (idempotency keys make the retry safe)",
-                error.applied
+                "{} event(s) applied, then {}; retry the rest (idempotency keys make the retry safe)",
+                error.applied,
+                match error.cause {
+                    EventsFailure::Store(_) => "the user state store did not answer",
+                    EventsFailure::Budget(_) => "the batch ran out of time",
+                }
             ),
             ApiError::Reload(error) if error.is_dependency_down() => {
                 "a store the bundle needs did not answer; the current bundle keeps serving; retry".into()
@@ -137,7 +140,7 @@ mod tests {
     #[test]
     fn server_errors_say_what_to_do_not_what_broke() {
         let cause = StoreError::Unavailable { shard: 1, message: "redis://:hunter2@10.0.0.7:6379: refused".into() };
-        let events = ApiError::Events(EventsError { applied: 2, cause: cause.clone() });
+        let events = ApiError::Events(EventsError { applied: 2, cause: cause.clone().into() });
         let reload = ApiError::Reload(BuildError::Store(cause));
         for error in [events, reload, ApiError::Reload(BuildError::Task("panicked at src/x.rs".into()))] {
             let message = error.public_message();
@@ -151,7 +154,10 @@ mod tests {
     fn overload_and_failed_events_ask_for_a_retry() {
         assert_eq!(answer(ApiError::Overloaded), (503, "overloaded", true));
         let cause = StoreError::Unavailable { shard: 1, message: "timeout".into() };
-        assert_eq!(answer(ApiError::Events(EventsError { applied: 2, cause })), (503, "dependency_unavailable", true));
+        assert_eq!(
+            answer(ApiError::Events(EventsError { applied: 2, cause: cause.into() })),
+            (503, "dependency_unavailable", true)
+        );
         assert_eq!(answer(ApiError::Unauthorized(AuthError::UnknownKey)), (401, "unauthorized", false));
     }
 }

@@ -73,7 +73,7 @@ pub async fn events(
         return Err(FieldError::new("content-type", "must be application/json").into());
     }
     let events = parse_events(&body, unix_now().as_millis() as u64)?;
-    let accepted = state.caches.apply_events(&events).await?;
+    let accepted = state.caches.apply_events(&events, state.events_budget).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 

@@ -33,6 +33,7 @@ pub mod server_timing;
 mod tests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;
@@ -43,6 +44,7 @@ use crate::app::Serving;
 use crate::auth::Auth;
 use crate::cache::UserCaches;
 use crate::metrics::Metrics;
+use crate::recommend::ServingConfig;
 
 pub use middleware::REQUEST_ID;
 
@@ -65,18 +67,27 @@ pub struct AppState {
     pub admission: Arc<Semaphore>,
     /// Per-user caches and state (survive bundle reloads; keys carry the bundle id).
     pub caches: Arc<UserCaches>,
+    /// Budget for one events batch.
+    pub events_budget: Duration,
 }
 
 impl AppState {
-    /// State admitting at most `max_in_flight` requests at once.
+    /// State admitting at most `settings.max_in_flight` requests at once.
     pub fn new(
         serving: Arc<Serving>,
         caches: Arc<UserCaches>,
         auth: Arc<Auth>,
         metrics: Arc<Metrics>,
-        max_in_flight: usize,
+        settings: &ServingConfig,
     ) -> Self {
-        AppState { serving, caches, auth, metrics, admission: Arc::new(Semaphore::new(max_in_flight)) }
+        AppState {
+            serving,
+            caches,
+            auth,
+            metrics,
+            admission: Arc::new(Semaphore::new(settings.max_in_flight)),
+            events_budget: Duration::from_millis(settings.events_deadline_ms),
+        }
     }
 }
 

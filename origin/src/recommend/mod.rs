@@ -52,11 +52,13 @@ pub struct ServingConfig {
     pub deadline_ms: u64,
     /// Requests in flight before new ones get 503 at once (the HTTP layer's admission control).
     pub max_in_flight: usize,
+    /// Budget for one events batch, milliseconds; past it the rest is answered 503 (retry).
+    pub events_deadline_ms: u64,
 }
 
 impl Default for ServingConfig {
     fn default() -> Self {
-        ServingConfig { deadline_ms: 80, max_in_flight: 1024 }
+        ServingConfig { deadline_ms: 80, max_in_flight: 1024, events_deadline_ms: 2_000 }
     }
 }
 

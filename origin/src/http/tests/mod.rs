@@ -124,14 +124,14 @@ async fn harness_over(popular: &[&str], refusal: Option<RankError>, config: Conf
     };
     let deadline = std::time::Duration::from_millis(config.serving.deadline_ms);
     let recommender = Recommender::new(bundle, components, Arc::clone(&metrics), 10, deadline).await;
-    let max_in_flight = config.serving.max_in_flight;
+    let serving_config = config.serving.clone();
     let factory = Arc::new(RecommenderFactory::new(config, Arc::clone(&metrics), None));
     let state = AppState::new(
         Arc::new(Serving::new(recommender, factory)),
         Arc::new(caches),
         Arc::new(Auth::new(SECRET, &[KEY.to_string()], 300)),
         metrics,
-        max_in_flight,
+        &serving_config,
     );
     Harness { state, _dir: dir }
 }
