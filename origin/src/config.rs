@@ -163,7 +163,7 @@ impl Config {
                 return Err(config_error(&format!("redis.{list}[{index}]"), error.to_string()));
             }
         }
-        let ranges: [(&str, usize, usize, usize); 9] = [
+        let ranges: [(&str, usize, usize, usize); 12] = [
             ("ranker.max_batch_rows", self.ranker.max_batch_rows, 1, 1 << 20),
             ("retrieval.candidates", self.retrieval.candidates, 1, 10_000),
             ("retrieval.nprobe", self.retrieval.nprobe, 1, 65_536),
@@ -173,6 +173,9 @@ impl Config {
             ("serving.max_in_flight", self.serving.max_in_flight, 1, 1 << 20),
             ("retrieval.queue_capacity", self.retrieval.queue_capacity, 1, 1 << 20),
             ("serving.events_deadline_ms", self.serving.events_deadline_ms as usize, 1, 600_000),
+            ("serving.request_timeout_ms", self.serving.request_timeout_ms as usize, 1, 600_000),
+            ("serving.header_read_timeout_ms", self.serving.header_read_timeout_ms as usize, 1, 600_000),
+            ("serving.max_connections", self.serving.max_connections, 1, 1 << 20),
         ];
         for (field, value, min, max) in ranges {
             if !(min..=max).contains(&value) {

@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::app::App;
 use crate::config::{Config, Mode};
+use crate::http::server::{self, ServerLimits};
 use crate::http::{AppState, router};
 
 /// Serve the HTTP API (with no configuration: the embedded default on 127.0.0.1:8080).
@@ -36,11 +38,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("development mode");
     }
     let listen = config.listen;
+    let limits = ServerLimits {
+        header_read_timeout: Duration::from_millis(config.serving.header_read_timeout_ms),
+        max_connections: config.serving.max_connections,
+    };
     let app = App::new(config)?;
     let state = build_state(&app).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(address = %listener.local_addr()?, "cascade origin listening");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    server::serve(listener, router(state), limits, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

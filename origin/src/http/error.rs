@@ -36,6 +36,9 @@ pub enum ApiError {
     /// More requests in flight than configured.
     #[error("too many requests in flight; retry shortly")]
     Overloaded,
+    /// The request ran past the request timeout.
+    #[error("the request took longer than {0:?}; retry shortly")]
+    TimedOut(std::time::Duration),
     /// An events batch stopped part way: the state store failed.
     #[error(transparent)]
     Events(#[from] EventsError),
@@ -67,6 +70,7 @@ impl ApiError {
             ApiError::Reload(BuildError::Task(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
             ApiError::Reload(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bundle_rejected", false),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", true),
+            ApiError::TimedOut(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout", true),
             ApiError::Events(_) => (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", true),
             ApiError::Recommend(RecommendError::NothingToServe(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", false)

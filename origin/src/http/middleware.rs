@@ -1,5 +1,5 @@
 //! The middleware every request passes: request id, logging span and request metrics
-//! ([`observe`]), admission control ([`admit`]), and credentials ([`authenticate`],
+//! ([`observe`]), admission control ([`admit`]), the request timeout ([`time_limit`]), and credentials ([`authenticate`],
 //! [`authenticate_internal`]).
 //!
 //! The request id is kept when it passes `cascade_shared::validate::is_valid_request_id` (the rule
@@ -68,6 +68,15 @@ pub async fn admit(State(state): State<AppState>, request: Request, next: Next) 
     let response = next.run(request).await;
     state.metrics.in_flight.dec();
     response
+}
+
+/// API requests end within `serving.request_timeout_ms` (503 `timeout`, retry): a handler stuck
+/// on something no deadline covers must not hold its admission permit for ever.
+pub async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::TimedOut(state.request_timeout).into_response(),
+    }
 }
 
 /// Who sent `request`, by bearer key or edge signature. Header names are pre-parsed constants:

@@ -16,6 +16,7 @@
 //! | [`middleware`] | request id, span and metrics; admission; credentials |
 //! | [`error`] | [`error::ApiError`]: the one map from domain errors to status, code and `Retry-After` |
 //! | [`server_timing`] | the `Server-Timing` header |
+//! | [`server`] | the accept loop: header-read timeout, connection cap, graceful stop |
 //!
 //! Every response carries `x-request-id` (the caller's, or a new one) and the recs responses a
 //! `Server-Timing` header. Admission control answers 503 at once when more than
@@ -27,6 +28,7 @@ pub mod admin;
 pub mod error;
 pub mod handlers;
 pub mod middleware;
+pub mod server;
 pub mod server_timing;
 
 #[cfg(test)]
@@ -69,6 +71,8 @@ pub struct AppState {
     pub caches: Arc<UserCaches>,
     /// Budget for one events batch.
     pub events_budget: Duration,
+    /// Longest an API request may run.
+    pub request_timeout: Duration,
 }
 
 impl AppState {
@@ -87,6 +91,7 @@ impl AppState {
             metrics,
             admission: Arc::new(Semaphore::new(settings.max_in_flight)),
             events_budget: Duration::from_millis(settings.events_deadline_ms),
+            request_timeout: Duration::from_millis(settings.request_timeout_ms),
         }
     }
 }
@@ -97,7 +102,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{user_id}/recs", get(handlers::user_recs))
         .route("/v1/segments/{segment}/recs", get(handlers::segment_recs))
         .route("/v1/events", post(handlers::events))
-        .route_layer(from_fn_with_state(state.clone(), middleware::authenticate));
+        .route_layer(from_fn_with_state(state.clone(), middleware::authenticate))
+        .route_layer(from_fn_with_state(state.clone(), middleware::time_limit));
     let admin = Router::new()
         .route("/admin/bundle", post(admin::load_bundle))
         .route("/admin/tokens", post(admin::issue_token))

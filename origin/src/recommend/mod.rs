@@ -54,11 +54,24 @@ pub struct ServingConfig {
     pub max_in_flight: usize,
     /// Budget for one events batch, milliseconds; past it the rest is answered 503 (retry).
     pub events_deadline_ms: u64,
+    /// Longest an API request may run, milliseconds (503 `timeout` past it; admin routes excepted).
+    pub request_timeout_ms: u64,
+    /// Longest wait for a request's head, and for the next one on an idle connection, milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// Connections open at once; past it new ones wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServingConfig {
     fn default() -> Self {
-        ServingConfig { deadline_ms: 80, max_in_flight: 1024, events_deadline_ms: 2_000 }
+        ServingConfig {
+            deadline_ms: 80,
+            max_in_flight: 1024,
+            events_deadline_ms: 2_000,
+            request_timeout_ms: 5_000,
+            header_read_timeout_ms: 10_000,
+            max_connections: 4_096,
+        }
     }
 }
 

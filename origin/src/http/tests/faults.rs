@@ -111,3 +111,19 @@ async fn a_stalled_dependency_costs_the_deadline_not_its_timeout() {
         assert!(metrics.contains(&format!("cascade_fallbacks_total{{reason=\"{reason}\"}} 1")), "{stalled}: {metrics}");
     }
 }
+
+#[tokio::test]
+async fn a_request_past_the_request_timeout_is_503_with_retry_after() {
+    let mut config = Config::default();
+    config.serving.deadline_ms = 10_000; // a misconfigured deadline: the timeout is the backstop
+    config.serving.request_timeout_ms = 100;
+    let memory_state = Arc::new(crate::cache::MemoryUserState::new(1000));
+    let h =
+        harness_over(&["i1"], None, config, Some(Stores { embeddings: Arc::new(StalledStore), state: memory_state }))
+            .await;
+    let started = std::time::Instant::now();
+    let (status, headers, body) = get(&h.state, "/v1/users/u1/recs").await;
+    assert_eq!((status, error_code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "timeout"), "{body}");
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+}
