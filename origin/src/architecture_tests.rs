@@ -22,7 +22,10 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// Each file's top-level module (`app`, `http`, …) and its code: comments and test modules removed.
 fn modules() -> Vec<(String, PathBuf, String)> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    // Run time first: a test binary built in another checkout sharing the target folder would
+    // read that checkout's sources (see `cascade_e2e::repo_root`).
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let src = Path::new(&root).join("src");
     let mut files = Vec::new();
     sources(&src, &mut files);
     files

@@ -35,8 +35,15 @@ pub fn relabel_bundle(source: &Path, dest: &Path, id: &str) {
 }
 
 /// The repository root.
+///
+/// Read at run time first (cargo sets `CARGO_MANIFEST_DIR` for the tests and benches it runs):
+/// the compile-time value can name another checkout, because cargo shares build artifacts
+/// between checkouts that use one target folder (its hashes use paths relative to the workspace),
+/// so a test binary built for a clone under `/check` would otherwise run that clone's scripts.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// Where benchmarks save their JSON: `$CASCADE_BENCH_DIR`, or `target/cascade-bench/` at the

@@ -30,7 +30,8 @@ pub enum FallbackReason {
     RetrievalError,
     /// The search queue was full: load shed.
     RetrievalOverloaded,
-    /// The user's state (purchases, generation) could not be read within the deadline.
+    /// The user's state (purchases, generation) was not read within the deadline, or is malformed
+    /// (a shard that refused is [`FallbackReason::ShardUnavailable`]).
     StateUnavailable,
 }
 

@@ -38,7 +38,7 @@ use crate::cache::{ListKey, UserCaches, filter_items};
 use crate::metrics::Metrics;
 use crate::ranking::Ranker;
 use crate::retrieval::Retriever;
-use crate::store::{ComponentHealth, EmbeddingStore};
+use crate::store::{ComponentHealth, EmbeddingStore, StoreError};
 use crate::work_queue::WorkQueue;
 use fallback::{Fallback, FallbackReason};
 use precomputed::PrecomputedLists;
@@ -247,11 +247,20 @@ impl Recommender {
             unknown => {
                 // Without the user's state their purchases are unknown: a personal list could
                 // show what they bought. Serve the context's list, bypassing the caches.
-                match unknown {
-                    Ok(Err(error)) => tracing::warn!(user_id, %error, "user state unavailable; segment list served"),
-                    _ => tracing::warn!(user_id, "user state slower than the deadline; segment list served"),
-                }
-                let fallback = Fallback { reason: FallbackReason::StateUnavailable, precomputed: None };
+                let reason = match unknown {
+                    Ok(Err(error)) => {
+                        tracing::warn!(user_id, %error, "user state unavailable; segment list served");
+                        match error {
+                            StoreError::Unavailable { .. } => FallbackReason::ShardUnavailable,
+                            StoreError::Corrupt { .. } => FallbackReason::StateUnavailable,
+                        }
+                    }
+                    _ => {
+                        tracing::warn!(user_id, "user state slower than the deadline; segment list served");
+                        FallbackReason::StateUnavailable
+                    }
+                };
+                let fallback = Fallback { reason, precomputed: None };
                 return self.fallback(user_id, query, &fallback, &HashSet::new(), started, timings);
             }
         };
