@@ -13,15 +13,17 @@ pub const DEFAULT_ORIGIN_TIMEOUT_MS: u32 = 1_500;
 pub struct EdgeConfig {
     /// Origin base URL, without a trailing slash (var `ORIGIN_URL`).
     pub origin_url: String,
-    /// Shared signing secret (secret `ORIGIN_SECRET`); also verifies visitor tokens.
-    pub secret: String,
+    /// The keys derived from the shared secret (secret `ORIGIN_SECRET`): one signs origin
+    /// requests, the other verifies visitor tokens.
+    pub keys: cascade_shared::signing::Keys,
     /// Fresh period of a stored segment list, seconds (var `SEGMENT_FRESH_SECS`).
     pub fresh_secs: u32,
     /// Stale window after the fresh period, seconds (var `SEGMENT_STALE_SECS`).
     pub stale_secs: u32,
     /// Budget of one origin call, milliseconds (var `ORIGIN_TIMEOUT_MS`).
     pub origin_timeout_ms: u32,
-    /// Browser origins allowed by CORS (var `CORS_ORIGINS`, comma-separated; `*` for any).
+    /// Browser origins allowed by CORS (var `CORS_ORIGINS`, comma-separated; `*` for any origin,
+    /// without credentials).
     pub cors_origins: Vec<String>,
     /// Bearer token of the admin routes (secret `ADMIN_TOKEN`); unset disables them.
     pub admin_token: Option<String>,
@@ -43,12 +45,27 @@ fn bounded(
     }
 }
 
+/// Whether `url` is plain HTTP to this machine (`wrangler dev` against a local origin): the only
+/// plain-HTTP origin accepted, since signed requests and visitor lists would cross the network in
+/// the clear otherwise.
+fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _port)| host),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 impl EdgeConfig {
     /// Builds and validates the config from a variable lookup; errors name the variable.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let origin_url = lookup("ORIGIN_URL").filter(|u| !u.is_empty()).ok_or("ORIGIN_URL is not set")?;
-        if !(origin_url.starts_with("http://") || origin_url.starts_with("https://")) {
-            return Err(format!("ORIGIN_URL must start with http:// or https://, got {origin_url:?}"));
+        if !origin_url.starts_with("https://") && !is_loopback_http(&origin_url) {
+            return Err(format!(
+                "ORIGIN_URL must be https:// (plain http:// only to a loopback origin in development), got {origin_url:?}"
+            ));
         }
         let secret = lookup("ORIGIN_SECRET")
             .filter(|s| s.len() >= cascade_shared::signing::MIN_SECRET_LEN)
@@ -67,7 +84,7 @@ impl EdgeConfig {
             .collect();
         Ok(EdgeConfig {
             origin_url: origin_url.trim_end_matches('/').to_string(),
-            secret,
+            keys: cascade_shared::signing::Keys::derive(secret.as_bytes()),
             fresh_secs: bounded(&lookup, "SEGMENT_FRESH_SECS", DEFAULT_FRESH_SECS, 1..=86_400)?,
             stale_secs: bounded(&lookup, "SEGMENT_STALE_SECS", DEFAULT_STALE_SECS, 0..=7 * 86_400)?,
             origin_timeout_ms: bounded(&lookup, "ORIGIN_TIMEOUT_MS", DEFAULT_ORIGIN_TIMEOUT_MS, 50..=30_000)?,
@@ -107,8 +124,15 @@ pub(crate) mod tests {
         assert_eq!(c.origin_url, "http://127.0.0.1:8080");
         assert!(config_error(&[("ORIGIN_SECRET", "0123456789abcdef")]).contains("ORIGIN_URL"));
         assert!(config_error(&[("ORIGIN_URL", "ftp://x"), ("ORIGIN_SECRET", "0123456789abcdef")]).contains("http"));
-        assert!(config_error(&[("ORIGIN_URL", "http://x"), ("ORIGIN_SECRET", "short")]).contains("ORIGIN_SECRET"));
-        let base = [("ORIGIN_URL", "http://x"), ("ORIGIN_SECRET", "0123456789abcdef")];
+        for insecure in ["http://origin.example", "http://127.0.0.1.evil.example", "http://10.0.0.1:8080"] {
+            let error = config_error(&[("ORIGIN_URL", insecure), ("ORIGIN_SECRET", "0123456789abcdef")]);
+            assert!(error.contains("https://"), "{insecure}: {error}");
+        }
+        for local in ["http://localhost:8080", "http://[::1]:8080/", "http://127.0.0.1:9"] {
+            assert!(is_loopback_http(local), "{local}");
+        }
+        assert!(config_error(&[("ORIGIN_URL", "https://x"), ("ORIGIN_SECRET", "short")]).contains("ORIGIN_SECRET"));
+        let base = [("ORIGIN_URL", "https://x"), ("ORIGIN_SECRET", "0123456789abcdef")];
         for (name, bad) in [
             ("SEGMENT_FRESH_SECS", "0"),
             ("SEGMENT_STALE_SECS", "-1"),

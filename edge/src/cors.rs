@@ -11,7 +11,11 @@ pub fn cors_headers(
     preflight: bool,
 ) -> Result<Vec<(&'static str, String)>, Refusal> {
     let Some(origin) = origin else { return Ok(Vec::new()) };
-    let allowed = config.cors_origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin.trim_end_matches('/')));
+    let listed = config.cors_origins.iter().any(|o| o.eq_ignore_ascii_case(origin.trim_end_matches('/')));
+    // `*` admits any origin to the shared lists, never with credentials: reflecting any origin
+    // with `allow-credentials` would let every site read a signed-in visitor's personal list.
+    let wildcard = !listed && config.cors_origins.iter().any(|o| o == "*");
+    let allowed = listed || wildcard;
     if !allowed {
         // A simple cross-origin GET is answered without CORS headers (the browser withholds it);
         // a preflight is refused outright.
@@ -21,15 +25,22 @@ pub fn cors_headers(
             Ok(Vec::new())
         };
     }
-    let mut headers = vec![
-        ("access-control-allow-origin", origin.to_string()),
-        ("access-control-allow-credentials", "true".to_string()),
-        ("access-control-expose-headers", "x-cache, x-request-id, server-timing".to_string()),
-        ("vary", "Origin".to_string()),
-    ];
+    let mut headers = if wildcard {
+        vec![("access-control-allow-origin", "*".to_string())]
+    } else {
+        vec![
+            ("access-control-allow-origin", origin.to_string()),
+            ("access-control-allow-credentials", "true".to_string()),
+            ("vary", "Origin".to_string()),
+        ]
+    };
+    headers.push(("access-control-expose-headers", "x-cache, x-request-id, server-timing".to_string()));
     if preflight {
         headers.push(("access-control-allow-methods", "GET, HEAD, OPTIONS".to_string()));
-        headers.push(("access-control-allow-headers", "authorization, content-type, x-request-id".to_string()));
+        // Without credentials a cross-origin caller has no token to send.
+        let allowed_headers =
+            if wildcard { "content-type, x-request-id" } else { "authorization, content-type, x-request-id" };
+        headers.push(("access-control-allow-headers", allowed_headers.to_string()));
         headers.push(("access-control-max-age", "86400".to_string()));
     }
     Ok(headers)
@@ -50,6 +61,16 @@ mod tests {
         assert!(matches!(cors_headers(&c, Some("https://evil.example"), true), Err(Refusal::Forbidden(_))));
         assert_eq!(cors_headers(&c, None, false), Ok(vec![]));
         let any = config(&[("CORS_ORIGINS", "*")]);
-        assert_eq!(cors_headers(&any, Some("https://x.example"), false).unwrap()[0].1, "https://x.example");
+        let wildcard = cors_headers(&any, Some("https://x.example"), true).unwrap();
+        assert_eq!(wildcard[0], ("access-control-allow-origin", "*".to_string()), "never the caller's origin");
+        assert!(wildcard.iter().all(|(k, _)| *k != "access-control-allow-credentials"), "{wildcard:?}");
+        assert!(wildcard.iter().all(|(_, v)| !v.contains("authorization")), "{wildcard:?}");
+        // A listed origin keeps credentials even when `*` is listed too.
+        let both = config(&[("CORS_ORIGINS", "https://shop.example,*")]);
+        assert!(
+            cors_headers(&both, Some("https://shop.example"), false)
+                .unwrap()
+                .contains(&("access-control-allow-credentials", "true".to_string()))
+        );
     }
 }

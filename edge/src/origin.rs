@@ -18,7 +18,7 @@ pub struct OriginRequest {
 }
 
 fn signed(config: &EdgeConfig, path: String, query: String, now_secs: u64, request_id: &str) -> OriginRequest {
-    let signature = sign(config.secret.as_bytes(), "GET", &path, &query, now_secs);
+    let signature = sign(&config.keys.edge_requests, "GET", &path, &query, now_secs);
     OriginRequest {
         url: format!("{}{path}?{query}", config.origin_url),
         headers: vec![
@@ -102,7 +102,7 @@ mod tests {
             let get = |name: &str| request.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
             let target = cascade_shared::signing::RequestTarget { method: "GET", path, query };
             let verified = cascade_shared::signing::verify(
-                b"0123456789abcdef",
+                &cascade_shared::signing::Keys::derive(b"0123456789abcdef").edge_requests,
                 target,
                 get(TIMESTAMP_HEADER),
                 get(SIGNATURE_HEADER),

@@ -125,7 +125,7 @@ pub fn check_admin(config: &EdgeConfig, authorization: Option<&str>) -> Result<(
 /// The user a visitor token names, verified at `now_secs`; a bad token is a 401, never a
 /// silent fall back to the shared list (the visitor would not know they were signed out).
 pub fn visitor(config: &EdgeConfig, token: &str, now_secs: u64) -> Result<String, Refusal> {
-    cascade_shared::token::verify(config.secret.as_bytes(), token, now_secs)
+    cascade_shared::token::verify(&config.keys.visitor_tokens, token, now_secs)
         .map(str::to_string)
         .map_err(|e| Refusal::Unauthorized(e.to_string()))
 }
@@ -198,7 +198,10 @@ mod tests {
     #[test]
     fn visitor_tokens_and_admin_auth() {
         let c = config(&[("ADMIN_TOKEN", "admin-token-0123456789")]);
-        let token = cascade_shared::token::issue(b"0123456789abcdef", "u7", 2_000);
+        let keys = cascade_shared::signing::Keys::derive(b"0123456789abcdef");
+        let token = cascade_shared::token::issue(&keys.visitor_tokens, "u7", 2_000);
+        let raw_secret = cascade_shared::token::issue(b"0123456789abcdef", "u7", 2_000);
+        assert!(matches!(visitor(&c, &raw_secret, 1_000), Err(Refusal::Unauthorized(_))), "the master signs nothing");
         assert_eq!(visitor(&c, &token, 1_000), Ok("u7".to_string()));
         assert!(matches!(visitor(&c, &token, 2_001), Err(Refusal::Unauthorized(m)) if m.contains("expired")));
         let forged = cascade_shared::token::issue(b"not-the-secret-xx", "u7", 2_000);

@@ -1,11 +1,12 @@
 //! Who may call the origin: the edge with a signed request, internal callers with a bearer key.
 //!
-//! Signatures are `cascade_shared::signing` (HMAC-SHA256 over method, path, query and timestamp);
+//! Signatures are `cascade_shared::signing` (HMAC-SHA256 over method, path, query and timestamp,
+//! under the edge-request key derived from `CASCADE_SECRET`; visitor tokens use another);
 //! bearer keys are compared in constant time (`cascade_shared::signing::constant_time_eq`, the
 //! same comparison the edge uses). Anything else is an [`AuthError`] (the HTTP layer answers 401).
 //! Nothing here knows HTTP types: the middleware hands over the header values it found.
 
-use cascade_shared::signing::{RequestTarget, SIGNATURE_HEADER, TIMESTAMP_HEADER, constant_time_eq, verify};
+use cascade_shared::signing::{Keys, RequestTarget, SIGNATURE_HEADER, TIMESTAMP_HEADER, constant_time_eq, verify};
 
 /// Credentials that do not admit the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,7 +44,7 @@ pub enum Caller {
 
 /// The credentials the origin accepts.
 pub struct Auth {
-    secret: Vec<u8>,
+    keys: Keys,
     api_keys: Vec<Vec<u8>>,
     window_secs: u64,
 }
@@ -52,7 +53,7 @@ impl Auth {
     /// Credentials: the edge's secret, internal keys, and the signature window.
     pub fn new(secret: &str, api_keys: &[String], window_secs: u64) -> Self {
         Auth {
-            secret: secret.as_bytes().to_vec(),
+            keys: Keys::derive(secret.as_bytes()),
             api_keys: api_keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
             window_secs,
         }
@@ -61,7 +62,7 @@ impl Auth {
     /// A signed-in visitor token for `user_id` (`cascade_shared::token`), valid until
     /// `expires_at`: the edge verifies it with the same secret.
     pub fn issue_user_token(&self, user_id: &str, expires_at: u64) -> String {
-        cascade_shared::token::issue(&self.secret, user_id, expires_at)
+        cascade_shared::token::issue(&self.keys.visitor_tokens, user_id, expires_at)
     }
 
     /// Checks a request's credentials for `target` at `now` (Unix seconds).
@@ -79,7 +80,7 @@ impl Auth {
                 Err(AuthError::UnknownKey)
             };
         }
-        verify(&self.secret, target, credentials.timestamp, credentials.signature, now, self.window_secs)
+        verify(&self.keys.edge_requests, target, credentials.timestamp, credentials.signature, now, self.window_secs)
             .map(|()| Caller::Edge)
             .map_err(|e| AuthError::BadSignature(e.to_string()))
     }
@@ -101,7 +102,7 @@ mod tests {
         let auth = Auth::new(SECRET, &["internal-key-0123456789".to_string()], 300);
         let none = Credentials::default();
         assert!(matches!(auth.check(target("/v1/x", ""), none, 1000), Err(AuthError::BadSignature(_))));
-        let sig = sign(SECRET.as_bytes(), "GET", "/v1/x", "n=1", 1000);
+        let sig = sign(&Keys::derive(SECRET.as_bytes()).edge_requests, "GET", "/v1/x", "n=1", 1000);
         let signed = Credentials { authorization: None, timestamp: Some("1000"), signature: Some(&sig) };
         assert_eq!(auth.check(target("/v1/x", "n=1"), signed, 1010).unwrap(), Caller::Edge);
         assert!(auth.check(target("/v1/x", "n=1"), signed, 2000).is_err(), "stale");

@@ -44,6 +44,12 @@ def user_token(secret: bytes, user_id: str, expires_at: int) -> str:
     return f"v1.{user_id}.{expires_at}." + hmac.new(secret, msg, hashlib.sha256).hexdigest()
 
 
+def hkdf_sha256(salt: bytes, ikm: bytes, info: bytes) -> str:
+    """RFC 5869 with one 32-byte block: what a login service in Python runs to get its token key."""
+    prk = hmac.new(salt, ikm, hashlib.sha256).digest()
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).hexdigest()
+
+
 def emb_file(bundle: str, dim: int, rows) -> bytes:
     out = b"CEMB" + struct.pack("<HHIQH", 1, 0, dim, len(rows), len(bundle)) + bundle.encode()
     for id_, vec in rows:
@@ -69,6 +75,11 @@ vectors = {
     "user_tokens": [
         {"secret": s, "user_id": u, "expires_at": e, "token": user_token(s.encode(), u, e)}
         for (s, u, e) in [("dev-secret-0123456789", "42", 1764201600), ("another-secret-abcdefgh", "u-9.x", 4102444800)]
+    ],
+    "derived_keys": [
+        {"secret": s, "edge_requests": hkdf_sha256(b"cascade-keys-v1", s.encode(), b"edge-request"),
+         "visitor_tokens": hkdf_sha256(b"cascade-keys-v1", s.encode(), b"visitor-token")}
+        for s in ["dev-secret-0123456789", "another-secret-abcdefgh"]
     ],
     "segments": [
         {"page": "home", "device": "desktop", "country": "US", "key": "home.desktop.us"},

@@ -6,6 +6,13 @@
 //! [`SIGNATURE_HEADER`]. The origin recomputes it and accepts the request only if the signature
 //! matches (compared in constant time) and the timestamp is within [`DEFAULT_WINDOW_SECS`] of its
 //! own clock. Callers pass the time in: nothing here reads a clock.
+//!
+//! **One secret, separate keys.** The deployment holds one master secret (`CASCADE_SECRET` on the
+//! origin, `ORIGIN_SECRET` on the edge); [`Keys::derive`] turns it into one key per use with
+//! HKDF-SHA256 (RFC 5869): edge request signatures and visitor tokens never share a key, so the
+//! login service, which mints visitor tokens, holds the token key only and cannot sign requests
+//! to the origin. The message prefixes (`cascade-user-token\n` against `METHOD\n`) were already
+//! distinct; the keys now are too.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -20,6 +27,49 @@ pub const DEFAULT_WINDOW_SECS: u64 = 300;
 pub const MIN_SECRET_LEN: usize = 16;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// HKDF salt: names this scheme and its version.
+const KEY_SALT: &[u8] = b"cascade-keys-v1";
+
+/// HKDF-SHA256 (RFC 5869) with one block of output: `T(1) = HMAC(PRK, info || 0x01)`, where
+/// `PRK = HMAC(salt, ikm)`.
+pub fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[u8]) -> [u8; 32] {
+    let keyed = |key: &[u8]| {
+        <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+    };
+    let mut extract = keyed(salt);
+    extract.update(ikm);
+    let prk = extract.finalize().into_bytes();
+    let mut expand = keyed(&prk);
+    expand.update(info);
+    expand.update(&[1]);
+    expand.finalize().into_bytes().into()
+}
+
+/// The keys one master secret yields (see the module docs). `Debug` shows no key material.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// Signs edge → origin requests (`info` = `edge-request`).
+    pub edge_requests: [u8; 32],
+    /// Signs visitor tokens (`info` = `visitor-token`): the key the login service holds.
+    pub visitor_tokens: [u8; 32],
+}
+
+impl Keys {
+    /// Derives every key from `master`.
+    pub fn derive(master: &[u8]) -> Self {
+        Keys {
+            edge_requests: hkdf_sha256(KEY_SALT, master, b"edge-request"),
+            visitor_tokens: hkdf_sha256(KEY_SALT, master, b"visitor-token"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(derived; not shown)")
+    }
+}
 
 /// Why a request's signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,6 +175,23 @@ mod tests {
         assert!(check("1000", &sig.replace('a', "b"), 1_100).is_err());
         let other_query = verify(SECRET, target("n=99"), Some("1000"), Some(&sig), 1_000, 300);
         assert_eq!(other_query, Err(SignatureError::Mismatch));
+    }
+
+    #[test]
+    fn hkdf_matches_rfc_5869_and_keys_are_separate() {
+        // RFC 5869, test case 1 (SHA-256): the first 32 bytes of OKM.
+        let ikm = [0x0b; 22];
+        let salt: Vec<u8> = (0x00..=0x0c).collect();
+        let info: Vec<u8> = (0xf0..=0xf9).collect();
+        assert_eq!(
+            hex::encode(hkdf_sha256(&salt, &ikm, &info)),
+            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf"
+        );
+        let keys = Keys::derive(SECRET);
+        assert_ne!(keys.edge_requests, keys.visitor_tokens);
+        assert_ne!(&keys.edge_requests[..], SECRET);
+        assert_eq!(keys, Keys::derive(SECRET), "deterministic");
+        assert!(!format!("{keys:?}").contains(&hex::encode(keys.edge_requests)[..8]));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Format: `v1.<user_id>.<expires_at>.<signature>` where `user_id` passes
 //! [`validate_id`](crate::validate::validate_id) (it may contain dots, so the last two fields are
 //! split from the right), `expires_at` is Unix seconds, and `signature` is the lowercase hex
-//! HMAC-SHA256, under the edge/origin secret, of `cascade-user-token\nv1\n<user_id>\n<expires_at>`.
+//! HMAC-SHA256, under the visitor-token key ([`crate::signing::Keys`], derived from the deployment's
+//! secret), of `cascade-user-token\nv1\n<user_id>\n<expires_at>`.
 //! The prefix keeps a token from ever being a valid request signature and vice versa. Browsers send
 //! it as `Authorization: Bearer <token>` or in the `cascade_token` cookie.
 
@@ -35,6 +36,14 @@ pub enum TokenError {
     /// The signature does not match.
     #[error("user token signature does not match")]
     Mismatch,
+    /// Valid for longer than [`MAX_TOKEN_TTL_SECS`] from now.
+    #[error("user token expires at {expires_at}, more than 30 days after now ({now})")]
+    TooLong {
+        /// When it would expire, Unix seconds.
+        expires_at: u64,
+        /// The verifier's clock.
+        now: u64,
+    },
 }
 
 fn mac(secret: &[u8], user_id: &str, expires_at: u64) -> Hmac<Sha256> {
@@ -64,6 +73,11 @@ pub fn verify<'a>(secret: &[u8], token: &'a str, now: u64) -> Result<&'a str, To
     mac(secret, user_id, expires_at).verify_slice(&signature).map_err(|_| TokenError::Mismatch)?;
     if now > expires_at {
         return Err(TokenError::Expired { expires_at, now });
+    }
+    // No token outlives the longest lifetime one may be issued for: a token far in the future
+    // (minted by a buggy or compromised issuer) would be a permanent credential.
+    if expires_at - now > MAX_TOKEN_TTL_SECS {
+        return Err(TokenError::TooLong { expires_at, now });
     }
     Ok(user_id)
 }
@@ -95,6 +109,15 @@ mod tests {
         assert_eq!(verify(SECRET, &token, 1_999), Ok("u-9.x"));
         assert_eq!(verify(SECRET, &token, 2_000), Ok("u-9.x"));
         assert_eq!(verify(SECRET, &token, 2_001), Err(TokenError::Expired { expires_at: 2_000, now: 2_001 }));
+    }
+
+    #[test]
+    fn a_token_valid_for_more_than_30_days_is_refused() {
+        let now = 1_000_000;
+        let longest = issue(SECRET, "u1", now + MAX_TOKEN_TTL_SECS);
+        assert_eq!(verify(SECRET, &longest, now), Ok("u1"));
+        let forever = issue(SECRET, "u1", u64::MAX / 2);
+        assert_eq!(verify(SECRET, &forever, now), Err(TokenError::TooLong { expires_at: u64::MAX / 2, now }));
     }
 
     #[test]

@@ -165,22 +165,26 @@ pub struct EventsAccepted {
 
 /// Parses a body holding one event object, or `{"events": [...]}`, and validates each event.
 /// Errors name the offending event as `events[i].field`.
+///
+/// The batch limit is enforced while parsing: the parser stops at event
+/// [`MAX_EVENTS_PER_BATCH`]` + 1`, so a body of a million tiny events is refused after a thousand
+/// values, not after building a million.
 pub fn parse_events(body: &[u8], now_ms: u64) -> Result<Vec<Event>, FieldError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| FieldError::new("body", format!("not valid JSON: {e}")))?;
-    let (raw_events, batch) = match value {
-        serde_json::Value::Object(mut map) if map.contains_key("events") => match map.remove("events") {
-            Some(serde_json::Value::Array(items)) => (items, true),
-            _ => return Err(FieldError::new("events", "must be an array of events")),
-        },
-        single @ serde_json::Value::Object(_) => (vec![single], false),
-        _ => return Err(FieldError::new("body", "must be an event object or {\"events\": [...]}")),
+    let parsed: Body = serde_json::from_slice(body).map_err(|e| {
+        if e.to_string().starts_with(TOO_MANY) {
+            FieldError::new("events", format!("at most {MAX_EVENTS_PER_BATCH} events per request"))
+        } else {
+            FieldError::new("body", format!("not valid JSON: {e}"))
+        }
+    })?;
+    let (raw_events, batch) = match parsed {
+        Body::Batch(Some(items)) => (items, true),
+        Body::Batch(None) => return Err(FieldError::new("events", "must be an array of events")),
+        Body::Single(map) => (vec![serde_json::Value::Object(map)], false),
+        Body::Other => return Err(FieldError::new("body", "must be an event object or {\"events\": [...]}")),
     };
     if raw_events.is_empty() {
         return Err(FieldError::new("events", "must not be empty"));
-    }
-    if raw_events.len() > MAX_EVENTS_PER_BATCH {
-        return Err(FieldError::new("events", format!("at most {MAX_EVENTS_PER_BATCH} events per request")));
     }
     raw_events
         .into_iter()
@@ -193,6 +197,117 @@ pub fn parse_events(body: &[u8], now_ms: u64) -> Result<Vec<Event>, FieldError> 
             Ok(event)
         })
         .collect()
+}
+
+/// The start of the parser's error when a batch is over the limit.
+const TOO_MANY: &str = "too many events";
+
+/// An events body as the parser sees it, before each event is read.
+enum Body {
+    /// `{"events": …}`: the array (at most the limit), or `None` when it is not an array.
+    Batch(Option<Vec<serde_json::Value>>),
+    /// An object without `events`: one event.
+    Single(serde_json::Map<String, serde_json::Value>),
+    /// Anything else.
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Body {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+        /// An array of at most [`MAX_EVENTS_PER_BATCH`] values, or `None` for a non-array.
+        struct Bounded(Option<Vec<serde_json::Value>>);
+        impl<'de> serde::Deserialize<'de> for Bounded {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Items;
+                impl<'de> Visitor<'de> for Items {
+                    type Value = Bounded;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("an array of events")
+                    }
+                    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bounded, A::Error> {
+                        let mut items = Vec::new();
+                        while let Some(item) = seq.next_element::<serde_json::Value>()? {
+                            if items.len() == MAX_EVENTS_PER_BATCH {
+                                return Err(A::Error::custom(TOO_MANY));
+                            }
+                            items.push(item);
+                        }
+                        Ok(Bounded(Some(items)))
+                    }
+                    // Anything but an array is read whole (bounded by the body limit) and refused.
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Bounded, A::Error> {
+                        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                        Ok(Bounded(None))
+                    }
+                    fn visit_str<E: Error>(self, _: &str) -> Result<Bounded, E> {
+                        Ok(Bounded(None))
+                    }
+                    fn visit_bool<E: Error>(self, _: bool) -> Result<Bounded, E> {
+                        Ok(Bounded(None))
+                    }
+                    fn visit_i64<E: Error>(self, _: i64) -> Result<Bounded, E> {
+                        Ok(Bounded(None))
+                    }
+                    fn visit_u64<E: Error>(self, _: u64) -> Result<Bounded, E> {
+                        Ok(Bounded(None))
+                    }
+                    fn visit_f64<E: Error>(self, _: f64) -> Result<Bounded, E> {
+                        Ok(Bounded(None))
+                    }
+                    fn visit_unit<E: Error>(self) -> Result<Bounded, E> {
+                        Ok(Bounded(None))
+                    }
+                }
+                deserializer.deserialize_any(Items)
+            }
+        }
+
+        struct Top;
+        impl<'de> Visitor<'de> for Top {
+            type Value = Body;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an event object or {\"events\": [...]}")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+                let mut fields = serde_json::Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "events" {
+                        let Bounded(items) = map.next_value()?;
+                        // Whatever follows the batch is read and ignored.
+                        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                        return Ok(Body::Batch(items));
+                    }
+                    fields.insert(key, map.next_value()?);
+                }
+                Ok(Body::Single(fields))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Body, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Body::Other)
+            }
+            fn visit_str<E: Error>(self, _: &str) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+            fn visit_bool<E: Error>(self, _: bool) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+            fn visit_i64<E: Error>(self, _: i64) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+            fn visit_u64<E: Error>(self, _: u64) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+            fn visit_f64<E: Error>(self, _: f64) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+            fn visit_unit<E: Error>(self) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+        }
+        deserializer.deserialize_any(Top)
+    }
 }
 
 fn validate_event(event: &Event, now_ms: u64) -> Result<(), FieldError> {
@@ -240,6 +355,23 @@ mod tests {
         assert_eq!(err.field, "event.item_id");
         assert_eq!(parse_events(b"[1]", 0).unwrap_err().field, "body");
         assert_eq!(parse_events(br#"{"events":[]}"#, 0).unwrap_err().field, "events");
+        assert_eq!(parse_events(br#"{"events":{"a":1}}"#, 0).unwrap_err().field, "events");
+        assert_eq!(parse_events(br#"{"events":null}"#, 0).unwrap_err().field, "events");
+        assert_eq!(parse_events(b"\"x\"", 0).unwrap_err().field, "body");
+        assert_eq!(parse_events(b"{\"events\":[}", 0).unwrap_err().field, "body");
+    }
+
+    #[test]
+    fn the_batch_limit_stops_the_parser() {
+        let event = r#"{"user_id":"u1","kind":"view","item_id":"i1"}"#;
+        let full = format!("{{\"events\":[{}]}}", vec![event; MAX_EVENTS_PER_BATCH].join(","));
+        assert_eq!(parse_events(full.as_bytes(), 0).unwrap().len(), MAX_EVENTS_PER_BATCH);
+        // One event more, then bytes that are not JSON at all: the parser stops at the count and
+        // never reaches them (a parse of the whole body first would report "not valid JSON").
+        let over = format!("{{\"events\":[{},{{}}, this is not json", vec![event; MAX_EVENTS_PER_BATCH].join(","));
+        let error = parse_events(over.as_bytes(), 0).unwrap_err();
+        assert_eq!(error.field, "events", "{error}");
+        assert!(error.message.contains("at most"), "{error}");
     }
 
     #[test]

@@ -62,6 +62,15 @@ fn signatures() {
 }
 
 #[test]
+fn derived_keys() {
+    for case in vectors()["derived_keys"].as_array().unwrap() {
+        let keys = cascade_shared::signing::Keys::derive(s(&case["secret"]).as_bytes());
+        assert_eq!(hex::encode(keys.edge_requests), s(&case["edge_requests"]));
+        assert_eq!(hex::encode(keys.visitor_tokens), s(&case["visitor_tokens"]));
+    }
+}
+
+#[test]
 fn user_tokens() {
     for case in vectors()["user_tokens"].as_array().unwrap() {
         let (secret, user, expires_at) =

@@ -231,7 +231,8 @@ async fn signed_in_visitors_get_their_own_lists_and_the_demo_page_renders_in_chr
     let forged = cascade_shared::token::issue(b"not-the-origin-secret-0123", "u0", u64::MAX / 2);
     let got = get(&http, recs.clone(), Some(&forged)).await;
     assert_eq!(got.status, 401, "{}", got.body);
-    let expired = cascade_shared::token::issue(SECRET.as_bytes(), "u0", 1);
+    let expired =
+        cascade_shared::token::issue(&cascade_shared::signing::Keys::derive(SECRET.as_bytes()).visitor_tokens, "u0", 1);
     assert!(get(&http, recs.clone(), Some(&expired)).await.body.contains("expired"));
 
     // The demo page, in a real headless browser: it fetches /recs and renders the titles.

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cascade_e2e::{Edge, Origin, RedisServer, bundle_dir, run_cascade};
 use cascade_shared::embedding::decode_file;
-use cascade_shared::signing::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
+use cascade_shared::signing::{Keys, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
 use cascade_shared::wire::{ErrorBody, RecList, Source};
 use serde_json::Value;
 
@@ -105,7 +105,10 @@ async fn browser_to_model_through_every_real_hop() {
     let stale = http
         .get(format!("{}{segment_path}?n=5", origin.url))
         .header(TIMESTAMP_HEADER, stale_ts.to_string())
-        .header(SIGNATURE_HEADER, sign(SECRET.as_bytes(), "GET", segment_path, "n=5", stale_ts))
+        .header(
+            SIGNATURE_HEADER,
+            sign(&Keys::derive(SECRET.as_bytes()).edge_requests, "GET", segment_path, "n=5", stale_ts),
+        )
         .send()
         .await
         .unwrap();
@@ -114,7 +117,7 @@ async fn browser_to_model_through_every_real_hop() {
     let signed = http
         .get(format!("{}{segment_path}?n=5", origin.url))
         .header(TIMESTAMP_HEADER, ts.to_string())
-        .header(SIGNATURE_HEADER, sign(SECRET.as_bytes(), "GET", segment_path, "n=5", ts))
+        .header(SIGNATURE_HEADER, sign(&Keys::derive(SECRET.as_bytes()).edge_requests, "GET", segment_path, "n=5", ts))
         .send()
         .await
         .unwrap();

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cascade_e2e::{Origin, TempDir, bundle_dir, relabel_bundle};
-use cascade_shared::signing::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
+use cascade_shared::signing::{Keys, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
 use cascade_shared::wire::RecList;
 use serde_json::{Value, json};
 
@@ -127,7 +127,7 @@ async fn reloads_under_load_fail_no_request_and_bad_bundles_are_refused() {
     let signed = http
         .post(format!("{}/admin/bundle", origin.url))
         .header(TIMESTAMP_HEADER, ts.to_string())
-        .header(SIGNATURE_HEADER, sign(SECRET.as_bytes(), "POST", "/admin/bundle", "", ts))
+        .header(SIGNATURE_HEADER, sign(&Keys::derive(SECRET.as_bytes()).edge_requests, "POST", "/admin/bundle", "", ts))
         .json(&json!({"path": b.display().to_string()}))
         .send()
         .await

@@ -3,6 +3,7 @@
 //! with `--json` (the human summary goes to stderr either way).
 
 pub mod index;
+pub mod keys;
 pub mod load;
 pub mod plan;
 pub mod precompute;
@@ -29,6 +30,8 @@ pub enum Command {
     Index(index::IndexCommand),
     /// Memory and shard counts for a deployment.
     Plan(plan::PlanArgs),
+    /// Print the visitor-token key derived from CASCADE_SECRET (for the site's login service).
+    TokenKey(keys::TokenKeyArgs),
 }
 
 /// What a command printed for machines: its report, when it has one.
@@ -60,6 +63,13 @@ impl Command {
                 // Eval's figures are its output: printed whether or not --json is given.
                 println!("{}", serde_json::to_string_pretty(&figures)?);
                 Ok(None)
+            }
+            Command::TokenKey(args) => {
+                let key = keys::run(args)?;
+                if !json {
+                    println!("{}", key.visitor_token_key_hex);
+                }
+                report(key)
             }
             Command::Plan(args) => {
                 let input = args.input()?;

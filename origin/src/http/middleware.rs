@@ -106,11 +106,12 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
     }
 }
 
-/// Admin routes take internal callers only: an edge signature is not enough.
+/// Admin routes and routes with a body take internal callers only: an edge signature (which does
+/// not cover a body) is not enough.
 pub async fn authenticate_internal(State(state): State<AppState>, request: Request, next: Next) -> Response {
     match caller(&state, &request) {
         Ok(Caller::Internal) => next.run(request).await,
-        Ok(Caller::Edge) => ApiError::from(AuthError::InternalOnly("admin routes")).into_response(),
+        Ok(Caller::Edge) => ApiError::from(AuthError::InternalOnly("this route")).into_response(),
         Err(error) => ApiError::from(error).into_response(),
     }
 }

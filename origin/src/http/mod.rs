@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /v1/users/{user_id}/recs?n=&page=&device=&country=` | a user's list (signed or bearer) |
 //! | `GET /v1/segments/{segment}/recs?n=` | a segment's list (what the edge caches) |
-//! | `POST /v1/events` | user actions, validated and deduplicated |
+//! | `POST /v1/events` | user actions, validated and deduplicated (bearer key only) |
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness with degraded components, Prometheus |
 //! | `POST /admin/bundle` `{"path": …}` | load, check and swap in a model bundle (bearer key only) |
 //! | `POST /admin/tokens` `{"user_id": …}` | a signed-in visitor token for the edge (bearer key only) |
@@ -98,12 +98,16 @@ impl AppState {
 
 /// The router, with every middleware; tests drive it with `tower::ServiceExt::oneshot`.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    // Edge signatures cover method, path, query and time, not a body: signed callers read lists;
+    // a route that takes a body (events, admin) needs a bearer key.
+    let reads = Router::new()
         .route("/v1/users/{user_id}/recs", get(handlers::user_recs))
         .route("/v1/segments/{segment}/recs", get(handlers::segment_recs))
+        .route_layer(from_fn_with_state(state.clone(), middleware::authenticate));
+    let writes = Router::new()
         .route("/v1/events", post(handlers::events))
-        .route_layer(from_fn_with_state(state.clone(), middleware::authenticate))
-        .route_layer(from_fn_with_state(state.clone(), middleware::time_limit));
+        .route_layer(from_fn_with_state(state.clone(), middleware::authenticate_internal));
+    let api = reads.merge(writes).route_layer(from_fn_with_state(state.clone(), middleware::time_limit));
     let admin = Router::new()
         .route("/admin/bundle", post(admin::load_bundle))
         .route("/admin/tokens", post(admin::issue_token))
