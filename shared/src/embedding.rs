@@ -49,13 +49,16 @@ pub enum FormatError {
         /// Records the header promised.
         count: u64,
     },
-    /// An id is not UTF-8.
-    #[error("record {record} at offset {offset}: id is not UTF-8")]
+    /// An id is not UTF-8 or not a valid id ([`validate_id`](crate::validate::validate_id)): an
+    /// id with `:` would collide in the Redis key schema and escape `reshard`'s key census.
+    #[error("record {record} at offset {offset}: id {message}")]
     BadId {
         /// Byte offset.
         offset: usize,
         /// Index of the record.
         record: u64,
+        /// What is wrong.
+        message: String,
     },
     /// Bytes follow the last record.
     #[error("{extra} unexpected bytes after the last record at offset {offset}")]
@@ -209,6 +212,7 @@ pub fn decode_file(bytes: &[u8]) -> Result<EmbeddingTable, FormatError> {
         .and_then(|b| std::str::from_utf8(b).ok())
         .ok_or_else(|| header_error(22, "bundle id truncated or not UTF-8"))?
         .to_string();
+    crate::validate::validate_id("bundle_id", &bundle_id).map_err(|e| header_error(22, &e.to_string()))?;
     // Never trust `count` for an allocation: cap it by what the bytes could hold.
     let min_record = 2 + dim * 4;
     let capacity = usize::try_from(count).unwrap_or(usize::MAX).min(bytes.len() / min_record);
@@ -219,7 +223,9 @@ pub fn decode_file(bytes: &[u8]) -> Result<EmbeddingTable, FormatError> {
         let truncated = FormatError::Truncated { offset: start, record, count };
         let len = r.u16().ok_or_else(|| truncated.clone())? as usize;
         let id = r.take(len).ok_or_else(|| truncated.clone())?;
-        let id = std::str::from_utf8(id).map_err(|_| FormatError::BadId { offset: start + 2, record })?;
+        let bad_id = |message: String| FormatError::BadId { offset: start + 2, record, message };
+        let id = std::str::from_utf8(id).map_err(|_| bad_id("is not UTF-8".into()))?;
+        crate::validate::validate_id("id", id).map_err(|e| bad_id(e.to_string()))?;
         let payload = r.take(dim * 4).ok_or(truncated)?;
         ids.push(id.to_string());
         values.extend(payload.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
@@ -285,6 +291,11 @@ mod tests {
         extra.push(0);
         assert!(matches!(decode_file(&extra), Err(FormatError::Trailing { extra: 1, .. })));
         assert!(matches!(decode_file(b"NOPE"), Err(FormatError::Header { offset: 0, .. })));
+        // Ids that would break the key schema are refused where they enter, with the record.
+        let colon = encode_file("b1", 2, &["ok", "a:b"], &[0.0; 4]);
+        assert!(matches!(decode_file(&colon), Err(FormatError::BadId { record: 1, .. })), "{:?}", decode_file(&colon));
+        let bad_bundle = encode_file("b:1", 2, &["ok"], &[0.0; 2]);
+        assert!(matches!(decode_file(&bad_bundle), Err(FormatError::Header { offset: 22, .. })));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! | `cascade:bought:{user_id}` | set of item ids the user purchased |
 //! | `cascade:recent:{user_id}` | list of the user's most recent item ids, newest first (session) |
 //! | `cascade:l2:{bundle}:{user_id}:{segment}:{generation}` | L2 cached list, JSON items |
+//! | `cascade:marker:{bundle}` | what `cascade load` wrote to this shard: key count and checksum (one per shard, never moved) |
 //!
 //! Ids are validated ([`crate::validate::validate_id`]) so they never contain `:`.
 
@@ -71,6 +72,23 @@ pub fn l2_key(bundle: &str, user_id: &str, segment: &str, generation: u64) -> St
     format!("cascade:l2:{bundle}:{user_id}:{segment}:{generation}")
 }
 
+/// Key of the marker `cascade load` leaves on each shard: which bundle it loaded there, how many
+/// keys, their checksum. The origin checks it to tell an emptied (restarted) shard from new users.
+pub fn marker_key(bundle: &str) -> String {
+    format!("cascade:marker:{bundle}")
+}
+
+/// Whether a key belongs to one shard rather than to an id (markers): never moved by a reshard.
+pub fn is_shard_local(key: &str) -> bool {
+    key.starts_with("cascade:marker:")
+}
+
+/// Whether a key is a cache or a session that expires by itself (L2 lists, recent items): a
+/// reshard moves it if it is still there, but does not count it, since it may vanish mid-run.
+pub fn is_volatile(key: &str) -> bool {
+    key.starts_with("cascade:l2:") || key.starts_with("cascade:recent:")
+}
+
 /// The id a key is sharded by (the user or item it belongs to), or `None` for a key outside the
 /// schema. Every key of one user lives on that user's shard, so resharding moves them together.
 pub fn shard_id_of(key: &str) -> Option<&str> {
@@ -99,6 +117,8 @@ mod tests {
             l2_key("b1", "u.7", "home.desktop.us", 3),
         ];
         for key in &keys {
+            assert!(!is_shard_local(key), "{key}");
+            assert_eq!(is_volatile(key), key.contains(":l2:") || key.contains(":recent:"), "{key}");
             assert_eq!(shard_id_of(key), Some("u.7"), "{key}");
         }
         for foreign in ["other:emb:u:b:1", "cascade:emb:x:b:1", "cascade:gen", "cascade:l2:b:u:s"] {

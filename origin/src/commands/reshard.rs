@@ -12,6 +12,13 @@
 //!    shard its id maps to (a server dropped from the list must be empty), and no key on two
 //!    servers.
 //!
+//! The census counts durable keys only: L2 lists and sessions are moved when still there but not
+//! counted (they expire by themselves, so on a live system they would fail any before/after
+//! count), and shard markers stay on their shard. A `cascade:*` key from which no shard id can be
+//! read (outside the schema) stops the run before anything moves, naming one: it could never be
+//! moved, and a success report would be a lie. Ids are validated where they enter (HTTP, bundle
+//! files, `load`), so such a key comes only from outside Cascade.
+//!
 //! Run it while writers are paused (or replay their writes after): a key written to its old shard
 //! after that shard was scanned stays there. Switch `CASCADE_REDIS_SHARDS` to the new list when it
 //! reports success.
@@ -21,7 +28,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use cascade_shared::hashing::{shard_for, stable_hash64};
-use cascade_shared::keys::shard_id_of;
+use cascade_shared::keys::{is_shard_local, is_volatile, shard_id_of};
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
@@ -50,7 +57,7 @@ pub struct ReshardArgs {
 }
 
 /// Count and checksum of a shard list's keys.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Census {
     /// `cascade:*` keys with a shard id.
     pub keys: u64,
@@ -60,8 +67,14 @@ pub struct Census {
     pub misplaced: u64,
     /// Keys found on more than one shard.
     pub duplicates: u64,
-    /// `cascade:*` keys outside the schema (left where they are).
+    /// `cascade:*` keys outside the schema (a reshard refuses to start while there are any).
     pub foreign: u64,
+    /// One of them, to name in the refusal.
+    #[serde(default)]
+    pub foreign_example: Option<String>,
+    /// Caches and sessions seen (moved, not counted: they expire by themselves).
+    #[serde(default)]
+    pub volatile: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -142,10 +155,20 @@ pub async fn census(urls: &[String], placement: &[String], batch: usize) -> anyh
             let dumps: Vec<Option<Vec<u8>>> =
                 if keys.is_empty() { Vec::new() } else { pipe.query_async(&mut connection).await? };
             for (key, dump) in keys.iter().zip(dumps) {
-                let (Some(id), Some(dump)) = (shard_id_of(key), dump) else {
-                    result.foreign += u64::from(shard_id_of(key).is_none());
+                if is_shard_local(key) {
+                    continue;
+                }
+                let Some(id) = shard_id_of(key) else {
+                    result.foreign += 1;
+                    result.foreign_example.get_or_insert_with(|| key.clone());
                     continue;
                 };
+                if is_volatile(key) {
+                    result.volatile += 1;
+                    continue;
+                }
+                // Gone between SCAN and DUMP: it was never there as far as the census goes.
+                let Some(dump) = dump else { continue };
                 let mut bytes = key.as_bytes().to_vec();
                 bytes.push(0);
                 bytes.extend_from_slice(&dump);
@@ -210,7 +233,7 @@ pub async fn run(args: ReshardArgs) -> anyhow::Result<Outcome> {
             ..Checkpoint::default()
         },
     };
-    let before = match checkpoint.before {
+    let before = match checkpoint.before.clone() {
         Some(before) => before,
         None => {
             let started = Instant::now();
@@ -222,7 +245,14 @@ pub async fn run(args: ReshardArgs) -> anyhow::Result<Outcome> {
                 before.checksum,
                 started.elapsed().as_secs_f64()
             );
-            checkpoint.before = Some(before);
+            if let Some(example) = &before.foreign_example {
+                anyhow::bail!(
+                    "{} cascade:* keys are outside the key schema (e.g. {example:?}): no shard id can be read \
+                     from them, so they cannot be moved; delete or rename them, then run again",
+                    before.foreign
+                );
+            }
+            checkpoint.before = Some(before.clone());
             save(&args.checkpoint, &checkpoint)?;
             before
         }
@@ -239,6 +269,9 @@ pub async fn run(args: ReshardArgs) -> anyhow::Result<Outcome> {
             let (next, keys) = scan(&mut connection, cursor, args.batch).await?;
             let mut by_target: HashMap<usize, Vec<String>> = HashMap::new();
             for key in keys {
+                if is_shard_local(&key) {
+                    continue;
+                }
                 let Some(id) = shard_id_of(&key) else { continue };
                 let target = shard_for(id, args.to.len() as u32) as usize;
                 if args.to[target] != *url {
