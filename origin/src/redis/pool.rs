@@ -12,16 +12,47 @@
 //! the others keep the redis-rs one. A connection is returned to the pool only after a complete
 //! reply, so a timeout or error (which drops the future mid-reply) can never leave a half-read
 //! reply for the next user.
+//!
+//! A shard that is slow or down must not get a reconnect storm: at most [`MAX_OPEN`] connections
+//! are open per shard (a request beyond waits for one, within its caller's timeout), connects run
+//! one at a time, and after a failed connect no new one is tried for [`CONNECT_BACKOFF`] (requests meanwhile fail at once,
+//! and the store answers "unavailable" as it would after the timeout, only sooner).
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cascade_shared::embedding::FormatError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::connection::{Connection, RespError};
+use super::frame::FrameError;
 use super::url::RedisUrl;
 
 /// Idle connections kept per shard.
 const MAX_IDLE: usize = 16;
+/// Connections open per shard at once, idle or in use.
+pub const MAX_OPEN: usize = 64;
+/// After a failed connect, how long requests fail at once instead of connecting again.
+pub const CONNECT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A connection and its slot among the [`MAX_OPEN`]. Dropped before a complete reply (the
+/// caller's timeout fired mid-request), it counts as a failure: the shard is slow, and opening a
+/// fresh connection for every timed-out request is exactly the storm to avoid.
+struct Pooled {
+    connection: Connection,
+    _slot: OwnedSemaphorePermit,
+    failed_at: Arc<Mutex<Option<Instant>>>,
+    complete: bool,
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if !self.complete {
+            *self.failed_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+        }
+    }
+}
 
 /// One decoded `MGET` element: `None` for a missing key.
 pub type Element = Option<Result<Vec<f32>, FormatError>>;
@@ -30,7 +61,14 @@ pub type Element = Option<Result<Vec<f32>, FormatError>>;
 pub struct MgetPool {
     address: String,
     db: i64,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Pooled>>,
+    slots: Arc<Semaphore>,
+    /// When the last connect failed, or a request was abandoned mid-reply.
+    failed_at: Arc<Mutex<Option<Instant>>>,
+    /// Held while connecting: one connect at a time per shard.
+    connecting: tokio::sync::Mutex<()>,
+    /// Connects tried (for tests and the fault suite's figures).
+    connects: AtomicU64,
 }
 
 impl MgetPool {
@@ -38,7 +76,61 @@ impl MgetPool {
     /// credentials, parameters) or does not parse.
     pub fn for_url(url: &str) -> Option<Self> {
         let url = RedisUrl::parse(url).ok().filter(RedisUrl::is_plain)?;
-        Some(MgetPool { address: url.address(), db: url.db, idle: Mutex::new(Vec::new()) })
+        Some(MgetPool {
+            address: url.address(),
+            db: url.db,
+            idle: Mutex::new(Vec::new()),
+            slots: Arc::new(Semaphore::new(MAX_OPEN)),
+            failed_at: Arc::new(Mutex::new(None)),
+            connecting: tokio::sync::Mutex::new(()),
+            connects: AtomicU64::new(0),
+        })
+    }
+
+    /// Connects tried so far.
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+
+    /// An idle connection, or a new one within the cap and outside the backoff.
+    async fn checkout(&self) -> Result<Pooled, RespError> {
+        if let Some(mut pooled) = self.idle.lock().map(|mut idle| idle.pop()).unwrap_or(None) {
+            pooled.complete = false;
+            return Ok(pooled);
+        }
+        let slot = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| RespError::Protocol(FrameError("pool closed".into())))?;
+        // One connect at a time: a shard that refuses sees one attempt per backoff, not one per
+        // waiting request.
+        let _connecting = self.connecting.lock().await;
+        // Another request may have returned a connection while this one waited.
+        if let Some(mut pooled) = self.idle.lock().map(|mut idle| idle.pop()).unwrap_or(None) {
+            pooled.complete = false;
+            return Ok(pooled);
+        }
+        {
+            let failed_at = self.failed_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(at) = *failed_at
+                && at.elapsed() < CONNECT_BACKOFF
+            {
+                return Err(RespError::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "the last connect failed moments ago; backing off",
+                )));
+            }
+        }
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        match Connection::open(&self.address, self.db).await {
+            Ok(connection) => {
+                Ok(Pooled { connection, _slot: slot, failed_at: Arc::clone(&self.failed_at), complete: false })
+            }
+            Err(error) => {
+                *self.failed_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+                Err(error)
+            }
+        }
     }
 
     /// `MGET keys`, each value decoded as `dim` floats (float32 or float16, by length).
@@ -69,17 +161,14 @@ impl MgetPool {
         if written != count {
             return Err(super::frame::FrameError(format!("{written} ids for a count of {count}")).into());
         }
-        let pooled = self.idle.lock().map(|mut idle| idle.pop()).unwrap_or(None);
-        let mut connection = match pooled {
-            Some(connection) => connection,
-            None => Connection::open(&self.address, self.db).await?,
-        };
-        connection.send(&command).await?;
-        let elements = connection.read_mget_reply(count, dim).await?;
+        let mut pooled = self.checkout().await?;
+        pooled.connection.send(&command).await?;
+        let elements = pooled.connection.read_mget_reply(count, dim).await?;
+        pooled.complete = true;
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
         {
-            idle.push(connection);
+            idle.push(pooled);
         }
         Ok(elements)
     }
@@ -113,6 +202,58 @@ mod tests {
             }
         });
         format!("redis://{address}")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_or_stalled_shard_gets_no_connection_storm() {
+        // Down: nothing listens. 200 concurrent lookups try one connect, not 200.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let port = closed.local_addr().map(|a| a.port()).unwrap_or_default();
+        drop(closed);
+        let pool = Arc::new(MgetPool::for_url(&format!("redis://127.0.0.1:{port}")).unwrap_or_else(|| panic!()));
+        let keys = Arc::new(vec!["a".to_string()]);
+        let lookups: Vec<_> = (0..200)
+            .map(|_| {
+                let (pool, keys) = (Arc::clone(&pool), Arc::clone(&keys));
+                tokio::spawn(async move { pool.mget(&keys, 2).await.is_err() })
+            })
+            .collect();
+        for lookup in lookups {
+            assert!(lookup.await.unwrap_or(false), "a lookup on a dead shard fails");
+        }
+        assert!(pool.connects() <= 5, "{} connects for 200 lookups", pool.connects());
+
+        // Stalled: accepts and never answers. 200 lookups that give up after 100 ms open at most
+        // MAX_OPEN connections.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        let pool = Arc::new(MgetPool::for_url(&format!("redis://{address}")).unwrap_or_else(|| panic!()));
+        let lookups: Vec<_> = (0..200)
+            .map(|_| {
+                let (pool, keys) = (Arc::clone(&pool), Arc::clone(&keys));
+                tokio::spawn(async move {
+                    let answer = tokio::time::timeout(Duration::from_millis(100), pool.mget(&keys, 2)).await;
+                    !matches!(answer, Ok(Ok(_)))
+                })
+            })
+            .collect();
+        for lookup in lookups {
+            assert!(lookup.await.unwrap_or(false), "a lookup on a stalled shard times out or backs off");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let opened = accepted.load(Ordering::SeqCst);
+        // At most MAX_OPEN at once; and once requests start timing out, no fresh connection per
+        // timed-out request (an abandoned request backs the pool off like a failed connect).
+        assert!(opened as usize <= MAX_OPEN + 8, "{opened} connections to a stalled shard");
     }
 
     #[tokio::test]
