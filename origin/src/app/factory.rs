@@ -45,6 +45,9 @@ pub enum BuildError {
     /// A build task panicked or was cancelled (a bug).
     #[error("build task failed: {0}")]
     Task(String),
+    /// Another reload is in progress.
+    #[error("another bundle is being loaded; retry when it is done")]
+    Busy,
 }
 
 impl BuildError {

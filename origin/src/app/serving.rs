@@ -46,7 +46,11 @@ impl Serving {
     /// Loads the bundle in `dir` beside the current one and swaps it in, or refuses it (the error
     /// says whether the bundle was wrong or a dependency was down).
     pub async fn load(&self, dir: &Path) -> Result<Swapped, BuildError> {
-        let _one_at_a_time = self.reloading.lock().await;
+        // A second reload is refused at once rather than queued: each waiting one would hold a
+        // request slot and, once its turn came, a second copy of a model in memory.
+        let Ok(_one_at_a_time) = self.reloading.try_lock() else {
+            return Err(BuildError::Busy);
+        };
         let previous = self.current().bundle().id().to_string();
         match self.factory.build(dir).await {
             Ok(recommender) => {

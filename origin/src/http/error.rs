@@ -68,6 +68,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", true)
             }
             ApiError::Reload(BuildError::Task(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
+            ApiError::Reload(BuildError::Busy) => (StatusCode::CONFLICT, "reload_in_progress", true),
             ApiError::Reload(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bundle_rejected", false),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", true),
             ApiError::TimedOut(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout", true),
@@ -139,6 +140,7 @@ mod tests {
         let down = StoreError::Unavailable { shard: 0, message: "connection refused".into() };
         assert_eq!(answer(ApiError::Reload(BuildError::Store(down))), (503, "dependency_unavailable", true));
         assert_eq!(answer(ApiError::Reload(BuildError::Task("panicked".into()))), (500, "internal", false));
+        assert_eq!(answer(ApiError::Reload(BuildError::Busy)), (409, "reload_in_progress", true));
     }
 
     #[test]
