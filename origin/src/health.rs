@@ -33,6 +33,11 @@ pub enum HealthState {
     Ok,
     /// Not answering (down, or slower than its timeout).
     Unreachable,
+    /// Answering, but it holds nothing: a Redis shard that restarted empty (refill it with
+    /// `cascade load --shard i`).
+    Empty,
+    /// Answering, but it holds another bundle's data, not the one being served.
+    WrongBundle,
     /// Answering but degraded (e.g. a cluster whose state is not `ok`, a ranker that recently panicked and was restarted).
     Degraded,
 }

@@ -13,7 +13,7 @@
 //! | `cascade:bought:{user_id}` | set of item ids the user purchased |
 //! | `cascade:recent:{user_id}` | list of the user's most recent item ids, newest first (session) |
 //! | `cascade:l2:{bundle}:{user_id}:{segment}:{generation}` | L2 cached list, JSON items |
-//! | `cascade:marker:{bundle}` | what `cascade load` wrote to this shard: key count and checksum (one per shard, never moved) |
+//! | `cascade:markers` | hash, one field per bundle loaded into this shard: what `cascade load` wrote there (JSON; never moved) |
 //!
 //! Ids are validated ([`crate::validate::validate_id`]) so they never contain `:`.
 
@@ -72,15 +72,14 @@ pub fn l2_key(bundle: &str, user_id: &str, segment: &str, generation: u64) -> St
     format!("cascade:l2:{bundle}:{user_id}:{segment}:{generation}")
 }
 
-/// Key of the marker `cascade load` leaves on each shard: which bundle it loaded there, how many
-/// keys, their checksum. The origin checks it to tell an emptied (restarted) shard from new users.
-pub fn marker_key(bundle: &str) -> String {
-    format!("cascade:marker:{bundle}")
-}
+/// The hash where `cascade load` marks each shard with what it loaded there: field = bundle id,
+/// value = JSON (counts per kind, when). The origin checks it to tell a shard that came back
+/// empty (a restarted cache node) or holds another bundle from one whose users are simply new.
+pub const MARKERS_KEY: &str = "cascade:markers";
 
-/// Whether a key belongs to one shard rather than to an id (markers): never moved by a reshard.
+/// Whether a key belongs to one shard rather than to an id (the markers): never moved by a reshard.
 pub fn is_shard_local(key: &str) -> bool {
-    key.starts_with("cascade:marker:")
+    key == MARKERS_KEY
 }
 
 /// Whether a key is a cache or a session that expires by itself (L2 lists, recent items): a

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
-use cascade_e2e::{Origin, RedisServer, bundle_dir, run_cascade};
+use cascade_e2e::{Origin, RedisServer, bundle_dir, run_cascade, run_cascade_json};
 use cascade_shared::hashing::shard_for;
 use cascade_shared::wire::{RecList, Source};
 use serde_json::Value;
@@ -113,4 +113,65 @@ async fn production_without_a_secret_refuses_to_start_and_bad_requests_get_400()
     let missing = http.get(format!("{}/nope", origin.url)).send().await.unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(missing.json::<Value>().await.unwrap()["error"]["code"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_comes_back_empty_is_noticed_and_refilled() {
+    let bundle = bundle_dir().unwrap();
+    let mut shards = [RedisServer::start().await.unwrap(), RedisServer::start().await.unwrap()];
+    let shard_list = format!("{},{}", shards[0].url, shards[1].url);
+    let load = |extra: &[&str]| {
+        let mut args = vec!["load", "--bundle", bundle.to_str().unwrap(), "--redis", &shard_list, "--users-only"];
+        args.extend_from_slice(extra);
+        run_cascade_json(&args).unwrap()
+    };
+    load(&[]);
+    let origin = Origin::start(&[
+        ("CASCADE_BUNDLE", bundle.display().to_string()),
+        ("CASCADE_REDIS_SHARDS", shard_list.clone()),
+        ("CASCADE_API_KEYS", API_KEY.to_string()),
+    ])
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let on_shard_1: Vec<String> = (0..60).map(|i| format!("u{i}")).filter(|id| shard_for(id, 2) == 1).collect();
+    let source = |user: &str| {
+        let request = http.get(format!("{}/v1/users/{user}/recs?n=5", origin.url)).bearer_auth(API_KEY);
+        async move { request.send().await.unwrap().json::<RecList>().await.unwrap().source }
+    };
+    let shard_1_state = || {
+        let request = http.get(format!("{}/readyz", origin.url));
+        async move {
+            let ready: Value = request.send().await.unwrap().json().await.unwrap();
+            let components = ready["components"].as_array().cloned().unwrap_or_default();
+            let shard = components.into_iter().find(|c| c["name"] == "redis_shard_1").unwrap_or_default();
+            shard["state"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    assert_eq!(source(&on_shard_1[0]).await, Source::Realtime);
+    assert_eq!(shard_1_state().await, "ok");
+
+    // The cache node restarts, empty: noticed as such, not as a crowd of new users.
+    shards[1].restart_empty().await.unwrap();
+    let noticed_by = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while shard_1_state().await != "empty" {
+        assert!(std::time::Instant::now() < noticed_by, "shard 1 never reported empty: {}", origin.output());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(source(&on_shard_1[1]).await, Source::Segment, "{}", origin.output());
+    let metrics = http.get(format!("{}/metrics", origin.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("cascade_fallbacks_total{reason=\"missing_on_degraded_shard\"}"), "{metrics}");
+    assert!(!metrics.contains("reason=\"cold_start\""), "the lost users are not counted as new: {metrics}");
+
+    // Refilled, shard 1 alone: its users get real-time lists again.
+    let refill = load(&["--shard", "1"]);
+    let users = &refill["loaded"][0];
+    assert_eq!(users["verified"], users["expected"], "{refill}");
+    assert!(users["expected"].as_u64().unwrap() < users["total"].as_u64().unwrap(), "only shard 1's users: {refill}");
+    let refilled_by = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while shard_1_state().await != "ok" {
+        assert!(std::time::Instant::now() < refilled_by, "shard 1 never recovered: {}", origin.output());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(source(&on_shard_1[2]).await, Source::Realtime, "{}", origin.output());
 }

@@ -245,6 +245,18 @@ impl RedisServer {
     pub async fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
         let dir = TempDir::new("cascade-redis")?;
         let port = free_port()?;
+        let process = Self::spawn(port, &dir, extra).await?;
+        Ok(RedisServer { url: format!("redis://127.0.0.1:{port}"), port, process, _dir: dir })
+    }
+
+    /// Stops it and starts a new, empty one on the same port: a cache node that restarted.
+    pub async fn restart_empty(&mut self) -> anyhow::Result<()> {
+        self.process.stop();
+        self.process = Self::spawn(self.port, &self._dir, &[]).await?;
+        Ok(())
+    }
+
+    async fn spawn(port: u16, dir: &TempDir, extra: &[&str]) -> anyhow::Result<Process> {
         let mut command = Command::new("redis-server");
         command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"])
@@ -255,7 +267,7 @@ impl RedisServer {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         })
         .await?;
-        Ok(RedisServer { url: format!("redis://127.0.0.1:{port}"), port, process, _dir: dir })
+        Ok(process)
     }
 
     /// Stops it (a shard going down).

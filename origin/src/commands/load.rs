@@ -5,6 +5,11 @@
 //! batches in flight. At the end every id is read back and counted: the command reports what Redis
 //! holds, not what it sent. `--out DIR` writes generated data as a bundle folder instead of (or as
 //! well as) loading it; `--model-from B` completes that folder with B's model so it can be served.
+//!
+//! On independent shards, each shard is then marked with what it holds of the bundle
+//! (`RedisShardStore::mark`): the origin reads the mark to tell a shard that came back empty from
+//! new users. `--shard i` loads (and marks) only shard `i` of the `--redis` list: the refill of a
+//! shard that restarted empty, while the others keep serving.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,7 +24,7 @@ use crate::bundle::{Metadata, read_embeddings};
 use crate::generate::{GenSpec, Generator};
 use crate::store::EmbeddingStore;
 use crate::store::redis_cluster::RedisClusterStore;
-use crate::store::redis_shards::RedisShardStore;
+use crate::store::redis_shards::{RedisShardStore, ShardMark};
 
 /// Batches in flight at once.
 const IN_FLIGHT: usize = 4;
@@ -31,8 +36,29 @@ pub struct LoadReport {
     pub written: usize,
     /// Vectors found on reading back.
     pub verified: usize,
+    /// Vectors that should be there (all of them, or those of the one shard asked for).
+    pub expected: usize,
     /// Seconds spent writing (not verifying).
     pub write_secs: f64,
+    /// Vectors found per shard (independent shards only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_shard: Vec<u64>,
+}
+
+/// Which ids a load writes, and how they are counted per shard.
+pub struct ShardFilter<'a> {
+    /// The shard of an id.
+    pub shard_of: &'a (dyn Fn(&str) -> usize + Sync),
+    /// How many shards there are.
+    pub shards: usize,
+    /// Only this shard's ids (`--shard i`), or all.
+    pub only: Option<usize>,
+}
+
+impl ShardFilter<'_> {
+    fn keeps(&self, id: &str) -> bool {
+        self.only.is_none_or(|only| (self.shard_of)(id) == only)
+    }
 }
 
 /// Where vectors come from.
@@ -92,12 +118,13 @@ fn chunks(total: u64, batch: usize) -> impl Iterator<Item = std::ops::Range<u64>
     (0..total).step_by(batch).map(move |start| start..(start + batch as u64).min(total))
 }
 
-/// Writes `rows` of `kind` and reads every id back.
+/// Writes `rows` of `kind` (those `filter` keeps) and reads every one back.
 pub async fn load_rows(
     store: &dyn EmbeddingStore,
     kind: EntityKind,
     rows: &Rows<'_>,
     batch: usize,
+    filter: Option<&ShardFilter<'_>>,
 ) -> anyhow::Result<LoadReport> {
     let total = rows.len(kind);
     let bar = progress(total, label(kind));
@@ -106,7 +133,10 @@ pub async fn load_rows(
         .map(|range| async move {
             let end = range.end;
             // Rows are made (read or generated) lazily, one chunk per batch in flight.
-            let entries = rows.chunk(kind, range);
+            let mut entries = rows.chunk(kind, range);
+            if let Some(filter) = filter {
+                entries.retain(|(id, _)| filter.keeps(id));
+            }
             store.set_batch(kind, &entries).await.map(|n| (n, end))
         })
         .buffered(IN_FLIGHT);
@@ -119,9 +149,14 @@ pub async fn load_rows(
     bar.finish_and_clear();
     let write_secs = started.elapsed().as_secs_f64();
     let mut verified = 0;
+    let mut expected = 0;
+    let mut per_shard = vec![0u64; filter.map_or(0, |f| f.shards)];
     let mut reads = futures::stream::iter(chunks(total, batch))
         .map(|range| {
-            let ids = rows.ids(kind, range);
+            let mut ids = rows.ids(kind, range);
+            if let Some(filter) = filter {
+                ids.retain(|id| filter.keeps(id));
+            }
             async move {
                 let lookups = store.get_batch(kind, &ids).await;
                 (ids, lookups)
@@ -129,15 +164,21 @@ pub async fn load_rows(
         })
         .buffered(IN_FLIGHT);
     while let Some((ids, lookups)) = reads.next().await {
+        expected += ids.len();
         for (id, lookup) in ids.iter().zip(lookups) {
             match lookup {
-                Ok(Some(_)) => verified += 1,
+                Ok(Some(_)) => {
+                    verified += 1;
+                    if let Some(filter) = filter {
+                        per_shard[(filter.shard_of)(id)] += 1;
+                    }
+                }
                 Ok(None) => tracing::error!(%id, "missing after load"),
                 Err(error) => anyhow::bail!("verifying {}: {error}", label(kind)),
             }
         }
     }
-    Ok(LoadReport { written, verified, write_secs })
+    Ok(LoadReport { written, verified, expected, write_secs, per_shard })
 }
 
 /// Bulk-load embeddings (a bundle's, or generated ones) into the Redis shards, then verify them.
@@ -170,6 +211,9 @@ pub struct LoadArgs {
     /// --redis names seed nodes of a Redis Cluster (default: independent shards).
     #[arg(long)]
     pub cluster: bool,
+    /// Load only shard `i` (0-based) of the --redis list: refills a shard that came back empty.
+    #[arg(long)]
+    pub shard: Option<usize>,
 }
 
 /// What `cascade load` did (printed as JSON with `--json`).
@@ -228,12 +272,27 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadOutcome> {
     if args.shards.is_empty() {
         return Ok(outcome);
     }
+    anyhow::ensure!(!(args.cluster && args.shard.is_some()), "--shard is for independent shards, not --cluster");
+    if let Some(shard) = args.shard {
+        anyhow::ensure!(shard < args.shards.len(), "--shard {shard} is not in 0..{}", args.shards.len());
+    }
     let timeout = Duration::from_secs(5);
-    let store: Box<dyn EmbeddingStore> = if args.cluster {
-        Box::new(RedisClusterStore::connect(&args.shards, &bundle_id, dim, timeout).await?.with_encoding(encoding))
+    let sharded = if args.cluster {
+        None
     } else {
-        Box::new(RedisShardStore::connect(&args.shards, &bundle_id, dim, timeout)?.with_encoding(encoding))
+        Some(RedisShardStore::connect(&args.shards, &bundle_id, dim, timeout)?.with_encoding(encoding))
     };
+    let cluster;
+    let store: &dyn EmbeddingStore = match &sharded {
+        Some(sharded) => sharded,
+        None => {
+            cluster = RedisClusterStore::connect(&args.shards, &bundle_id, dim, timeout).await?.with_encoding(encoding);
+            &cluster
+        }
+    };
+    let shard_of = |id: &str| sharded.as_ref().map_or(0, |s| s.shard_of(id));
+    let filter =
+        sharded.as_ref().map(|s| ShardFilter { shard_of: &shard_of, shards: s.shard_count(), only: args.shard });
     outcome.store = store.describe();
     let mut kinds = vec![EntityKind::User];
     if !args.users_only {
@@ -250,7 +309,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadOutcome> {
             }
         };
         let total = rows.len(kind);
-        let report = load_rows(store.as_ref(), kind, &rows, args.batch).await?;
+        let report = load_rows(store, kind, &rows, args.batch, filter.as_ref()).await?;
         eprintln!(
             "{}: wrote {} and verified {} of {total} vectors ({:?}, bundle {bundle_id}) into {} in {:.1} s ({:.0}/s)",
             label(kind),
@@ -262,14 +321,31 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadOutcome> {
             report.written as f64 / report.write_secs.max(1e-9)
         );
         anyhow::ensure!(
-            report.verified as u64 == total,
-            "only {} of {total} {} are in Redis",
+            report.verified == report.expected,
+            "only {} of {} {} are in Redis",
             report.verified,
+            report.expected,
             label(kind)
         );
         outcome.loaded.push(LoadedKind { kind: label(kind), total, report });
     }
+    if let Some(store) = &sharded {
+        mark_shards(store, &outcome.loaded, args.shard).await?;
+    }
     Ok(outcome)
+}
+
+/// Marks each shard loaded (or only `only`) with what it now holds of the bundle.
+async fn mark_shards(store: &RedisShardStore, loaded: &[LoadedKind], only: Option<usize>) -> anyhow::Result<()> {
+    let count = |kind: &str, shard: usize| {
+        loaded.iter().find(|l| l.kind == kind).and_then(|l| l.report.per_shard.get(shard).copied()).unwrap_or(0)
+    };
+    let loaded_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    for shard in (0..store.shard_count()).filter(|&s| only.is_none_or(|only| only == s)) {
+        let mark = ShardMark { users: count("users", shard), items: count("items", shard), loaded_at };
+        store.mark(shard, &mark).await.map_err(|e| anyhow::anyhow!("marking shard {shard}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Writes generated users and items as CEMB files in `out`, and with `model_from` the rest of a

@@ -46,9 +46,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let state = build_state(&app).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(address = %listener.local_addr()?, "cascade origin listening");
+    let watch = tokio::spawn(watch_health(Arc::clone(&state.serving)));
     server::serve(listener, router(state), limits, shutdown_signal()).await?;
+    watch.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Checks the components every second, so a shard that went away or came back empty is noticed
+/// (and its missing ids counted as such) without waiting for someone to ask `/readyz`.
+async fn watch_health(serving: Arc<crate::app::Serving>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let _ = serving.current().health().await;
+    }
 }
 
 async fn shutdown_signal() {

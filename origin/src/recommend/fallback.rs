@@ -30,6 +30,8 @@ pub enum FallbackReason {
     RetrievalError,
     /// The search queue was full: load shed.
     RetrievalOverloaded,
+    /// No embedding, on a shard that lost its data (empty after a restart, or another bundle).
+    MissingOnDegradedShard,
     /// The user's state (purchases, generation) was not read within the deadline, or is malformed
     /// (a shard that refused is [`FallbackReason::ShardUnavailable`]).
     StateUnavailable,
@@ -47,6 +49,7 @@ impl FallbackReason {
             FallbackReason::RankerError => "ranker_error",
             FallbackReason::RetrievalError => "retrieval_error",
             FallbackReason::RetrievalOverloaded => "retrieval_overloaded",
+            FallbackReason::MissingOnDegradedShard => "missing_on_degraded_shard",
             FallbackReason::StateUnavailable => "state_unavailable",
         }
     }

@@ -252,7 +252,9 @@ impl Recommender {
                         tracing::warn!(user_id, %error, "user state unavailable; segment list served");
                         match error {
                             StoreError::Unavailable { .. } => FallbackReason::ShardUnavailable,
-                            StoreError::Corrupt { .. } => FallbackReason::StateUnavailable,
+                            StoreError::Corrupt { .. } | StoreError::MissingOnDegradedShard { .. } => {
+                                FallbackReason::StateUnavailable
+                            }
                         }
                     }
                     _ => {

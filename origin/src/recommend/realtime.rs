@@ -79,6 +79,10 @@ impl Recommender {
                 tracing::warn!(user_id, shard, %message, "user's shard unavailable; falling back");
                 return Err(Fallback { reason: FallbackReason::ShardUnavailable, precomputed });
             }
+            Err(StoreError::MissingOnDegradedShard { shard }) => {
+                tracing::warn!(user_id, shard, "user's shard lost its data; falling back");
+                return Err(Fallback { reason: FallbackReason::MissingOnDegradedShard, precomputed });
+            }
             Err(StoreError::Corrupt { key, message }) => {
                 tracing::error!(user_id, %key, %message, "corrupt user embedding; falling back");
                 return Err(Fallback { reason: FallbackReason::CorruptEmbedding, precomputed });

@@ -44,6 +44,18 @@ struct Pooled {
     _slot: OwnedSemaphorePermit,
     failed_at: Arc<Mutex<Option<Instant>>>,
     complete: bool,
+    /// Taken from the idle list (it may have been closed by a server that restarted since).
+    reused: bool,
+}
+
+impl Pooled {
+    /// One command and its `MGET` reply.
+    async fn exchange(&mut self, command: &[u8], count: usize, dim: usize) -> Result<Vec<Element>, RespError> {
+        self.connection.send(command).await?;
+        let elements = self.connection.read_mget_reply(count, dim).await?;
+        self.complete = true;
+        Ok(elements)
+    }
 }
 
 impl Drop for Pooled {
@@ -95,7 +107,7 @@ impl MgetPool {
     /// An idle connection, or a new one within the cap and outside the backoff.
     async fn checkout(&self) -> Result<Pooled, RespError> {
         if let Some(mut pooled) = self.idle.lock().map(|mut idle| idle.pop()).unwrap_or(None) {
-            pooled.complete = false;
+            (pooled.complete, pooled.reused) = (false, true);
             return Ok(pooled);
         }
         let slot = Arc::clone(&self.slots)
@@ -107,7 +119,7 @@ impl MgetPool {
         let _connecting = self.connecting.lock().await;
         // Another request may have returned a connection while this one waited.
         if let Some(mut pooled) = self.idle.lock().map(|mut idle| idle.pop()).unwrap_or(None) {
-            pooled.complete = false;
+            (pooled.complete, pooled.reused) = (false, true);
             return Ok(pooled);
         }
         {
@@ -124,7 +136,8 @@ impl MgetPool {
         self.connects.fetch_add(1, Ordering::Relaxed);
         match Connection::open(&self.address, self.db).await {
             Ok(connection) => {
-                Ok(Pooled { connection, _slot: slot, failed_at: Arc::clone(&self.failed_at), complete: false })
+                let failed_at = Arc::clone(&self.failed_at);
+                Ok(Pooled { connection, _slot: slot, failed_at, complete: false, reused: false })
             }
             Err(error) => {
                 *self.failed_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
@@ -162,9 +175,23 @@ impl MgetPool {
             return Err(super::frame::FrameError(format!("{written} ids for a count of {count}")).into());
         }
         let mut pooled = self.checkout().await?;
-        pooled.connection.send(&command).await?;
-        let elements = pooled.connection.read_mget_reply(count, dim).await?;
-        pooled.complete = true;
+        let elements = match pooled.exchange(&command, count, dim).await {
+            Ok(elements) => elements,
+            Err(RespError::Io(error)) if pooled.reused => {
+                // A kept connection the server closed (it restarted, or dropped idle clients):
+                // the others kept with it are as stale. Forget them all and try once on a fresh
+                // connection; that the server is really down shows there.
+                tracing::debug!(%error, address = %self.address, "stale pooled connection; reconnecting");
+                pooled.complete = true; // not a slow shard: no backoff
+                drop(pooled);
+                if let Ok(mut idle) = self.idle.lock() {
+                    idle.clear();
+                }
+                pooled = self.checkout().await?;
+                pooled.exchange(&command, count, dim).await?
+            }
+            Err(error) => return Err(error),
+        };
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
         {

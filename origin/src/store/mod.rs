@@ -28,6 +28,13 @@ pub enum StoreError {
         /// What happened.
         message: String,
     },
+    /// No value, on a shard whose last health check found it empty or holding another bundle: the
+    /// id is not new, its shard lost it (counted as `missing_on_degraded_shard`, not cold start).
+    #[error("no value on shard {shard}, which lost its data (empty or another bundle)")]
+    MissingOnDegradedShard {
+        /// Position of the shard in the configured list.
+        shard: usize,
+    },
     /// The stored value is malformed (e.g. wrong length for the dimension).
     #[error("value at {key} is malformed: {message}")]
     Corrupt {

@@ -4,9 +4,20 @@
 //! is `cascade_shared::keys::embedding_key`. A batch is grouped by shard and every shard is asked
 //! at once, with one `MGET` each, under a timeout: a shard that is down or slow makes its own ids
 //! [`StoreError::Unavailable`] and leaves the others' answers intact.
+//!
+//! **A shard that comes back empty.** `cascade load` marks each shard with what it loaded there
+//! (`cascade_shared::keys::MARKERS_KEY`, one field per bundle). Each health check (every second
+//! while serving, and on `/readyz`) reads the serving bundle's mark: a shard without it is
+//! [`HealthState::Empty`] when it holds no keys at all (a cache node that restarted) or
+//! [`HealthState::WrongBundle`] when it holds other bundles' marks. While a shard is so degraded,
+//! an id it does not have is [`StoreError::MissingOnDegradedShard`], not a new user, and
+//! `/readyz` says why; `cascade load --shard i` refills it. A shard with no marks but with keys
+//! (loaded before markers existed) counts as healthy.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::{ComponentHealth, EmbeddingStore, HealthState, Lookup, StoreError};
 use crate::redis::ShardSet;
@@ -14,7 +25,7 @@ use crate::redis::pool::Element;
 use crate::redis::url::redact;
 use async_trait::async_trait;
 use cascade_shared::embedding::{ValueEncoding, decode_value, encode_value_as};
-use cascade_shared::keys::{EntityKind, embedding_key, embedding_key_prefix};
+use cascade_shared::keys::{EntityKind, MARKERS_KEY, embedding_key, embedding_key_prefix};
 use futures::future::join_all;
 
 /// Embeddings sharded over Redis servers.
@@ -23,12 +34,30 @@ pub struct RedisShardStore {
     bundle_id: String,
     dim: usize,
     encoding: ValueEncoding,
+    /// Per shard, whether the last health check found it lost its data ([`LOST`]) or not.
+    lost: Vec<AtomicU8>,
+}
+
+/// A shard state in [`RedisShardStore::lost`]: its data is fine, or was lost.
+const FINE: u8 = 0;
+const LOST: u8 = 1;
+
+/// What `cascade load` records on a shard (the value of its field in the markers hash).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShardMark {
+    /// Users loaded onto this shard.
+    pub users: u64,
+    /// Items loaded onto this shard.
+    pub items: u64,
+    /// When, Unix seconds.
+    pub loaded_at: u64,
 }
 
 impl RedisShardStore {
     /// A store over `shards` for the embeddings of `bundle_id`.
     pub fn new(shards: Arc<ShardSet>, bundle_id: &str, dim: usize) -> Self {
-        RedisShardStore { shards, bundle_id: bundle_id.to_string(), dim, encoding: ValueEncoding::F32 }
+        let lost = (0..shards.len()).map(|_| AtomicU8::new(FINE)).collect();
+        RedisShardStore { shards, bundle_id: bundle_id.to_string(), dim, encoding: ValueEncoding::F32, lost }
     }
 
     /// A store over its own shard set at `urls` (in shard order), for tools and tests.
@@ -45,6 +74,37 @@ impl RedisShardStore {
     /// Number of shards.
     pub fn shard_count(&self) -> usize {
         self.shards.len()
+    }
+
+    /// The shard that owns `id`.
+    pub fn shard_of(&self, id: &str) -> usize {
+        self.shards.shard_of(id)
+    }
+
+    /// Marks shard `index` as holding `mark` for this store's bundle (after a verified load).
+    pub async fn mark(&self, index: usize, mark: &ShardMark) -> Result<(), StoreError> {
+        let value = serde_json::to_string(mark)
+            .map_err(|e| StoreError::Corrupt { key: MARKERS_KEY.into(), message: e.to_string() })?;
+        let command = redis::cmd("HSET").arg(MARKERS_KEY).arg(&self.bundle_id).arg(value).clone();
+        self.shards.query::<i64>(index, &command, None).await?;
+        self.lost[index].store(FINE, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// What shard `index` holds of this store's bundle.
+    async fn check(&self, index: usize) -> Result<HealthState, StoreError> {
+        let mark: Option<String> =
+            self.shards.query(index, redis::cmd("HGET").arg(MARKERS_KEY).arg(&self.bundle_id), None).await?;
+        if mark.is_some() {
+            return Ok(HealthState::Ok);
+        }
+        let other_marks: u64 = self.shards.query(index, redis::cmd("HLEN").arg(MARKERS_KEY), None).await?;
+        if other_marks > 0 {
+            return Ok(HealthState::WrongBundle);
+        }
+        let keys: u64 = self.shards.query(index, &redis::cmd("DBSIZE"), None).await?;
+        // No marks but keys: loaded before markers existed, or by hand; nothing to compare against.
+        Ok(if keys == 0 { HealthState::Empty } else { HealthState::Ok })
     }
 
     /// Groups positions of `ids` by owning shard.
@@ -102,6 +162,9 @@ impl EmbeddingStore for RedisShardStore {
                 Ok(values) => {
                     for (&position, value) in positions.iter().zip(values) {
                         results[position] = match value {
+                            None if self.lost[shard].load(Ordering::Relaxed) == LOST => {
+                                Err(StoreError::MissingOnDegradedShard { shard })
+                            }
                             None => Ok(None),
                             Some(decoded) => decoded.map(Some).map_err(|e| StoreError::Corrupt {
                                 key: embedding_key(kind, &self.bundle_id, &ids[position]),
@@ -146,14 +209,25 @@ impl EmbeddingStore for RedisShardStore {
     async fn health(&self) -> Vec<ComponentHealth> {
         let checks = (0..self.shards.len()).map(|index| async move {
             let name = format!("redis_shard_{index}");
-            match self.shards.query::<String>(index, &redis::cmd("PING"), None).await {
-                Ok(_) => ComponentHealth::new(name, HealthState::Ok),
+            let state = match self.check(index).await {
+                Ok(state) => state,
                 Err(error) => {
                     // The details go to the log: `/readyz` names states, never addresses or errors.
                     tracing::warn!(shard = index, %error, "redis shard health check failed");
-                    ComponentHealth::new(name, HealthState::Unreachable)
+                    HealthState::Unreachable
                 }
+            };
+            let lost = matches!(state, HealthState::Empty | HealthState::WrongBundle);
+            let was_lost = self.lost[index].swap(if lost { LOST } else { FINE }, Ordering::Relaxed) == LOST;
+            if lost && !was_lost {
+                tracing::error!(
+                    shard = index,
+                    ?state,
+                    bundle = %self.bundle_id,
+                    "redis shard lost its data; its users get fallback lists until `cascade load --shard {index}` refills it"
+                );
             }
+            ComponentHealth::new(name, state)
         });
         join_all(checks).await
     }
