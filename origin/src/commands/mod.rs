@@ -2,6 +2,7 @@
 //! `clap::Args` struct in its own file, and it returns a typed report that `main` prints as JSON
 //! with `--json` (the human summary goes to stderr either way).
 
+pub mod generated;
 pub mod index;
 pub mod keys;
 pub mod load;
