@@ -182,6 +182,9 @@ impl Config {
                 return Err(config_error(field, format!("must be within {min}..={max}, got {value}")));
             }
         }
+        if self.mode == Mode::Production && self.serving.fault_injection {
+            return Err(config_error("serving.fault_injection", "is for tests and must be off in production"));
+        }
         if !(0.0..=1000.0).contains(&self.ranker.max_wait_ms) {
             return Err(config_error("ranker.max_wait_ms", "must be within 0..=1000"));
         }

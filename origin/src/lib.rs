@@ -20,6 +20,7 @@
 //! | [`generate`] | deterministic clustered embeddings for the scale tiers |
 //! | [`metrics`] | Prometheus metrics |
 //! | [`work_queue`] | [`work_queue::WorkQueue`]: blocking work behind a bounded queue that skips dead work |
+//! | [`faults`] | fault injection for the fault suite (off unless configured) |
 //! | [`health`] | [`health::ComponentHealth`]: what `/readyz` says of each component |
 //!
 //! Each subsystem has its own error enum; only [`http::error`] knows HTTP status codes.
@@ -32,6 +33,7 @@ pub mod bundle;
 pub mod cache;
 pub mod commands;
 pub mod config;
+pub mod faults;
 pub mod generate;
 pub mod health;
 pub mod http;

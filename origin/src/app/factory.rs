@@ -11,6 +11,7 @@ use faiss::Index;
 
 use crate::bundle::{Bundle, BundleError, read_embeddings};
 use crate::config::Config;
+use crate::faults::Faults;
 use crate::metrics::Metrics;
 use crate::ranking::{RankError, TorchRanker, pick_device};
 use crate::recommend::precomputed::{NoPrecomputed, PrecomputedLists, RedisPrecomputed};
@@ -66,12 +67,19 @@ pub struct RecommenderFactory {
     config: Config,
     metrics: Arc<Metrics>,
     shards: Option<Arc<ShardSet>>,
+    faults: Option<Arc<Faults>>,
 }
 
 impl RecommenderFactory {
     /// A factory over `config`, registering into `metrics`, sharing `shards`.
     pub fn new(config: Config, metrics: Arc<Metrics>, shards: Option<Arc<ShardSet>>) -> Self {
-        RecommenderFactory { config, metrics, shards }
+        let faults = config.serving.fault_injection.then(|| Arc::new(Faults::default()));
+        RecommenderFactory { config, metrics, shards, faults }
+    }
+
+    /// The injected faults every recommender built here obeys, when fault injection is on.
+    pub fn faults(&self) -> Option<&Arc<Faults>> {
+        self.faults.as_ref()
     }
 
     /// Loads the bundle in `bundle_dir` and builds its recommender.
@@ -87,7 +95,18 @@ impl RecommenderFactory {
         let store = self.store(&bundle).await?;
         let retriever = self.retriever(Arc::clone(&bundle)).await?;
         let device = pick_device(self.config.ranker.device)?;
-        let ranker = TorchRanker::start(bundle.model(), device, &self.config.ranker, self.metrics.batcher.clone())?;
+        let faults = self.faults.clone();
+        let wrap = |scorer| match &faults {
+            Some(faults) => faults.wrap(scorer),
+            None => scorer,
+        };
+        let ranker = TorchRanker::start_wrapped(
+            bundle.model(),
+            device,
+            &self.config.ranker,
+            self.metrics.batcher.clone(),
+            wrap,
+        )?;
         let precomputed: Arc<dyn PrecomputedLists> = match &self.shards {
             Some(shards) => Arc::new(RedisPrecomputed::new(Arc::clone(shards), bundle.id())),
             None => Arc::new(NoPrecomputed),
@@ -106,6 +125,7 @@ impl RecommenderFactory {
             searches: Arc::new(searches),
             ranker: Arc::new(ranker),
             precomputed,
+            faults: self.faults.clone(),
         };
         let recommender = Recommender::new(
             bundle,

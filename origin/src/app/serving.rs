@@ -38,6 +38,11 @@ impl Serving {
         Serving { current: ArcSwap::from_pointee(recommender), factory, reloading: tokio::sync::Mutex::new(()) }
     }
 
+    /// The injected faults, when fault injection is on.
+    pub fn faults(&self) -> Option<&Arc<crate::faults::Faults>> {
+        self.factory.faults()
+    }
+
     /// The recommender to use for one request.
     pub fn current(&self) -> Arc<Recommender> {
         self.current.load_full()

@@ -51,3 +51,20 @@ pub async fn issue_token(State(state): State<AppState>, body: Bytes) -> Result<R
     let token = state.auth.issue_user_token(&request.user_id, expires_at);
     Ok(Json(json!({"token": token, "user_id": request.user_id, "expires_at": expires_at})).into_response())
 }
+
+/// `POST /admin/faults` `{"search_slowdown": 10, "rank_slowdown": 1, "rank_panics": 0}`: sets the
+/// fault suite's knobs and answers them (404 unless `serving.fault_injection` is on).
+pub async fn set_faults(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let Some(faults) = state.serving.faults() else {
+        return Err(ApiError::NotFound("fault injection is off (serving.fault_injection)".into()));
+    };
+    let settings: crate::faults::FaultSettings = serde_json::from_slice(&body).map_err(|e| {
+        FieldError::new("body", format!("expected {{\"search_slowdown\", \"rank_slowdown\", \"rank_panics\"}}: {e}"))
+    })?;
+    if settings.search_slowdown > 1000 || settings.rank_slowdown > 1000 {
+        return Err(FieldError::new("body", "slowdowns must be at most 1000").into());
+    }
+    faults.set(settings);
+    tracing::warn!(?settings, "fault injection settings changed");
+    Ok(Json(faults.get()).into_response())
+}

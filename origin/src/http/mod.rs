@@ -8,6 +8,7 @@
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness with degraded components, Prometheus |
 //! | `POST /admin/bundle` `{"path": …}` | load, check and swap in a model bundle (bearer key only) |
 //! | `POST /admin/tokens` `{"user_id": …}` | a signed-in visitor token for the edge (bearer key only) |
+//! | `POST /admin/faults` `{"search_slowdown": …}` | fault injection knobs (only with `serving.fault_injection`) |
 //!
 //! | module | owns |
 //! |---|---|
@@ -111,6 +112,7 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/admin/bundle", post(admin::load_bundle))
         .route("/admin/tokens", post(admin::issue_token))
+        .route("/admin/faults", post(admin::set_faults))
         .route_layer(from_fn_with_state(state.clone(), middleware::authenticate_internal));
     // Health and metrics are added after the admission layer, so it does not cover them: an
     // overloaded origin still answers its load balancer (shedding requests is not being down).

@@ -104,12 +104,24 @@ impl TorchRanker {
         config: &RankerConfig,
         metrics: BatchMetrics,
     ) -> Result<Self, RankError> {
+        Self::start_wrapped(model, device, config, metrics, |scorer| scorer)
+    }
+
+    /// [`TorchRanker::start`], each inference thread's backend passed through `wrap` (fault
+    /// injection wraps it).
+    pub fn start_wrapped(
+        model: ModelSpec<'_>,
+        device: Device,
+        config: &RankerConfig,
+        metrics: BatchMetrics,
+        wrap: impl Fn(Scorer) -> Scorer,
+    ) -> Result<Self, RankError> {
         let (path, width, reference) = (model.path, model.input_width, model.reference);
         tch::set_num_threads(i32::try_from(config.intra_op_threads.max(1)).unwrap_or(1));
         let mut scorers: Vec<Scorer> = Vec::new();
         for _ in 0..config.threads.max(1) {
             let module = load_checked(&path, device, width, reference)?;
-            scorers.push(Box::new(TorchBackend { module, width, device }));
+            scorers.push(wrap(Box::new(TorchBackend { module, width, device })));
         }
         Ok(TorchRanker { batcher: Batcher::start(width, config.batch_config(), scorers, metrics)?, device })
     }

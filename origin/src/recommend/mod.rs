@@ -35,6 +35,7 @@ use serde::Deserialize;
 
 use crate::bundle::Bundle;
 use crate::cache::{ListKey, UserCaches, filter_items};
+use crate::faults::Faults;
 use crate::metrics::Metrics;
 use crate::ranking::Ranker;
 use crate::retrieval::Retriever;
@@ -54,6 +55,8 @@ pub struct ServingConfig {
     pub max_in_flight: usize,
     /// Budget for one events batch, milliseconds; past it the rest is answered 503 (retry).
     pub events_deadline_ms: u64,
+    /// Enables `POST /admin/faults` (the fault suite's knobs); refused in production mode.
+    pub fault_injection: bool,
     /// Longest an API request may run, milliseconds (503 `timeout` past it; admin routes excepted).
     pub request_timeout_ms: u64,
     /// Longest wait for a request's head, and for the next one on an idle connection, milliseconds.
@@ -68,6 +71,7 @@ impl Default for ServingConfig {
             deadline_ms: 80,
             max_in_flight: 1024,
             events_deadline_ms: 2_000,
+            fault_injection: false,
             request_timeout_ms: 5_000,
             header_read_timeout_ms: 10_000,
             max_connections: 4_096,
@@ -104,6 +108,8 @@ pub struct Components {
     pub ranker: Arc<dyn Ranker>,
     /// Precomputed lists.
     pub precomputed: Arc<dyn PrecomputedLists>,
+    /// Injected faults, when fault injection is on.
+    pub faults: Option<Arc<Faults>>,
 }
 
 /// The recommender for one bundle: everything the request path needs, shared by all handlers.
@@ -115,6 +121,7 @@ pub struct Recommender {
     searches: Arc<WorkQueue>,
     ranker: Arc<dyn Ranker>,
     precomputed: Arc<dyn PrecomputedLists>,
+    faults: Option<Arc<Faults>>,
     metrics: Arc<Metrics>,
     candidates: usize,
     deadline: Duration,
@@ -133,7 +140,7 @@ impl Recommender {
         candidates: usize,
         deadline: Duration,
     ) -> Self {
-        let Components { store, retriever, searches, ranker, precomputed } = components;
+        let Components { store, retriever, searches, ranker, precomputed, faults } = components;
         let popular = segments::popular_list(&bundle);
         let mut recommender = Recommender {
             bundle_id: Arc::from(bundle.id()),
@@ -143,6 +150,7 @@ impl Recommender {
             searches,
             ranker,
             precomputed,
+            faults,
             metrics,
             candidates,
             deadline,

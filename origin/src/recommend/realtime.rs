@@ -133,8 +133,16 @@ impl Recommender {
             _ => {
                 let stage = Instant::now();
                 let retriever = Arc::clone(&self.retriever);
-                let (query_vector, k) = (user.to_vec(), self.candidates);
-                let candidates = match self.searches.run(deadline, move || retriever.search(&query_vector, k)).await {
+                let (query_vector, k, faults) = (user.to_vec(), self.candidates, self.faults.clone());
+                let search = move || {
+                    let started = Instant::now();
+                    let found = retriever.search(&query_vector, k);
+                    if let Some(faults) = faults {
+                        faults.after_search(started.elapsed());
+                    }
+                    found
+                };
+                let candidates = match self.searches.run(deadline, search).await {
                     Ok(found) => found.map_err(|e| RealtimeError::Retrieve(e.to_string()))?,
                     Err(QueueError::Full) => return Err(RealtimeError::RetrievalOverloaded),
                     Err(QueueError::Expired) => return Err(RealtimeError::Deadline),

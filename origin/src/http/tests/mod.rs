@@ -121,6 +121,7 @@ async fn harness_over(popular: &[&str], refusal: Option<RankError>, config: Conf
         searches: Arc::new(WorkQueue::start("faiss", 1, 16, metrics.work_queues.clone()).unwrap()),
         ranker: Arc::new(DotRanker { refusal }),
         precomputed: Arc::new(NoPrecomputed),
+        faults: None,
     };
     let deadline = std::time::Duration::from_millis(config.serving.deadline_ms);
     let recommender = Recommender::new(bundle, components, Arc::clone(&metrics), 10, deadline).await;
