@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 
+pub mod fault_suite;
+pub mod faults;
+
 /// Copies bundle `source` to `dest` as bundle `id`: same model and vectors, every part relabelled
 /// (a stand-in for "the next model", for reload and freshness tests).
 pub fn relabel_bundle(source: &Path, dest: &Path, id: &str) {
@@ -120,6 +123,11 @@ impl Process {
         command.stdout(file.try_clone()?).stderr(file).stdin(Stdio::null()).process_group(0);
         let child = command.spawn().with_context(|| format!("starting {name}"))?;
         Ok(Process { name: name.to_string(), child, log })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The process's output so far (for failure messages).
@@ -249,6 +257,13 @@ impl RedisServer {
         Ok(RedisServer { url: format!("redis://127.0.0.1:{port}"), port, process, _dir: dir })
     }
 
+    /// Starts one on `port` (a replacement for a server that was killed there).
+    pub async fn start_on(port: u16) -> anyhow::Result<Self> {
+        let dir = TempDir::new("cascade-redis")?;
+        let process = Self::spawn(port, &dir, &[]).await?;
+        Ok(RedisServer { url: format!("redis://127.0.0.1:{port}"), port, process, _dir: dir })
+    }
+
     /// Stops it and starts a new, empty one on the same port: a cache node that restarted.
     pub async fn restart_empty(&mut self) -> anyhow::Result<()> {
         self.process.stop();
@@ -357,6 +372,11 @@ impl Origin {
     /// The origin's log so far.
     pub fn output(&self) -> String {
         self.process.output()
+    }
+
+    /// The origin's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     /// Stops it.

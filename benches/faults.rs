@@ -1,0 +1,72 @@
+//! The fault suite's figures: every fault of `cascade_e2e::fault_suite` (a Redis shard killed and
+//! restarted empty then refilled, blackholed, slowed by 50 ms, resetting 10% of connections; FAISS
+//! and the ranker 10x slower; a ranker panic; 3x the admission limit; 10 bundle reloads; events
+//! posted while a shard's network dies) injected under an open-loop load at 50% and at 150% of
+//! the capacity measured first, against the real origin and real Redis shards behind TCP proxies.
+//!
+//!     scripts/bench.sh faults    (BENCH_SECS: seconds each fault lasts, default 3)
+//!
+//! Saves `target/cascade-bench/faults.json`: per run, statuses before, during and after the fault,
+//! admitted p50/p99 and answers past the 80 ms deadline, the source mix, time to recover after
+//! the fault clears, connects per second to Redis, RSS before and after, keys lost, and the
+//! fault's own figures (events acknowledged but not applied, refusals and their latency, ...).
+
+use cascade_e2e::fault_suite::{Fault, Rig, run_fault};
+use cascade_e2e::{bench_dir, bench_secs};
+use serde_json::{Value, json};
+
+fn cell(report: &Value, phase: &str, field: &str) -> String {
+    match &report[phase][field] {
+        Value::Number(n) => format!("{:.1}", n.as_f64().unwrap_or(0.0)),
+        other => other.to_string(),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let fault_secs: f64 = bench_secs(3.0);
+    let rig = Rig::start(64).await?;
+    rig.capacity(2.0).await; // warm-up: caches, connections, the model
+    let capacity = rig.capacity(5.0).await;
+    eprintln!("capacity (closed loop, 16 callers): {capacity:.0} req/s");
+    let mut runs = Vec::new();
+    println!(
+        "{:<34} {:>5} {:>7} {:>6} {:>8} {:>8} {:>7} {:>9} {:>9} {:>7}",
+        "fault", "load", "rate", "5xx", "p99 ms", "past dl", "recov", "conn/s", "rss MiB", "lost"
+    );
+    for fault in Fault::ALL {
+        for load in [0.5, 1.5] {
+            let rate = (capacity * load).max(20.0);
+            let run = run_fault(&rig, fault, rate, [2.0, fault_secs, 3.0]).await?;
+            let r = &run.report;
+            println!(
+                "{:<34} {:>4.0}% {:>7.0} {:>6} {:>8} {:>8} {:>7} {:>9.1} {:>4.0}→{:<4.0} {:>7}  {}",
+                fault.name(),
+                load * 100.0,
+                rate,
+                r["all"]["server_errors"],
+                cell(r, "during", "admitted_p99_ms"),
+                r["all"]["past_deadline"],
+                r["recovery_ms"].as_f64().map_or("never".into(), |ms| format!("{ms:.0}")),
+                r["redis_connects_per_s"].as_f64().unwrap_or(0.0),
+                r["rss_mib_before"].as_f64().unwrap_or(0.0),
+                r["rss_mib_after"].as_f64().unwrap_or(0.0),
+                r["keys_lost"],
+                r["extra"],
+            );
+            runs.push(json!({"load": load, "report": run.report}));
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+    let report = json!({
+        "benchmark": "faults",
+        "capacity_rps": capacity,
+        "deadline_ms": cascade_e2e::fault_suite::DEADLINE.as_millis() as u64,
+        "fault_secs": fault_secs,
+        "runs": runs,
+    });
+    let path = bench_dir()?.join("faults.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    eprintln!("saved {}", path.display());
+    Ok(())
+}

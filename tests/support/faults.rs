@@ -1,0 +1,331 @@
+//! Fixtures of the fault suite: a TCP proxy that breaks a Redis shard's network on command, an
+//! open-loop load that records every request, and the summary each fault run reports.
+//!
+//! [`FaultProxy`] sits between the origin and one real `redis-server` on loopback. Its modes:
+//! pass, blackhole (nothing forwarded either way; connections stay open, as when packets are
+//! dropped, and resume when the mode is lifted), delay (each chunk towards Redis waits), and reset
+//! (a fraction of connections, new and existing, closed with a TCP reset).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cascade_shared::stats::SplitMix64;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What the proxy does to traffic.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ProxyMode {
+    /// Forward everything.
+    Pass,
+    /// Forward nothing; hold the connections.
+    Blackhole,
+    /// Hold each chunk towards Redis this long first.
+    Delay(Duration),
+    /// Reset this fraction of connections (each decides once per switch to this mode).
+    Reset(f64),
+}
+
+/// A TCP proxy in front of one Redis server.
+pub struct FaultProxy {
+    /// `redis://127.0.0.1:port` of the proxy.
+    pub url: String,
+    mode: watch::Sender<(ProxyMode, u64)>,
+    accepted: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// A proxy on a free loopback port forwarding to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let upstream: SocketAddr = upstream.parse()?;
+        let (mode, modes) = watch::channel((ProxyMode::Pass, 0u64));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&accepted);
+        let task = tokio::spawn(async move {
+            let mut seed = 1u64;
+            while let Ok((client, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                seed += 1;
+                tokio::spawn(serve(client, upstream, modes.clone(), seed));
+            }
+        });
+        Ok(FaultProxy { url: format!("redis://{address}"), mode, accepted, task })
+    }
+
+    /// Switches the mode (every connection sees it at its next chunk).
+    pub fn set(&self, mode: ProxyMode) {
+        self.mode.send_modify(|(current, generation)| {
+            *current = mode;
+            *generation += 1;
+        });
+    }
+
+    /// Connections accepted so far (the origin's connects to this shard).
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Whether this connection dies under `mode` (decided once per mode switch).
+fn doomed(mode: ProxyMode, rng: &mut SplitMix64) -> bool {
+    matches!(mode, ProxyMode::Reset(fraction) if (rng.next_u64() % 10_000) as f64 / 10_000.0 < fraction)
+}
+
+async fn reset(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}
+
+async fn serve(client: TcpStream, upstream: SocketAddr, mut modes: watch::Receiver<(ProxyMode, u64)>, seed: u64) {
+    let mut rng = SplitMix64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let (mode, mut generation) = *modes.borrow_and_update();
+    if doomed(mode, &mut rng) {
+        return reset(client).await;
+    }
+    // Blackholed: the connect itself goes nowhere until the mode is lifted.
+    while modes.borrow().0 == ProxyMode::Blackhole {
+        if modes.changed().await.is_err() {
+            return;
+        }
+    }
+    let Ok(server) = TcpStream::connect(upstream).await else { return reset(client).await };
+    let _ = (client.set_nodelay(true), server.set_nodelay(true));
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let mut client_buf = vec![0u8; 64 * 1024];
+    let mut server_buf = vec![0u8; 64 * 1024];
+    loop {
+        // Read from whichever side has data, then apply the mode to that chunk.
+        let (from_client, n) = tokio::select! {
+            read = client_read.read(&mut client_buf) => (true, read.unwrap_or(0)),
+            read = server_read.read(&mut server_buf) => (false, read.unwrap_or(0)),
+        };
+        if n == 0 {
+            return;
+        }
+        loop {
+            let (mode, now) = *modes.borrow_and_update();
+            if now != generation {
+                generation = now;
+                if doomed(mode, &mut rng) {
+                    let client = client_read.reunite(client_write).ok();
+                    if let Some(client) = client {
+                        reset(client).await;
+                    }
+                    return;
+                }
+            }
+            match mode {
+                ProxyMode::Blackhole => {
+                    if modes.changed().await.is_err() {
+                        return;
+                    }
+                }
+                ProxyMode::Delay(delay) if from_client => {
+                    tokio::time::sleep(delay).await;
+                    break;
+                }
+                _ => break,
+            }
+        }
+        let written = if from_client {
+            server_write.write_all(&client_buf[..n]).await
+        } else {
+            client_write.write_all(&server_buf[..n]).await
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+/// One request of an open loop.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// When it was due, from the loop's start.
+    pub due: Duration,
+    /// From due to answered (so queueing in the client counts: no coordinated omission).
+    pub latency: Duration,
+    /// HTTP status (0: no answer).
+    pub status: u16,
+    /// The list's `source`, for 200s.
+    pub source: Option<String>,
+    /// Whether a 503 said `Retry-After`.
+    pub retry_after: bool,
+}
+
+/// Sends `count` requests at `rate` per second, request `i` built by `request(i)`, each on its own
+/// task; returns every sample, in order. Bounded by count and by the client's timeout.
+pub async fn open_loop<F>(rate: f64, seconds: f64, request: F) -> Vec<Sample>
+where
+    F: Fn(usize) -> reqwest::RequestBuilder,
+{
+    let count = (rate * seconds).round() as usize;
+    let start = Instant::now() + Duration::from_millis(20);
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let due_at = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due_at.into()).await;
+        let builder = request(i).timeout(Duration::from_secs(10));
+        tasks.push(tokio::spawn(async move {
+            let (status, source, retry_after) = match builder.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let retry_after = response.headers().contains_key("retry-after");
+                    let body: Value = response.json().await.unwrap_or(Value::Null);
+                    (status, body["source"].as_str().map(str::to_string), retry_after)
+                }
+                Err(_) => (0, None, false),
+            };
+            Sample { due: due_at - start, latency: due_at.elapsed(), status, source, retry_after }
+        }));
+    }
+    let mut samples = Vec::with_capacity(count);
+    for task in tasks {
+        if let Ok(sample) = task.await {
+            samples.push(sample);
+        }
+    }
+    samples
+}
+
+/// Samples due within `[from, to)`.
+pub fn between(samples: &[Sample], from: Duration, to: Duration) -> Vec<Sample> {
+    samples.iter().filter(|s| s.due >= from && s.due < to).cloned().collect()
+}
+
+/// Figures of a set of samples: statuses, sources, latency of the 200s, answers past `deadline`.
+pub fn summarize(samples: &[Sample], deadline: Duration) -> Value {
+    let mut statuses = std::collections::BTreeMap::<String, u64>::new();
+    let mut sources = std::collections::BTreeMap::<String, u64>::new();
+    let mut admitted = Vec::new();
+    let mut refused_without_retry_after = 0;
+    for sample in samples {
+        *statuses.entry(sample.status.to_string()).or_default() += 1;
+        if let Some(source) = &sample.source {
+            *sources.entry(source.clone()).or_default() += 1;
+        }
+        if sample.status == 200 {
+            admitted.push(sample.latency.as_secs_f64() * 1000.0);
+        }
+        if sample.status == 503 && !sample.retry_after {
+            refused_without_retry_after += 1;
+        }
+    }
+    let (p50, p99) = crate::p50_p99(&mut admitted);
+    let past = admitted.iter().filter(|&&ms| ms > deadline.as_secs_f64() * 1000.0).count();
+    let server_errors: u64 = statuses.iter().filter(|(s, _)| s.starts_with('5')).map(|(_, n)| n).sum();
+    json!({
+        "requests": samples.len(),
+        "statuses": statuses,
+        "server_errors": server_errors,
+        "no_answer": statuses.get("0").copied().unwrap_or(0),
+        "sources": sources,
+        "admitted_p50_ms": p50,
+        "admitted_p99_ms": p99,
+        "past_deadline": past,
+        "refused_without_retry_after": refused_without_retry_after,
+    })
+}
+
+/// Milliseconds from `clear` until real time is back: the start of the first 250 ms window after
+/// `clear` whose real-time (or cached) share is at least 80% of `baseline_share` and that has no
+/// 5xx. `None` if it never came back within the samples.
+pub fn recovery_ms(samples: &[Sample], clear: Duration, baseline_share: f64) -> Option<f64> {
+    let window = Duration::from_millis(250);
+    let last = samples.iter().map(|s| s.due).max()?;
+    let mut from = clear;
+    while from < last {
+        let inside = between(samples, from, from + window);
+        if !inside.is_empty() {
+            let personal = inside
+                .iter()
+                .filter(|s| matches!(s.source.as_deref(), Some("realtime" | "cache_l1" | "cache_l2")))
+                .count();
+            let errors = inside.iter().filter(|s| s.status >= 500 || s.status == 0).count();
+            if errors == 0 && personal as f64 / inside.len() as f64 >= 0.8 * baseline_share {
+                return Some((from - clear).as_secs_f64() * 1000.0);
+            }
+        }
+        from += window;
+    }
+    None
+}
+
+/// The resident memory of process `pid`, MiB (0 if unreadable).
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// `total_connections_received` of the Redis server at `url`.
+pub async fn redis_connections_received(url: &str) -> anyhow::Result<u64> {
+    let mut connection = redis_connection(url).await?;
+    let info: String = redis_cmd(&mut connection, &["INFO", "stats"]).await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+/// A one-off plain connection to the Redis server at `url` (`redis://host:port`).
+pub async fn redis_connection(url: &str) -> anyhow::Result<TcpStream> {
+    let address = url.trim_start_matches("redis://");
+    Ok(TcpStream::connect(address).await?)
+}
+
+/// Sends one command and reads one reply (simple string, integer or bulk string), as text.
+pub async fn redis_cmd(connection: &mut TcpStream, args: &[&str]) -> anyhow::Result<String> {
+    let mut command = format!("*{}\r\n", args.len());
+    for arg in args {
+        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    connection.write_all(command.as_bytes()).await?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = connection.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "redis closed the connection");
+        reply.extend_from_slice(&buf[..n]);
+        if let Some(text) = parse_reply(&reply) {
+            return text;
+        }
+    }
+}
+
+/// A complete reply in `bytes`, if there is one yet.
+fn parse_reply(bytes: &[u8]) -> Option<anyhow::Result<String>> {
+    let end = bytes.windows(2).position(|w| w == b"\r\n")?;
+    let line = String::from_utf8_lossy(&bytes[1..end]).into_owned();
+    match bytes.first()? {
+        b'+' | b':' => Some(Ok(line)),
+        b'-' => Some(Err(anyhow::anyhow!("redis: {line}"))),
+        b'$' => {
+            let len: i64 = line.parse().ok()?;
+            if len < 0 {
+                return Some(Ok(String::new()));
+            }
+            let body = bytes.get(end + 2..end + 2 + len as usize)?;
+            Some(Ok(String::from_utf8_lossy(body).into_owned()))
+        }
+        _ => Some(Err(anyhow::anyhow!("unexpected reply {line:?}"))),
+    }
+}
