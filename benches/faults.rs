@@ -31,8 +31,8 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("capacity (closed loop, 16 callers): {capacity:.0} req/s");
     let mut runs = Vec::new();
     println!(
-        "{:<34} {:>5} {:>7} {:>6} {:>8} {:>8} {:>7} {:>9} {:>9} {:>7}",
-        "fault", "load", "rate", "5xx", "p99 ms", "past dl", "recov", "conn/s", "rss MiB", "lost"
+        "{:<34} {:>5} {:>6} {:>5} {:>6} {:>8} {:>8} {:>7} {:>7} {:>9} {:>5}",
+        "fault", "load", "rate", "5xx", "shed", "p99 ms", "past dl", "recov", "conn/s", "rss MiB", "lost"
     );
     for fault in Fault::ALL {
         for load in [0.5, 1.5] {
@@ -40,11 +40,12 @@ async fn main() -> anyhow::Result<()> {
             let run = run_fault(&rig, fault, rate, [2.0, fault_secs, 3.0]).await?;
             let r = &run.report;
             println!(
-                "{:<34} {:>4.0}% {:>7.0} {:>6} {:>8} {:>8} {:>7} {:>9.1} {:>4.0}→{:<4.0} {:>7}  {}",
+                "{:<34} {:>4.0}% {:>6.0} {:>5} {:>6} {:>8} {:>8} {:>7} {:>7.1} {:>4.0}→{:<4.0} {:>5}  {}",
                 fault.name(),
                 load * 100.0,
                 rate,
                 r["all"]["server_errors"],
+                r["all"]["shed_503"],
                 cell(r, "during", "admitted_p99_ms"),
                 r["all"]["past_deadline"],
                 r["recovery_ms"].as_f64().map_or("never".into(), |ms| format!("{ms:.0}")),

@@ -7,8 +7,10 @@
 # scripts/train.py (kept under $CASCADE_HOME/bundles), builds the `cascade` binary, then runs:
 #   1. the workspace's unit and integration tests (shared, edge, origin),
 #   2. shared's golden vectors on wasm32 under Node (wasm-bindgen-test),
-#   3. the end-to-end test (two Redis shards, the origin, the Worker under wrangler dev),
-#   4. `wrangler deploy --dry-run`, printing the Worker bundle's gzip size.
+#   3. the end-to-end test (two Redis shards, the origin, the Worker under wrangler dev), the
+#      fault suite's short run among them (tests/e2e/faults.rs),
+#   4. the fuzz targets' corpus and a short generated run, and a 15 s soak,
+#   5. `wrangler deploy --dry-run`, printing the Worker bundle's gzip size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -29,6 +31,14 @@ cargo build -p cascade-origin --bin cascade
 
 step "cargo test (workspace: unit, integration, end to end)"
 cargo test --workspace
+
+step "fuzz targets: their corpus (seeds and regressions) and a short generated run, on stable"
+# The long, coverage-guided runs: scripts/fuzz.sh [SECONDS]. Own target folder: tests/fuzz is its
+# own workspace (cargo-fuzz's layout), and sharing the main folder's lock would serialise builds.
+(cd tests/fuzz && CARGO_TARGET_DIR=$CASCADE_HOME/fuzz-target cargo test --locked --test smoke)
+
+step "soak smoke: 15 s of mixed load (the 10-minute run: SOAK_SECS=600 scripts/bench.sh soak)"
+SOAK_SECS=15 CASCADE_BIN=$CARGO_TARGET_DIR/debug/cascade cargo test -p cascade-e2e --bench soak
 
 step "shared golden vectors on wasm32 (Node)"
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \

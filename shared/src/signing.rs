@@ -118,6 +118,15 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
+/// A decimal number in its one canonical spelling: digits only, no sign, no leading zero (`u64`'s
+/// `FromStr` also takes `+7` and `007`). A signed number must have one spelling, or a header can
+/// be rewritten without breaking its signature (found by fuzzing: `tests/fuzz/corpus/tokens`).
+pub fn parse_canonical_u64(text: &str) -> Option<u64> {
+    let canonical =
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && (text.len() == 1 || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
+}
+
 /// What a signature covers besides the timestamp: the method and the raw path and query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestTarget<'a> {
@@ -142,7 +151,7 @@ pub fn verify(
     let (Some(timestamp), Some(signature)) = (timestamp, signature) else {
         return Err(SignatureError::Missing);
     };
-    let timestamp: u64 = timestamp.trim().parse().map_err(|_| SignatureError::BadTimestamp)?;
+    let timestamp = parse_canonical_u64(timestamp.trim()).ok_or(SignatureError::BadTimestamp)?;
     let skew_secs = now.abs_diff(timestamp);
     if skew_secs > window_secs {
         return Err(SignatureError::Expired { skew_secs, window_secs });
@@ -200,6 +209,18 @@ mod tests {
         assert!(!constant_time_eq(b"internal-key-0123", b"internal-key-0124"));
         assert!(!constant_time_eq(b"internal-key-0123", b"internal-key-012"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn numbers_have_one_spelling() {
+        assert_eq!(parse_canonical_u64("1000"), Some(1000));
+        assert_eq!(parse_canonical_u64("0"), Some(0));
+        for other in ["+1000", "01000", "", " 1", "1e3", "18446744073709551616"] {
+            assert_eq!(parse_canonical_u64(other), None, "{other:?}");
+        }
+        let sig = sign(SECRET, "GET", "/v1/segments/home.desktop.us/recs", "n=100", 1_000);
+        assert_eq!(check("+1000", &sig, 1_000), Err(SignatureError::BadTimestamp));
+        assert_eq!(check("01000", &sig, 1_000), Err(SignatureError::BadTimestamp));
     }
 
     #[test]

@@ -67,8 +67,8 @@ pub fn verify<'a>(secret: &[u8], token: &'a str, now: u64) -> Result<&'a str, To
         return Err(TokenError::Malformed("expected v1.<user_id>.<expires_at>.<signature>".into()));
     };
     validate_id("user_id", user_id).map_err(|e| TokenError::Malformed(e.to_string()))?;
-    let expires_at: u64 =
-        expires_at.parse().map_err(|_| TokenError::Malformed("expires_at is not Unix seconds".into()))?;
+    let expires_at = crate::signing::parse_canonical_u64(expires_at)
+        .ok_or_else(|| TokenError::Malformed("expires_at is not Unix seconds".into()))?;
     let signature = hex::decode(signature).map_err(|_| TokenError::Mismatch)?;
     mac(secret, user_id, expires_at).verify_slice(&signature).map_err(|_| TokenError::Mismatch)?;
     if now > expires_at {
@@ -109,6 +109,17 @@ mod tests {
         assert_eq!(verify(SECRET, &token, 1_999), Ok("u-9.x"));
         assert_eq!(verify(SECRET, &token, 2_000), Ok("u-9.x"));
         assert_eq!(verify(SECRET, &token, 2_001), Err(TokenError::Expired { expires_at: 2_000, now: 2_001 }));
+    }
+
+    #[test]
+    fn a_token_has_one_spelling() {
+        // Found by fuzzing (tests/fuzz/corpus/tokens/leading-zero-expiry): `007` and `+7` parse as
+        // 7, so the same signature covered several spellings of a token.
+        let token = issue(SECRET, "u1", 2_000);
+        let sig = token.rsplit('.').next().unwrap();
+        for respelled in [format!("v1.u1.02000.{sig}"), format!("v1.u1.+2000.{sig}")] {
+            assert!(matches!(verify(SECRET, &respelled, 1_000), Err(TokenError::Malformed(_))), "{respelled}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod cache;
 mod cache_redis;
 mod edge;
 mod every_hop;
+mod faults;
 mod origin_failures;
 mod precompute;
 mod reload;

@@ -146,6 +146,57 @@ impl Rig {
         self.http.get(recs_url(&self.origin.url, i, seed)).bearer_auth(API_KEY)
     }
 
+    /// Request `i` of the soak's mix: 70% hits (a few hundred users and contexts, asked again and
+    /// again), 25% misses (the fault runs' mix), 5% events (a click or a purchase, with a key).
+    pub fn mixed(&self, i: usize, seed: u64) -> reqwest::RequestBuilder {
+        let mut rng = SplitMix64::new(seed ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        match rng.below(100) {
+            0..70 => {
+                let (user, page) = (rng.below(300), ["home", "browse", "detail"][rng.below(3)]);
+                let url = format!("{}/v1/users/u{user}/recs?n=10&page={page}", self.origin.url);
+                self.http.get(url).bearer_auth(API_KEY)
+            }
+            70..95 => self.recs(i, seed),
+            _ => {
+                let (user, item) = (rng.below(USERS), rng.below(800));
+                let kind = if rng.below(5) == 0 { "purchase" } else { "click" };
+                let body = json!({"events": [{"user_id": format!("u{user}"), "kind": kind,
+                    "item_id": format!("{item}"), "idempotency_key": format!("soak-{seed}-{i}")}]});
+                self.http.post(format!("{}/v1/events", self.origin.url)).bearer_auth(API_KEY).json(&body)
+            }
+        }
+    }
+
+    /// The origin's gauges that must not grow in a soak: queue depths and requests in flight.
+    pub async fn gauges(&self) -> anyhow::Result<Value> {
+        let text = self.http.get(format!("{}/metrics", self.origin.url)).send().await?.text().await?;
+        // A metric's value summed over its label sets: the last field of each of its lines.
+        let gauge = |name: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let mut clients = 0u64;
+        for shard in &self.shards {
+            let mut connection = redis_connection(&shard.url).await?;
+            let info = redis_cmd(&mut connection, &["INFO", "clients"]).await?;
+            clients += info
+                .lines()
+                .find_map(|l| l.strip_prefix("connected_clients:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                .saturating_sub(1); // this connection
+        }
+        Ok(json!({
+            "rss_mib": rss_mib(self.origin.pid()),
+            "in_flight": gauge("cascade_requests_in_flight"),
+            "ranker_queue_depth": gauge("cascade_ranker_queue_depth"),
+            "search_queue_depth": gauge("cascade_work_queue_depth"),
+            "redis_clients": clients,
+        }))
+    }
+
     /// Requests per second the origin answers with 200 on the suite's request mix, closed loop.
     pub async fn capacity(&self, seconds: f64) -> f64 {
         let started = Instant::now();
@@ -240,14 +291,13 @@ pub async fn run_fault(rig: &Rig, fault: Fault, rate: f64, phases: [f64; 3]) -> 
     let seed = rand_seed();
     let rig_ref: &Rig = rig;
     let load = open_loop(rate, total, |i| rig_ref.recs(i, seed));
-    let (samples, (clear_at, extra)) = tokio::join!(load, async {
+    let (samples, injected) = tokio::join!(load, async {
         tokio::time::sleep(Duration::from_secs_f64(before + 0.02)).await;
-        let started = Instant::now();
-        let extra = inject(rig_ref, fault, Duration::from_secs_f64(during)).await;
-        // The fault is cleared when `inject` returns; measured from the loop's start.
-        (Duration::from_secs_f64(before) + started.elapsed(), extra)
+        inject(rig_ref, fault, Duration::from_secs_f64(during)).await
     });
-    let extra = extra?;
+    // When the fault was cleared, from the loop's start.
+    let (extra, cleared_after) = injected?;
+    let clear_at = Duration::from_secs_f64(before) + cleared_after;
     let clear_at = clear_at.max(Duration::from_secs_f64(before + during));
     let connects_after: u64 = rig.proxies.iter().map(FaultProxy::accepted).sum();
     let rss_after = rss_mib(rig.origin.pid());
@@ -255,7 +305,7 @@ pub async fn run_fault(rig: &Rig, fault: Fault, rate: f64, phases: [f64; 3]) -> 
     let pre = between(&samples, Duration::ZERO, fault_start);
     let personal = |s: &[Sample]| {
         let n = s.iter().filter(|s| matches!(s.source.as_deref(), Some("realtime" | "cache_l1" | "cache_l2"))).count();
-        n as f64 / s.len().max(1) as f64
+        n as f64 / s.iter().filter(|s| s.status == 200).count().max(1) as f64
     };
     let baseline = personal(&pre);
     let report = json!({
@@ -281,8 +331,19 @@ fn rand_seed() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
 }
 
-/// Injects `fault` for `during`, clears it, and returns fault-specific figures.
-async fn inject(rig: &Rig, fault: Fault, during: Duration) -> anyhow::Result<Value> {
+/// Injects `fault` for `during`, clears it, and returns fault-specific figures and how long after
+/// the injection the fault was cleared.
+async fn inject(rig: &Rig, fault: Fault, during: Duration) -> anyhow::Result<(Value, Duration)> {
+    let started = Instant::now();
+    if fault == Fault::EventsWhileShardDies {
+        // Cleared when the network comes back; the posters' retries go on after that.
+        return events_while_blackholed(rig, during).await.map(|figures| (figures, during));
+    }
+    let figures = inject_until_cleared(rig, fault, during).await?;
+    Ok((figures, started.elapsed()))
+}
+
+async fn inject_until_cleared(rig: &Rig, fault: Fault, during: Duration) -> anyhow::Result<Value> {
     let shard = &rig.proxies[1];
     match fault {
         Fault::ShardKilledRestarted => {
@@ -340,7 +401,7 @@ async fn inject(rig: &Rig, fault: Fault, during: Duration) -> anyhow::Result<Val
             }
             Ok(json!({"reloads": 10, "refused": refused}))
         }
-        Fault::EventsWhileShardDies => events_while_blackholed(rig, during).await,
+        Fault::EventsWhileShardDies => unreachable!("handled by inject"),
     }
 }
 

@@ -7,8 +7,8 @@
 //! (a fraction of connections, new and existing, closed with a TCP reset).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cascade_shared::stats::SplitMix64;
@@ -202,6 +202,12 @@ where
     samples
 }
 
+/// Whether a sample is load shed: a 503 that says when to retry (admission control refusing at
+/// once), as opposed to a server error.
+pub fn is_shed(sample: &Sample) -> bool {
+    sample.status == 503 && sample.retry_after
+}
+
 /// Samples due within `[from, to)`.
 pub fn between(samples: &[Sample], from: Duration, to: Duration) -> Vec<Sample> {
     samples.iter().filter(|s| s.due >= from && s.due < to).cloned().collect()
@@ -212,51 +218,59 @@ pub fn summarize(samples: &[Sample], deadline: Duration) -> Value {
     let mut statuses = std::collections::BTreeMap::<String, u64>::new();
     let mut sources = std::collections::BTreeMap::<String, u64>::new();
     let mut admitted = Vec::new();
-    let mut refused_without_retry_after = 0;
+    let (mut shed, mut server_errors) = (0u64, 0u64);
+    let mut shed_ms = Vec::new();
     for sample in samples {
         *statuses.entry(sample.status.to_string()).or_default() += 1;
         if let Some(source) = &sample.source {
             *sources.entry(source.clone()).or_default() += 1;
         }
-        if sample.status == 200 {
-            admitted.push(sample.latency.as_secs_f64() * 1000.0);
-        }
-        if sample.status == 503 && !sample.retry_after {
-            refused_without_retry_after += 1;
+        let ms = sample.latency.as_secs_f64() * 1000.0;
+        match sample.status {
+            200 => admitted.push(ms),
+            _ if is_shed(sample) => {
+                shed += 1;
+                shed_ms.push(ms);
+            }
+            500.. => server_errors += 1,
+            _ => {}
         }
     }
     let (p50, p99) = crate::p50_p99(&mut admitted);
+    let (_, shed_p99) = crate::p50_p99(&mut shed_ms);
     let past = admitted.iter().filter(|&&ms| ms > deadline.as_secs_f64() * 1000.0).count();
-    let server_errors: u64 = statuses.iter().filter(|(s, _)| s.starts_with('5')).map(|(_, n)| n).sum();
     json!({
         "requests": samples.len(),
         "statuses": statuses,
+        "shed_503": shed,
+        "shed_p99_ms": shed_p99,
         "server_errors": server_errors,
         "no_answer": statuses.get("0").copied().unwrap_or(0),
         "sources": sources,
         "admitted_p50_ms": p50,
         "admitted_p99_ms": p99,
         "past_deadline": past,
-        "refused_without_retry_after": refused_without_retry_after,
     })
 }
 
 /// Milliseconds from `clear` until real time is back: the start of the first 250 ms window after
-/// `clear` whose real-time (or cached) share is at least 80% of `baseline_share` and that has no
-/// 5xx. `None` if it never came back within the samples.
+/// `clear` whose real-time (or cached) share of admitted answers is at least 80% of
+/// `baseline_share` and that has no server error (load shed with `Retry-After` is not one: at
+/// 150% load it goes on after any fault). `None` if it never came back within the samples.
 pub fn recovery_ms(samples: &[Sample], clear: Duration, baseline_share: f64) -> Option<f64> {
     let window = Duration::from_millis(250);
     let last = samples.iter().map(|s| s.due).max()?;
     let mut from = clear;
     while from < last {
         let inside = between(samples, from, from + window);
-        if !inside.is_empty() {
+        let admitted = inside.iter().filter(|s| s.status == 200).count();
+        if admitted > 0 {
             let personal = inside
                 .iter()
                 .filter(|s| matches!(s.source.as_deref(), Some("realtime" | "cache_l1" | "cache_l2")))
                 .count();
-            let errors = inside.iter().filter(|s| s.status >= 500 || s.status == 0).count();
-            if errors == 0 && personal as f64 / inside.len() as f64 >= 0.8 * baseline_share {
+            let errors = inside.iter().filter(|s| (s.status >= 500 && !is_shed(s)) || s.status == 0).count();
+            if errors == 0 && personal as f64 / admitted as f64 >= 0.8 * baseline_share {
                 return Some((from - clear).as_secs_f64() * 1000.0);
             }
         }

@@ -21,8 +21,8 @@
 //!
 //! Every response carries `x-request-id` (the caller's, or a new one) and the recs responses a
 //! `Server-Timing` header. Admission control answers 503 at once when more than
-//! `serving.max_in_flight` requests are being served; `/healthz`, `/readyz` and `/metrics` bypass
-//! it. `/readyz` names components and their state, never an address or a raw error. The router is tested in process with
+//! `serving.max_in_flight` requests are being served; `/healthz`, `/readyz`, `/metrics` and the
+//! admin routes bypass it. `/readyz` names components and their state, never an address or a raw error. The router is tested in process with
 //! `tower::ServiceExt::oneshot` (`http/tests.rs`).
 
 pub mod admin;
@@ -114,13 +114,15 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/tokens", post(admin::issue_token))
         .route("/admin/faults", post(admin::set_faults))
         .route_layer(from_fn_with_state(state.clone(), middleware::authenticate_internal));
-    // Health and metrics are added after the admission layer, so it does not cover them: an
-    // overloaded origin still answers its load balancer (shedding requests is not being down).
+    // Admin, health and metrics are added after the admission layer, so it does not cover them:
+    // an overloaded origin still answers its load balancer (shedding requests is not being down)
+    // and its operator (a reload or a fault switch is what an overload may need; found by the
+    // fault suite, whose knob could not be turned off while the origin shed load).
     Router::new()
         .merge(api)
-        .merge(admin)
         .fallback(handlers::not_found)
         .layer(from_fn_with_state(state.clone(), middleware::admit))
+        .merge(admin)
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))

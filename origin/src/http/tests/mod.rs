@@ -282,6 +282,9 @@ async fn a_full_origin_answers_503_with_retry_after_at_once() {
     for probe in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(get(&h.state, probe).await.0, StatusCode::OK, "{probe} bypasses admission");
     }
+    // Nor the operator: an admin call is answered (here, a 400 for its empty body), not shed.
+    let admin = bearer("POST", "/admin/bundle").body(Body::from("{}")).unwrap();
+    assert_eq!(send(&h.state, admin).await.0, StatusCode::BAD_REQUEST, "admin routes bypass admission");
     drop(held);
     assert_eq!(get(&h.state, "/v1/users/u1/recs").await.0, StatusCode::OK);
 }

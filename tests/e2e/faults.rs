@@ -1,0 +1,52 @@
+//! The fault suite's promises, asserted on a short run of each fault at half the measured
+//! capacity (`benches/faults.rs` measures every fault at 50% and 150% for longer and saves the
+//! figures): no 5xx while a fallback can answer, nothing acknowledged and lost, no key lost, real
+//! time back within 2 s of the fault clearing, overload refused at once with `Retry-After` while
+//! `/readyz` stays 200.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use cascade_e2e::fault_suite::{Fault, Rig, run_fault};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_degrades_and_recovers_without_a_5xx_or_a_lost_write() {
+    let rig = Rig::start(16).await.unwrap();
+    rig.capacity(1.0).await;
+    let rate = (rig.capacity(2.0).await * 0.5).clamp(20.0, 400.0);
+    for fault in [
+        Fault::ShardBlackholed,
+        Fault::ShardKilledRestarted,
+        Fault::RankerPanicsOnce,
+        Fault::EventsWhileShardDies,
+        Fault::Overload3x,
+    ] {
+        let run = run_fault(&rig, fault, rate, [1.0, 1.5, 2.5]).await.unwrap();
+        let report = &run.report;
+        let context = format!(
+            "{}: {report:#}\n{}",
+            fault.name(),
+            rig.origin.output().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        );
+        assert_eq!(report["keys_lost"], 0, "{context}");
+        if fault == Fault::Overload3x {
+            let extra = &report["extra"];
+            assert!(extra["refused_503"].as_u64().unwrap() > 0, "3x the limit is refused: {context}");
+            assert_eq!(extra["refused_503"], extra["refused_with_retry_after"], "{context}");
+            assert_eq!(extra["readyz_not_200"], 0, "/readyz stays 200 under overload: {context}");
+            assert!(extra["readyz_probes"].as_u64().unwrap() > 0, "{context}");
+            continue;
+        }
+        assert_eq!(report["all"]["server_errors"], 0, "no 5xx while a fallback can answer: {context}");
+        assert_eq!(report["all"]["no_answer"], 0, "{context}");
+        let recovery = report["recovery_ms"].as_f64();
+        assert!(recovery.is_some_and(|ms| ms <= 2000.0), "real time back within 2 s: {context}");
+        if fault == Fault::EventsWhileShardDies {
+            let extra = &report["extra"];
+            assert_eq!(extra["acknowledged_not_applied"], 0, "{context}");
+            assert_eq!(extra["acknowledged"], extra["events"], "every event got through with retries: {context}");
+        }
+        if fault == Fault::RankerPanicsOnce {
+            assert_eq!(report["extra"]["panics_caught"], "1", "{context}");
+        }
+    }
+}
