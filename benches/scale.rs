@@ -36,7 +36,10 @@ async fn keys(urls: &[String]) -> anyhow::Result<u64> {
         let client = redis::Client::open(url.as_str())?;
         let mut connection = client.get_multiplexed_async_connection().await?;
         let n: u64 = redis::cmd("DBSIZE").query_async(&mut connection).await?;
-        total += n;
+        // Not a vector: the hash where `cascade load` marks what it put on this shard.
+        let markers: u64 =
+            redis::cmd("EXISTS").arg(cascade_shared::keys::MARKERS_KEY).query_async(&mut connection).await?;
+        total += n - markers;
     }
     Ok(total)
 }

@@ -45,7 +45,23 @@ async fn generated_data_is_deterministic_loaded_verified_and_bit_exact() {
         })
         .collect();
     assert_eq!(loaded, vec![("users", 3000, 3000, 3000), ("items", 4000, 4000, 4000)], "{out}");
-    assert_eq!(dbsize(&shards[0].url).await + dbsize(&shards[1].url).await, 7000);
+    // Every vector, plus one marker hash per shard saying what `load` put there.
+    assert_eq!(dbsize(&shards[0].url).await + dbsize(&shards[1].url).await, 7000 + 2);
+    let bundle = GenSpec::parse(SPEC).unwrap().bundle_id();
+    let mut marked = 0;
+    for shard in &shards {
+        let client = redis::Client::open(shard.url.as_str()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let mark: String = redis::cmd("HGET")
+            .arg(cascade_shared::keys::MARKERS_KEY)
+            .arg(&bundle)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let mark: Value = serde_json::from_str(&mark).unwrap();
+        marked += mark["users"].as_u64().unwrap() + mark["items"].as_u64().unwrap();
+    }
+    assert_eq!(marked, 7000, "the marks count what each shard holds");
     // Same spec, same bytes.
     run_cascade(&["load", "--generate", SPEC, "--out", b.to_str().unwrap()]).unwrap();
     for file in ["users.emb", "items.emb"] {
