@@ -1,6 +1,6 @@
-//! The fault suite's promises, asserted on a short run of each fault at half the measured
-//! capacity (`benches/faults.rs` measures every fault at 50% and 150% for longer and saves the
-//! figures): no 5xx while a fallback can answer, nothing acknowledged and lost, no key lost, real
+//! The fault suite's promises, asserted on a short run of each fault at 30% of the measured
+//! capacity (the suite shares this machine with the other tests; `benches/faults.rs` measures
+//! every fault at 50% and 150% for longer and saves the figures): no 5xx while a fallback can answer, nothing acknowledged and lost, no key lost, real
 //! time back within 2 s of the fault clearing, overload refused at once with `Retry-After` while
 //! `/readyz` stays 200.
 
@@ -12,7 +12,7 @@ use cascade_e2e::fault_suite::{Fault, Rig, run_fault};
 async fn every_fault_degrades_and_recovers_without_a_5xx_or_a_lost_write() {
     let rig = Rig::start(16).await.unwrap();
     rig.capacity(1.0).await;
-    let rate = (rig.capacity(2.0).await * 0.5).clamp(20.0, 400.0);
+    let rate = (rig.capacity(2.0).await * 0.3).clamp(20.0, 400.0);
     for fault in [
         Fault::ShardBlackholed,
         Fault::ShardKilledRestarted,

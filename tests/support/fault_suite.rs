@@ -11,7 +11,8 @@ use cascade_shared::stats::SplitMix64;
 use serde_json::{Value, json};
 
 use crate::faults::{
-    FaultProxy, ProxyMode, Sample, between, open_loop, recovery_ms, redis_cmd, redis_connection, rss_mib, summarize,
+    FaultProxy, ProxyMode, Sample, between, open_loop_while, recovery_ms, redis_cmd, redis_connection, rss_mib,
+    summarize,
 };
 use crate::{Origin, RedisServer, TempDir, bundle_dir, relabel_bundle, run_cascade};
 
@@ -290,12 +291,25 @@ pub async fn run_fault(rig: &Rig, fault: Fault, rate: f64, phases: [f64; 3]) -> 
     let connects_before: u64 = rig.proxies.iter().map(FaultProxy::accepted).sum();
     let seed = rand_seed();
     let rig_ref: &Rig = rig;
-    let load = open_loop(rate, total, |i| rig_ref.recs(i, seed));
+    // The load runs until `after` seconds past the moment the fault clears (a refill may take
+    // longer than `during`), at most a minute past the planned end.
+    let cleared = std::sync::Mutex::new(None::<Duration>);
+    let keep_going = |due: Duration| {
+        let cleared = *cleared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        cleared.is_none_or(|at| due < at + Duration::from_secs_f64(after))
+    };
+    let load = open_loop_while(rate, total + 60.0, keep_going, |i| rig_ref.recs(i, seed));
+    let run_started = Instant::now();
     let (samples, injected) = tokio::join!(load, async {
         tokio::time::sleep(Duration::from_secs_f64(before + 0.02)).await;
-        inject(rig_ref, fault, Duration::from_secs_f64(during)).await
+        let injected = inject(rig_ref, fault, Duration::from_secs_f64(during)).await;
+        if let Ok((_, cleared_after)) = &injected {
+            // When the fault was cleared, from the loop's start.
+            let at = Duration::from_secs_f64(before) + *cleared_after;
+            *cleared.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(at);
+        }
+        injected
     });
-    // When the fault was cleared, from the loop's start.
     let (extra, cleared_after) = injected?;
     let clear_at = Duration::from_secs_f64(before) + cleared_after;
     let clear_at = clear_at.max(Duration::from_secs_f64(before + during));
@@ -315,10 +329,10 @@ pub async fn run_fault(rig: &Rig, fault: Fault, rate: f64, phases: [f64; 3]) -> 
         "clear_at_s": clear_at.as_secs_f64(),
         "before": summarize(&pre, DEADLINE),
         "during": summarize(&between(&samples, fault_start, clear_at), DEADLINE),
-        "after": summarize(&between(&samples, clear_at, Duration::from_secs_f64(total + 1.0)), DEADLINE),
+        "after": summarize(&between(&samples, clear_at, Duration::MAX), DEADLINE),
         "all": summarize(&samples, DEADLINE),
         "recovery_ms": recovery_ms(&samples, clear_at, baseline),
-        "redis_connects_per_s": (connects_after - connects_before) as f64 / total,
+        "redis_connects_per_s": (connects_after - connects_before) as f64 / run_started.elapsed().as_secs_f64(),
         "rss_mib_before": rss_before,
         "rss_mib_after": rss_after,
         "keys_lost": rig.keys_lost().await?,

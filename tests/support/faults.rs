@@ -167,17 +167,30 @@ pub struct Sample {
     pub retry_after: bool,
 }
 
-/// Sends `count` requests at `rate` per second, request `i` built by `request(i)`, each on its own
-/// task; returns every sample, in order. Bounded by count and by the client's timeout.
+/// Sends requests at `rate` per second for `seconds`, request `i` built by `request(i)`, each on
+/// its own task; returns every sample, in order. Bounded by count and by the client's timeout.
 pub async fn open_loop<F>(rate: f64, seconds: f64, request: F) -> Vec<Sample>
 where
     F: Fn(usize) -> reqwest::RequestBuilder,
+{
+    open_loop_while(rate, seconds, |_| true, request).await
+}
+
+/// [`open_loop`] that also stops at the first request due when `keep_going(due)` is false (`due`
+/// from the loop's start); at most `seconds` in any case.
+pub async fn open_loop_while<F, K>(rate: f64, seconds: f64, keep_going: K, request: F) -> Vec<Sample>
+where
+    F: Fn(usize) -> reqwest::RequestBuilder,
+    K: Fn(Duration) -> bool,
 {
     let count = (rate * seconds).round() as usize;
     let start = Instant::now() + Duration::from_millis(20);
     let mut tasks = Vec::with_capacity(count);
     for i in 0..count {
         let due_at = start + Duration::from_secs_f64(i as f64 / rate);
+        if !keep_going(due_at - start) {
+            break;
+        }
         tokio::time::sleep_until(due_at.into()).await;
         let builder = request(i).timeout(Duration::from_secs(10));
         tasks.push(tokio::spawn(async move {
