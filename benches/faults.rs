@@ -2,7 +2,8 @@
 //! restarted empty then refilled, blackholed, slowed by 50 ms, resetting 10% of connections; FAISS
 //! and the ranker 10x slower; a ranker panic; 3x the admission limit; 10 bundle reloads; events
 //! posted while a shard's network dies) injected under an open-loop load at 50% and at 150% of
-//! the capacity measured first, against the real origin and real Redis shards behind TCP proxies.
+//! the capacity measured first, against the real origin and real Redis shards behind TCP proxies;
+//! then the origin killed and restarted behind the real Worker (`wrangler dev`) at 100 req/s.
 //!
 //!     scripts/bench.sh faults    (BENCH_SECS: seconds each fault lasts, default 3)
 //!
@@ -11,7 +12,7 @@
 //! the fault clears, connects per second to Redis, RSS before and after, keys lost, and the
 //! fault's own figures (events acknowledged but not applied, refusals and their latency, ...).
 
-use cascade_e2e::fault_suite::{Fault, Rig, run_fault};
+use cascade_e2e::fault_suite::{Fault, Rig, run_fault, run_origin_killed_behind_worker};
 use cascade_e2e::{bench_dir, bench_secs};
 use serde_json::{Value, json};
 
@@ -25,7 +26,7 @@ fn cell(report: &Value, phase: &str, field: &str) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let fault_secs: f64 = bench_secs(3.0);
-    let rig = Rig::start(64).await?;
+    let mut rig = Rig::start(64).await?;
     rig.capacity(2.0).await; // warm-up: caches, connections, the model
     let capacity = rig.capacity(5.0).await;
     eprintln!("capacity (closed loop, 16 callers): {capacity:.0} req/s");
@@ -59,6 +60,22 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     }
+    // The origin killed behind the Worker: through `wrangler dev`, at a fixed rate (the local
+    // Worker runtime, not the origin, is the bound here).
+    let behind_worker = run_origin_killed_behind_worker(&mut rig, 100.0, [3.0, fault_secs, 4.0]).await?;
+    println!(
+        "{:<34} {:>5} {:>6} {:>5} {:>6} {:>8}        {:>7}  restart {:.0} ms, sources during {}",
+        "origin_killed_behind_worker",
+        "-",
+        100,
+        behind_worker["all"]["server_errors"],
+        behind_worker["all"]["shed_503"],
+        cell(&behind_worker, "during", "admitted_p99_ms"),
+        behind_worker["recovery_ms"].as_f64().map_or("never".into(), |ms| format!("{ms:.0}")),
+        behind_worker["origin_restart_ms"].as_f64().unwrap_or(0.0),
+        behind_worker["during"]["sources"],
+    );
+    runs.push(json!({"load": null, "report": behind_worker}));
     let report = json!({
         "benchmark": "faults",
         "capacity_rps": capacity,

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
-use cascade_e2e::fault_suite::{Fault, Rig, run_fault};
+use cascade_e2e::fault_suite::{Fault, Rig, run_fault, run_origin_killed_behind_worker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_degrades_and_recovers_without_a_5xx_or_a_lost_write() {
@@ -49,4 +49,20 @@ async fn every_fault_degrades_and_recovers_without_a_5xx_or_a_lost_write() {
             assert_eq!(report["extra"]["panics_caught"], "1", "{context}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_keeps_answering_while_the_origin_restarts() {
+    let mut rig = Rig::start(16).await.unwrap();
+    let report = run_origin_killed_behind_worker(&mut rig, 40.0, [2.0, 2.0, 4.0]).await.unwrap();
+    let context = format!("{report:#}");
+    assert_eq!(report["all"]["server_errors"], 0, "stale segment lists and segment fallbacks, no 5xx: {context}");
+    assert_eq!(report["all"]["no_answer"], 0, "{context}");
+    let during = &report["during"]["sources"];
+    assert!(during["segment"].as_u64().unwrap_or(0) > 0, "the Worker served stored lists: {context}");
+    // After the restart, the signed-in visitor gets their own list again (from real time, or from
+    // L2 in Redis, which outlived the origin process).
+    let after = &report["after"]["sources"];
+    let personal: u64 = ["realtime", "cache_l1", "cache_l2"].iter().filter_map(|s| after[s].as_u64()).sum();
+    assert!(personal > 0, "signed-in lists again: {context}");
 }

@@ -11,8 +11,8 @@ use cascade_shared::stats::SplitMix64;
 use serde_json::{Value, json};
 
 use crate::faults::{
-    FaultProxy, ProxyMode, Sample, between, open_loop_while, recovery_ms, redis_cmd, redis_connection, rss_mib,
-    summarize,
+    FaultProxy, ProxyMode, Sample, between, open_loop, open_loop_while, recovery_ms, redis_cmd, redis_connection,
+    rss_mib, summarize,
 };
 use crate::{Origin, RedisServer, TempDir, bundle_dir, relabel_bundle, run_cascade};
 
@@ -22,6 +22,8 @@ pub const API_KEY: &str = "fault-suite-key-0123456789";
 pub const DEADLINE: Duration = Duration::from_millis(80);
 /// Users in the test bundle (`scripts/test.sh` trains 1,000).
 const USERS: usize = 1000;
+/// The deployment secret of the rig (the Worker signs with a key derived from it).
+pub const SECRET: &str = "fault-suite-secret-0123456789";
 
 /// A fault the suite injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +82,8 @@ impl Fault {
 pub struct Rig {
     /// The origin (its shards are the proxies' URLs).
     pub origin: Origin,
+    /// How the origin was started (to restart it where it listened).
+    origin_env: Vec<(&'static str, String)>,
     /// The real servers.
     pub shards: Vec<RedisServer>,
     /// One proxy per server.
@@ -117,19 +121,21 @@ impl Rig {
             &config,
             format!("[serving]\nfault_injection = true\nmax_in_flight = {max_in_flight}\n[cache]\nl1_ttl_secs = 1\n"),
         )?;
-        let origin = Origin::start(&[
+        let origin_env = vec![
             ("CASCADE_CONFIG", config.display().to_string()),
             ("CASCADE_BUNDLE", original.display().to_string()),
             ("CASCADE_REDIS_SHARDS", proxies.iter().map(|p| p.url.clone()).collect::<Vec<_>>().join(",")),
             ("CASCADE_API_KEYS", API_KEY.to_string()),
+            ("CASCADE_SECRET", SECRET.to_string()),
             ("CASCADE_LOG", "error".to_string()),
-        ])
-        .await?;
+        ];
+        let origin = Origin::start(&origin_env).await?;
         let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
         let metadata: Value = serde_json::from_slice(&std::fs::read(original.join("metadata.json"))?)?;
         let bundle_id = metadata["bundle_id"].as_str().unwrap_or_default().to_string();
         Ok(Rig {
             origin,
+            origin_env,
             shards,
             proxies,
             max_in_flight,
@@ -530,5 +536,56 @@ async fn events_while_blackholed(rig: &Rig, during: Duration) -> anyhow::Result<
         "never_acknowledged": results.len() - acknowledged,
         "retries": retries,
         "acknowledged_not_applied": lost,
+    }))
+}
+
+/// The origin killed behind the Worker (`wrangler dev`) for `during`, then started again where it
+/// listened, under an open loop of edge requests at `rate`: anonymous visitors (segment lists,
+/// which the Worker keeps and serves stale while the origin is gone) and, one request in four, a
+/// signed-in visitor (their own list from the origin; their segment's list while it is gone).
+pub async fn run_origin_killed_behind_worker(rig: &mut Rig, rate: f64, phases: [f64; 3]) -> anyhow::Result<Value> {
+    let [before, during, after] = phases;
+    let edge = crate::Edge::start(&rig.origin.url, SECRET, &[("ORIGIN_TIMEOUT_MS", "300")]).await?;
+    let keys = cascade_shared::signing::Keys::derive(SECRET.as_bytes());
+    let expires = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 3600;
+    let token = cascade_shared::token::issue(&keys.visitor_tokens, "u7", expires);
+    let (http, base) = (rig.http.clone(), edge.url.clone());
+    let request = |i: usize| {
+        let (page, device) = (["home", "browse", "detail"][i % 3], ["desktop", "mobile"][i / 3 % 2]);
+        let url = format!("{base}/recs?page={page}&device={device}&n=10");
+        if i % 4 == 3 { http.get(url).bearer_auth(&token) } else { http.get(url) }
+    };
+    // Warm the Worker's cache for every segment the load asks for.
+    for i in 0..6 {
+        let _ = request(i * 4).send().await;
+    }
+    let port: u16 = rig.origin.url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let load = open_loop(rate, before + during + after, request);
+    let fault = async {
+        tokio::time::sleep(Duration::from_secs_f64(before)).await;
+        rig.origin.stop();
+        tokio::time::sleep(Duration::from_secs_f64(during)).await;
+        let restarted = Instant::now();
+        let origin = Origin::start_on(port, &rig.origin_env).await;
+        (origin, restarted.elapsed())
+    };
+    let (samples, (origin, restart)) = tokio::join!(load, fault);
+    rig.origin = origin?;
+    let fault_start = Duration::from_secs_f64(before);
+    let clear_at = fault_start + Duration::from_secs_f64(during) + restart;
+    // The share of personal answers (the signed-in visitors' own lists) before the fault.
+    let clean = between(&samples, Duration::ZERO, fault_start);
+    let personal = clean.iter().filter(|s| matches!(s.source.as_deref(), Some("realtime" | "cache_l1" | "cache_l2")));
+    let baseline = personal.count() as f64 / clean.iter().filter(|s| s.status == 200).count().max(1) as f64;
+    Ok(json!({
+        "fault": "origin_killed_behind_worker",
+        "rate": rate,
+        "phases_s": phases,
+        "origin_restart_ms": restart.as_secs_f64() * 1000.0,
+        "before": summarize(&between(&samples, Duration::ZERO, fault_start), DEADLINE),
+        "during": summarize(&between(&samples, fault_start, clear_at), DEADLINE),
+        "after": summarize(&between(&samples, clear_at, Duration::MAX), DEADLINE),
+        "all": summarize(&samples, DEADLINE),
+        "recovery_ms": recovery_ms(&samples, clear_at, baseline),
     }))
 }

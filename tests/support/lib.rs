@@ -350,8 +350,12 @@ pub struct Origin {
 impl Origin {
     /// Starts `cascade serve` with `env` (CASCADE_* variables) and waits for `/healthz`.
     pub async fn start(env: &[(&str, String)]) -> anyhow::Result<Self> {
+        Self::start_on(free_port()?, env).await
+    }
+
+    /// [`Origin::start`] on `port` (a restart where the last one listened).
+    pub async fn start_on(port: u16, env: &[(&str, String)]) -> anyhow::Result<Self> {
         let dir = TempDir::new("cascade-origin")?;
-        let port = free_port()?;
         let mut command = Command::new(cascade_bin()?);
         command.arg("serve").env("CASCADE_LISTEN", format!("127.0.0.1:{port}")).env("OPENBLAS_NUM_THREADS", "1");
         for (name, value) in env {
