@@ -139,11 +139,6 @@ impl WorkQueue {
         }
         answer.await.unwrap_or(Err(QueueError::Stopped))
     }
-
-    /// Tasks waiting.
-    pub fn depth(&self) -> usize {
-        self.sender.len()
-    }
 }
 
 #[cfg(test)]
