@@ -23,7 +23,7 @@ report=target/cascade-bench/fuzz.json
 
 if ! rustup toolchain list | grep -q '^nightly'; then
   echo "no nightly toolchain: running the stable smoke runner for ${seconds} s per target instead" >&2
-  (cd tests/fuzz && CARGO_TARGET_DIR=$CASCADE_HOME/fuzz-target FUZZ_SMOKE_SECS=$seconds \
+  (cd tests/fuzz && CARGO_TARGET_DIR=$PWD/../../target/fuzz FUZZ_SMOKE_SECS=$seconds \
     cargo test --test smoke -- --nocapture)
   exit
 fi
@@ -38,7 +38,8 @@ for target in "${targets[@]}"; do
   log=$(mktemp)
   echo "fuzzing $target for $seconds s" >&2
   status=0
-  CARGO_TARGET_DIR=$CASCADE_HOME/fuzz-nightly-target cargo +nightly fuzz run --fuzz-dir tests/fuzz \
+  # Per checkout, like the stable one (scripts/test.sh says why).
+  CARGO_TARGET_DIR=$PWD/target/fuzz-nightly cargo +nightly fuzz run --fuzz-dir tests/fuzz \
     --features libfuzzer "$target" "$work" "tests/fuzz/corpus/$target" -- \
     -max_total_time="$seconds" -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1 || status=$?
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)

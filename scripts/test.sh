@@ -33,9 +33,10 @@ step "cargo test (workspace: unit, integration, end to end)"
 cargo test --workspace
 
 step "fuzz targets: their corpus (seeds and regressions) and a short generated run, on stable"
-# The long, coverage-guided runs: scripts/fuzz.sh [SECONDS]. Own target folder: tests/fuzz is its
-# own workspace (cargo-fuzz's layout), and sharing the main folder's lock would serialise builds.
-(cd tests/fuzz && CARGO_TARGET_DIR=$CASCADE_HOME/fuzz-target cargo test --locked --test smoke)
+# The long, coverage-guided runs: scripts/fuzz.sh [SECONDS]. tests/fuzz is its own workspace
+# (cargo-fuzz's layout) whose path dependencies lie outside it, so cargo hashes them by absolute
+# path: its target folder is per checkout (target/fuzz here), never shared between clones.
+(cd tests/fuzz && CARGO_TARGET_DIR=$PWD/../../target/fuzz cargo test --locked --test smoke)
 
 step "soak smoke: 15 s of mixed load (the 10-minute run: SOAK_SECS=600 scripts/bench.sh soak)"
 SOAK_SECS=15 CASCADE_BIN=$CARGO_TARGET_DIR/debug/cascade cargo test -p cascade-e2e --bench soak
