@@ -163,7 +163,7 @@ impl Config {
                 return Err(config_error(&format!("redis.{list}[{index}]"), error.to_string()));
             }
         }
-        let ranges: [(&str, usize, usize, usize); 12] = [
+        let ranges: [(&str, usize, usize, usize); 13] = [
             ("ranker.max_batch_rows", self.ranker.max_batch_rows, 1, 1 << 20),
             ("retrieval.candidates", self.retrieval.candidates, 1, 10_000),
             ("retrieval.nprobe", self.retrieval.nprobe, 1, 65_536),
@@ -176,6 +176,7 @@ impl Config {
             ("serving.request_timeout_ms", self.serving.request_timeout_ms as usize, 1, 600_000),
             ("serving.header_read_timeout_ms", self.serving.header_read_timeout_ms as usize, 1, 600_000),
             ("serving.max_connections", self.serving.max_connections, 1, 1 << 20),
+            ("serving.brownout_lag_ms", self.serving.brownout_lag_ms as usize, 0, 10_000),
         ];
         for (field, value, min, max) in ranges {
             if !(min..=max).contains(&value) {

@@ -20,6 +20,7 @@
 //! | [`generate`] | deterministic clustered embeddings for the scale tiers |
 //! | [`metrics`] | Prometheus metrics |
 //! | [`work_queue`] | [`work_queue::WorkQueue`]: blocking work behind a bounded queue that skips dead work |
+//! | [`brownout`] | [`brownout::Brownout`]: real-time ranking paused while the CPU is saturated |
 //! | [`faults`] | fault injection for the fault suite (off unless configured) |
 //! | [`health`] | [`health::ComponentHealth`]: what `/readyz` says of each component |
 //!
@@ -29,6 +30,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod brownout;
 pub mod bundle;
 pub mod cache;
 pub mod commands;

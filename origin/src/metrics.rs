@@ -1,7 +1,8 @@
 //! Prometheus metrics, served as text at `/metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// The dynamic batcher's metrics (`crate::ranking::batcher`).
@@ -96,6 +97,10 @@ pub struct Metrics {
     pub batcher: BatchMetrics,
     /// Blocking work queues (FAISS searches).
     pub work_queues: crate::work_queue::QueueMetrics,
+    /// `cascade_runtime_lag_seconds`: the largest scheduling lag over the last 100 ms.
+    pub runtime_lag: Gauge,
+    /// `cascade_brownout`: 1 while real-time ranking is paused for lack of CPU.
+    pub brownout: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -136,6 +141,10 @@ impl Metrics {
         .unwrap_or_else(|_| unreachable!("static metric definition"));
         let pipeline_runs = IntCounter::new("cascade_pipeline_runs_total", "Real-time pipeline runs")
             .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let runtime_lag = Gauge::new("cascade_runtime_lag_seconds", "Largest task scheduling lag over the last 100 ms")
+            .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let brownout = IntGauge::new("cascade_brownout", "1 while real-time ranking is paused for lack of CPU")
+            .unwrap_or_else(|_| unreachable!("static metric definition"));
         Metrics {
             cache_lookups: register(&registry, cache_lookups),
             pipeline_runs: register(&registry, pipeline_runs),
@@ -152,6 +161,8 @@ impl Metrics {
                     depth: register(&registry, queues.depth),
                 }
             },
+            runtime_lag: register(&registry, runtime_lag),
+            brownout: register(&registry, brownout),
             registry,
         }
     }

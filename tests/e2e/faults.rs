@@ -47,6 +47,12 @@ async fn every_fault_degrades_and_recovers_without_a_5xx_or_a_lost_write() {
         }
         if fault == Fault::RankerPanicsOnce {
             assert_eq!(report["extra"]["panics_caught"], "1", "{context}");
+            // The panic is in the log, with where it happened (the origin's panic hook).
+            let log = rig.origin.output();
+            assert!(
+                log.lines().any(|l| l.contains("panic: injected ranker panic") && l.contains("faults.rs")),
+                "the panic is logged with its location: {log}"
+            );
         }
     }
 }

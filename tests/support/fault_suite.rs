@@ -128,6 +128,9 @@ impl Rig {
             ("CASCADE_API_KEYS", API_KEY.to_string()),
             ("CASCADE_SECRET", SECRET.to_string()),
             ("CASCADE_LOG", "error".to_string()),
+            // As in production: a backtrace symbolized at the first panic maps libtorch's symbols
+            // (about 110 MiB resident for good), which the RSS figures would report as a leak.
+            ("RUST_BACKTRACE", "0".to_string()),
         ];
         let origin = Origin::start(&origin_env).await?;
         let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
@@ -172,6 +175,13 @@ impl Rig {
                 self.http.post(format!("{}/v1/events", self.origin.url)).bearer_auth(API_KEY).json(&body)
             }
         }
+    }
+
+    /// The value of the metric line starting `name ` on `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let metrics = self.http.get(format!("{}/metrics", self.origin.url)).send().await?.text().await?;
+        let prefix = format!("{name} ");
+        Ok(metrics.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok()).unwrap_or(0.0))
     }
 
     /// The origin's gauges that must not grow in a soak: queue depths and requests in flight.
@@ -288,6 +298,9 @@ pub struct FaultRun {
     pub samples: Vec<Sample>,
 }
 
+/// The counter of answers served from the fallback chain because the CPU was saturated.
+const BROWNOUT_FALLBACKS: &str = "cascade_fallbacks_total{reason=\"brownout\"}";
+
 /// Runs `fault` under an open loop at `rate` requests/s: `before` seconds clean, the fault for
 /// `during`, then `after` seconds with the fault cleared.
 pub async fn run_fault(rig: &Rig, fault: Fault, rate: f64, phases: [f64; 3]) -> anyhow::Result<FaultRun> {
@@ -295,6 +308,7 @@ pub async fn run_fault(rig: &Rig, fault: Fault, rate: f64, phases: [f64; 3]) -> 
     let total = before + during + after;
     let rss_before = rss_mib(rig.origin.pid());
     let connects_before: u64 = rig.proxies.iter().map(FaultProxy::accepted).sum();
+    let brownouts_before = rig.metric(BROWNOUT_FALLBACKS).await?;
     let seed = rand_seed();
     let rig_ref: &Rig = rig;
     // The load runs until `after` seconds past the moment the fault clears (a refill may take
@@ -342,6 +356,7 @@ pub async fn run_fault(rig: &Rig, fault: Fault, rate: f64, phases: [f64; 3]) -> 
         "rss_mib_before": rss_before,
         "rss_mib_after": rss_after,
         "keys_lost": rig.keys_lost().await?,
+        "brownout_fallbacks": rig.metric(BROWNOUT_FALLBACKS).await? - brownouts_before,
         "extra": extra,
     });
     Ok(FaultRun { report, samples })

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use faiss::Index;
 
+use crate::brownout::Brownout;
 use crate::bundle::{Bundle, BundleError, read_embeddings};
 use crate::config::Config;
 use crate::faults::Faults;
@@ -68,13 +69,20 @@ pub struct RecommenderFactory {
     metrics: Arc<Metrics>,
     shards: Option<Arc<ShardSet>>,
     faults: Option<Arc<Faults>>,
+    brownout: Arc<Brownout>,
 }
 
 impl RecommenderFactory {
     /// A factory over `config`, registering into `metrics`, sharing `shards`.
     pub fn new(config: Config, metrics: Arc<Metrics>, shards: Option<Arc<ShardSet>>) -> Self {
         let faults = config.serving.fault_injection.then(|| Arc::new(Faults::default()));
-        RecommenderFactory { config, metrics, shards, faults }
+        let brownout = Brownout::new(Duration::from_millis(config.serving.brownout_lag_ms));
+        RecommenderFactory { config, metrics, shards, faults, brownout }
+    }
+
+    /// The brownout switch every recommender built here obeys (`serve` runs its probe).
+    pub fn brownout(&self) -> &Arc<Brownout> {
+        &self.brownout
     }
 
     /// The injected faults every recommender built here obeys, when fault injection is on.
@@ -126,6 +134,7 @@ impl RecommenderFactory {
             ranker: Arc::new(ranker),
             precomputed,
             faults: self.faults.clone(),
+            brownout: Arc::clone(&self.brownout),
         };
         let recommender = Recommender::new(
             bundle,

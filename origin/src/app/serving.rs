@@ -38,6 +38,11 @@ impl Serving {
         Serving { current: ArcSwap::from_pointee(recommender), factory, reloading: tokio::sync::Mutex::new(()) }
     }
 
+    /// The brownout switch (its probe runs in `cascade serve`).
+    pub fn brownout(&self) -> &Arc<crate::brownout::Brownout> {
+        self.factory.brownout()
+    }
+
     /// The injected faults, when fault injection is on.
     pub fn faults(&self) -> Option<&Arc<crate::faults::Faults>> {
         self.factory.faults()

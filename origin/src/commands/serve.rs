@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::app::App;
+use crate::brownout::Brownout;
 use crate::config::{Config, Mode};
 use crate::http::server::{self, ServerLimits};
 use crate::http::{AppState, router};
@@ -47,8 +48,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(address = %listener.local_addr()?, "cascade origin listening");
     let watch = tokio::spawn(watch_health(Arc::clone(&state.serving)));
+    let (lag, on) = (state.metrics.runtime_lag.clone(), state.metrics.brownout.clone());
+    let probe = tokio::spawn(Brownout::watch(Arc::downgrade(state.serving.brownout()), lag, on));
     server::serve(listener, router(state), limits, shutdown_signal()).await?;
     watch.abort();
+    probe.abort();
     tracing::info!("stopped");
     Ok(())
 }

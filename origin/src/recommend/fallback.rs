@@ -35,6 +35,8 @@ pub enum FallbackReason {
     /// The user's state (purchases, generation) was not read within the deadline, or is malformed
     /// (a shard that refused is [`FallbackReason::ShardUnavailable`]).
     StateUnavailable,
+    /// The CPU is saturated (`crate::brownout`): real-time ranking is paused.
+    Brownout,
 }
 
 impl FallbackReason {
@@ -51,6 +53,7 @@ impl FallbackReason {
             FallbackReason::RetrievalOverloaded => "retrieval_overloaded",
             FallbackReason::MissingOnDegradedShard => "missing_on_degraded_shard",
             FallbackReason::StateUnavailable => "state_unavailable",
+            FallbackReason::Brownout => "brownout",
         }
     }
 }

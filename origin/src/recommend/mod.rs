@@ -33,6 +33,7 @@ use cascade_shared::validate::RecsQuery;
 use cascade_shared::wire::{RecItem, RecList, Source};
 use serde::Deserialize;
 
+use crate::brownout::Brownout;
 use crate::bundle::Bundle;
 use crate::cache::{ListKey, UserCaches, filter_items};
 use crate::faults::Faults;
@@ -63,6 +64,9 @@ pub struct ServingConfig {
     pub header_read_timeout_ms: u64,
     /// Connections open at once; past it new ones wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Runtime scheduling lag, milliseconds, at which real-time ranking pauses and fallback lists
+    /// are served (`crate::brownout`); 0 turns brownout off.
+    pub brownout_lag_ms: u64,
 }
 
 impl Default for ServingConfig {
@@ -75,6 +79,7 @@ impl Default for ServingConfig {
             request_timeout_ms: 5_000,
             header_read_timeout_ms: 10_000,
             max_connections: 4_096,
+            brownout_lag_ms: 20,
         }
     }
 }
@@ -110,6 +115,8 @@ pub struct Components {
     pub precomputed: Arc<dyn PrecomputedLists>,
     /// Injected faults, when fault injection is on.
     pub faults: Option<Arc<Faults>>,
+    /// While on, real-time ranking is skipped (the CPU is saturated).
+    pub brownout: Arc<Brownout>,
 }
 
 /// The recommender for one bundle: everything the request path needs, shared by all handlers.
@@ -122,6 +129,7 @@ pub struct Recommender {
     ranker: Arc<dyn Ranker>,
     precomputed: Arc<dyn PrecomputedLists>,
     faults: Option<Arc<Faults>>,
+    brownout: Arc<Brownout>,
     metrics: Arc<Metrics>,
     candidates: usize,
     deadline: Duration,
@@ -140,7 +148,7 @@ impl Recommender {
         candidates: usize,
         deadline: Duration,
     ) -> Self {
-        let Components { store, retriever, searches, ranker, precomputed, faults } = components;
+        let Components { store, retriever, searches, ranker, precomputed, faults, brownout } = components;
         let popular = segments::popular_list(&bundle);
         let mut recommender = Recommender {
             bundle_id: Arc::from(bundle.id()),
@@ -151,6 +159,7 @@ impl Recommender {
             ranker,
             precomputed,
             faults,
+            brownout,
             metrics,
             candidates,
             deadline,
@@ -251,7 +260,10 @@ impl Recommender {
         let deadline = started + self.deadline;
         let mut timings = Timings::default();
         let view = match tokio::time::timeout_at(deadline.into(), caches.user(user_id)).await {
-            Ok(Ok(view)) => view,
+            Ok(Ok(view)) => {
+                timings.add("state", started.elapsed());
+                view
+            }
             unknown => {
                 // Without the user's state their purchases are unknown: a personal list could
                 // show what they bought. Serve the context's list, bypassing the caches.
@@ -280,8 +292,10 @@ impl Recommender {
             segment: query.segment,
             generation: view.generation,
         };
-        if let Some(entry) = caches.get(&key).await {
-            timings.add("cache", started.elapsed());
+        let lookup = Instant::now();
+        let cached = caches.get(&key).await;
+        timings.add("cache", lookup.elapsed());
+        if let Some(entry) = cached {
             let items = filter_items(&entry.items, &view.purchased, query.n);
             return Ok(Answer {
                 list: self.list(Some(user_id), query.segment, Source::CacheL1, items, query.n),

@@ -59,8 +59,15 @@ impl Recommender {
         deadline: Instant,
         timings: &mut Timings,
     ) -> Result<Vec<RecItem>, Fallback> {
-        self.metrics.pipeline_runs.inc();
         let started = Instant::now();
+        if self.brownout.is_on() {
+            // No CPU to rank in time: the user's precomputed list (one Redis read), or the chain.
+            let precomputed = tokio::time::timeout_at(deadline.into(), self.precomputed.get(user_id)).await;
+            timings.add("precomputed", started.elapsed());
+            let precomputed = precomputed.ok().and_then(Result::ok).flatten();
+            return Err(Fallback { reason: FallbackReason::Brownout, precomputed });
+        }
+        self.metrics.pipeline_runs.inc();
         let lookups =
             async { futures::join!(self.store.get(EntityKind::User, user_id), self.precomputed.get(user_id)) };
         let Ok((lookup, precomputed)) = tokio::time::timeout_at(deadline.into(), lookups).await else {

@@ -127,3 +127,18 @@ async fn a_request_past_the_request_timeout_is_503_with_retry_after() {
     assert_eq!(headers[header::RETRY_AFTER], "1");
     assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn in_brownout_users_get_the_fallback_chain_and_real_time_resumes_after() {
+    let h = default_harness().await;
+    h.brownout.observe(Duration::from_millis(40));
+    let (status, _, body) = get(&h.state, "/v1/users/u1/recs?n=3&page=browse").await;
+    assert_eq!((status, body["source"].as_str()), (StatusCode::OK, Some("segment")), "{body}");
+    let metrics = h.state.metrics.render();
+    assert!(metrics.contains("cascade_fallbacks_total{reason=\"brownout\"} 1"), "{metrics}");
+    assert!(metrics.contains("cascade_pipeline_runs_total 0"), "no real-time run started: {metrics}");
+    // Lag under half the threshold ends it: the same user is ranked in real time again.
+    h.brownout.observe(Duration::from_millis(1));
+    let (_, _, body) = get(&h.state, "/v1/users/u1/recs?n=3&page=browse").await;
+    assert_eq!(body["source"], "realtime", "{body}");
+}

@@ -19,6 +19,7 @@ use tower::ServiceExt;
 use super::{AppState, REQUEST_ID, router};
 use crate::app::{RecommenderFactory, Serving};
 use crate::auth::Auth;
+use crate::brownout::Brownout;
 use crate::bundle::{Bundle, read_embeddings};
 use crate::cache::{CacheConfig, ListKey, RedisUserState, UserCaches, UserStateBackend};
 use crate::config::Config;
@@ -86,6 +87,8 @@ fn write_bundle(dir: &Path, id: &str, popular: &[&str]) {
 
 struct Harness {
     state: AppState,
+    /// The recommender's brownout switch (no probe runs: tests flip it with `observe`).
+    brownout: Arc<Brownout>,
     _dir: tempfile::TempDir,
 }
 
@@ -122,7 +125,9 @@ async fn harness_over(popular: &[&str], refusal: Option<RankError>, config: Conf
         ranker: Arc::new(DotRanker { refusal }),
         precomputed: Arc::new(NoPrecomputed),
         faults: None,
+        brownout: Brownout::new(Duration::from_millis(10)),
     };
+    let brownout = Arc::clone(&components.brownout);
     let deadline = std::time::Duration::from_millis(config.serving.deadline_ms);
     let recommender = Recommender::new(bundle, components, Arc::clone(&metrics), 10, deadline).await;
     let serving_config = config.serving.clone();
@@ -134,7 +139,7 @@ async fn harness_over(popular: &[&str], refusal: Option<RankError>, config: Conf
         metrics,
         &serving_config,
     );
-    Harness { state, _dir: dir }
+    Harness { state, brownout, _dir: dir }
 }
 
 async fn default_harness() -> Harness {
