@@ -7,7 +7,12 @@
 //!   (`max_batch_rows` 1024) against unbatched (`max_batch_rows` 100: each request alone);
 //!
 //! plus `ceiling_rows_per_s`: 4096-row forward passes back to back, no batcher (the model's compute
-//! rate here).
+//! rate here). These closed-loop regimes use the `fixed` batch policy (5 ms), as they always did.
+//!
+//! - `policies`: 100-row requests in an open loop (latency from each request's scheduled time,
+//!   80 ms deadline as in serving) at 10%, 50%, 90% and 150% of the batched closed-loop call rate,
+//!   the `fixed` (5 ms wait) and `adaptive` (run at once with what is queued) policies side by side
+//!   at each rate.
 //!
 //!     scripts/bench.sh    (or: cargo bench -p cascade-e2e --bench ranker)
 //!
@@ -22,6 +27,7 @@ use cascade_e2e::{bench_dir, bench_secs, bundle_dir, p50_p99};
 use cascade_origin::bundle::Bundle;
 use cascade_origin::config::{DeviceChoice, RankerConfig};
 use cascade_origin::metrics::BatchMetrics;
+use cascade_origin::ranking::batcher::BatchPolicy;
 use cascade_origin::ranking::{Ranker, TorchRanker, pick_device};
 use serde_json::{Value, json};
 
@@ -73,12 +79,47 @@ async fn drive(ranker: Arc<TorchRanker>, callers: usize, rows_per_call: usize, s
     }))
 }
 
-fn ranker(bundle: &Bundle, device: tch::Device, max_batch_rows: usize) -> anyhow::Result<Arc<TorchRanker>> {
+/// Sends one `rows_per_call`-row request every `1 / rate` seconds for `seconds`, each with an
+/// 80 ms deadline; latency counts from the scheduled time (no coordinated omission).
+async fn open_loop(ranker: Arc<TorchRanker>, rate: f64, rows_per_call: usize, seconds: f64) -> Value {
+    let width = ranker.input_width();
+    let rows: Vec<f32> = (0..rows_per_call * width).map(|i| ((i % 200) as f32 / 100.0) - 1.0).collect();
+    let count = (rate * seconds).round() as usize;
+    let start = Instant::now() + Duration::from_millis(5);
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let (ranker, rows) = (ranker.clone(), rows.clone());
+        tasks.push(tokio::spawn(async move {
+            let scored = ranker.score(rows, due + Duration::from_millis(80)).await;
+            (scored.is_ok(), due.elapsed().as_secs_f64() * 1000.0)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failures = 0usize;
+    for task in tasks {
+        match task.await {
+            Ok((true, ms)) => latencies.push(ms),
+            _ => failures += 1,
+        }
+    }
+    let (p50_ms, p99_ms) = p50_p99(&mut latencies);
+    json!({"rate": rate, "calls": count, "failures": failures, "p50_ms": p50_ms, "p99_ms": p99_ms})
+}
+
+fn ranker(
+    bundle: &Bundle,
+    device: tch::Device,
+    max_batch_rows: usize,
+    batch_policy: BatchPolicy,
+) -> anyhow::Result<Arc<TorchRanker>> {
     let config = RankerConfig {
         device: DeviceChoice::Auto,
         queue_capacity: 4096,
         max_batch_rows,
         max_wait_ms: 5.0,
+        batch_policy,
         threads: 1,
         intra_op_threads: 2,
     };
@@ -119,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
     {
         let mut modes = serde_json::Map::new();
         for (mode, max_batch_rows) in [("unbatched", unbatched_rows), ("batched", batched_rows)] {
-            let ranker = ranker(&bundle, device, max_batch_rows)?;
+            let ranker = ranker(&bundle, device, max_batch_rows, BatchPolicy::Fixed)?;
             drive(ranker.clone(), CALLERS, rows_per_call, 0.5).await?; // warm-up
             let figures = drive(ranker, CALLERS, rows_per_call, seconds).await?;
             eprintln!("{regime} {mode} (max_batch_rows {max_batch_rows}): {figures}");
@@ -127,6 +168,28 @@ async fn main() -> anyhow::Result<()> {
         }
         report.insert(regime.to_string(), Value::Object(modes));
     }
+    // Adaptive against fixed batching in an open loop, side by side at each share of capacity.
+    let capacity_calls = report["multi_row"]["batched"]["throughput_rows_per_s"].as_f64().unwrap_or(1000.0) / 100.0;
+    let rankers = [
+        ("fixed", ranker(&bundle, device, 1024, BatchPolicy::Fixed)?),
+        ("adaptive", ranker(&bundle, device, 1024, BatchPolicy::Adaptive)?),
+    ];
+    for (_, ranker) in &rankers {
+        drive(ranker.clone(), CALLERS, 100, 0.5).await?; // warm-up
+    }
+    let mut policies = Vec::new();
+    for load in [0.1, 0.5, 0.9, 1.5] {
+        let rate = (capacity_calls * load).max(10.0);
+        let mut point = json!({"load": load, "rate": rate});
+        for (name, ranker) in &rankers {
+            let figures = open_loop(ranker.clone(), rate, 100, seconds).await;
+            eprintln!("open loop {:.0}% ({rate:.0} calls/s) {name}: {figures}", load * 100.0);
+            point[*name] = figures;
+            tokio::time::sleep(Duration::from_millis(300)).await; // let the queue drain
+        }
+        policies.push(point);
+    }
+    drop(rankers);
     let ceiling = ceiling_rows_per_s(&bundle, device, 4096, seconds)?;
     let speedup = |regime: &str| {
         report[regime]["batched"]["throughput_rows_per_s"].as_f64().unwrap_or(0.0)
@@ -143,10 +206,11 @@ async fn main() -> anyhow::Result<()> {
         "speedup_multi_row": multi,
         "single_row": report["single_row"],
         "multi_row": report["multi_row"],
+        "policies": policies,
         "ceiling_rows_per_s": ceiling,
         "multi_row_batched_share_of_ceiling": report["multi_row"]["batched"]["throughput_rows_per_s"].as_f64().unwrap_or(0.0)
             / ceiling,
-        "settings": "1 inference thread, 2 libtorch intra-op threads, max_wait 5 ms, closed loop",
+        "settings": "1 inference thread, 2 libtorch intra-op threads, max_wait 5 ms; regimes closed loop with the fixed policy; policies open loop, 100-row calls, 80 ms deadline",
     });
     let dir = bench_dir()?;
     let text = serde_json::to_string_pretty(&result)?;

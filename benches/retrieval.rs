@@ -82,6 +82,7 @@ async fn f16_ranking_effect(bundle_dir: &Path, users: usize) -> anyhow::Result<V
         queue_capacity: 4096,
         max_batch_rows: 1024,
         max_wait_ms: 2.0,
+        batch_policy: Default::default(),
         threads: 1,
         intra_op_threads: 2,
     };

@@ -114,8 +114,11 @@ async fn a_slow_ranker_falls_back_within_the_deadline_and_is_not_cached() {
     let bundle = bundle_dir().unwrap();
     let dir = cascade_e2e::TempDir::new("cascade-slow").unwrap();
     let config = dir.path().join("cascade.toml");
-    std::fs::write(&config, "[serving]\ndeadline_ms = 20\n[ranker]\nmax_wait_ms = 200\nmax_batch_rows = 100000\n")
-        .unwrap();
+    std::fs::write(
+        &config,
+        "[serving]\ndeadline_ms = 20\n[ranker]\nbatch_policy = \"fixed\"\nmax_wait_ms = 200\nmax_batch_rows = 100000\n",
+    )
+    .unwrap();
     let origin = Origin::start(&[
         ("CASCADE_BUNDLE", bundle.display().to_string()),
         ("CASCADE_API_KEYS", API_KEY.to_string()),

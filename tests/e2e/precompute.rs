@@ -54,8 +54,11 @@ async fn precomputed_lists_are_resumable_and_serve_as_candidates_and_fallback() 
 
     // A ranker that cannot finish within the deadline: the precomputed list is the answer.
     let slow_config = scratch.path().join("slow.toml");
-    std::fs::write(&slow_config, "[serving]\ndeadline_ms = 20\n[ranker]\nmax_wait_ms = 200\nmax_batch_rows = 100000\n")
-        .unwrap();
+    std::fs::write(
+        &slow_config,
+        "[serving]\ndeadline_ms = 20\n[ranker]\nbatch_policy = \"fixed\"\nmax_wait_ms = 200\nmax_batch_rows = 100000\n",
+    )
+    .unwrap();
     let mut slow_env = env.to_vec();
     slow_env.push(("CASCADE_CONFIG", slow_config.display().to_string()));
     let slow = Origin::start(&slow_env).await.unwrap();

@@ -2,8 +2,15 @@
 //!
 //! Callers send their rows (a request's candidates) with a deadline into a bounded queue and await
 //! their own scores on a oneshot channel. Each inference thread takes the first waiting request,
-//! then keeps taking requests until the batch holds `max_batch_rows` rows or `max_wait` has passed
-//! since that first request was queued; requests whose deadline has passed are answered
+//! then more, up to `max_batch_rows` rows, by its [`BatchPolicy`]:
+//! - [`BatchPolicy::Adaptive`] (the default) takes only what is already queued and runs at once: a
+//!   request that finds the model idle is scored without waiting, and what arrives while the model
+//!   is busy queues up and becomes the next batch. Batches grow with load, by themselves (what
+//!   servers built for interactive inference do; a fixed wait made every lone request pay it).
+//! - [`BatchPolicy::Fixed`] keeps taking requests until `max_wait` has passed since the first was
+//!   queued (fuller batches at low load, for a model whose per-call cost dominates).
+//!
+//! Requests whose deadline has passed are answered
 //! [`RankError::DeadlineExceeded`] without inference; the rest are scored in one call and each
 //! caller gets exactly its rows' scores, in order.
 //!
@@ -35,15 +42,28 @@ use crate::metrics::BatchMetrics;
 /// How long the ranker is reported degraded after a model call panicked.
 pub const PANIC_DEGRADED_FOR: Duration = Duration::from_secs(30);
 
+/// When a batch closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchPolicy {
+    /// At once, with whatever is queued: no wait when the model is idle.
+    #[default]
+    Adaptive,
+    /// When `max_wait` has passed since its first request was queued (or it is full).
+    Fixed,
+}
+
 /// How batches are formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchConfig {
     /// Most rows in one model call (1 disables cross-request batching for one-row requests).
     pub max_batch_rows: usize,
-    /// Longest a batch waits for more requests after its first was queued.
+    /// Longest a batch waits for more requests after its first was queued ([`BatchPolicy::Fixed`]).
     pub max_wait: Duration,
     /// Requests waiting before new ones are refused.
     pub queue_capacity: usize,
+    /// When a batch closes.
+    pub policy: BatchPolicy,
 }
 
 /// A model the batcher can call: scores a row-major batch of rows, one score per row. Each
@@ -201,7 +221,10 @@ fn inference_loop(
                 Err(_) => return, // every sender is gone: the batcher was dropped
             },
         };
-        let close_at = first.queued + config.max_wait;
+        let close_at = match config.policy {
+            BatchPolicy::Adaptive => Instant::now(),
+            BatchPolicy::Fixed => first.queued + config.max_wait,
+        };
         let mut rows = first.count;
         let mut batch = vec![first];
         while rows < config.max_batch_rows {

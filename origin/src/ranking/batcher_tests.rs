@@ -13,7 +13,12 @@ fn summing_scorer(width: usize, sizes: Arc<Mutex<Vec<usize>>>, delay: Duration) 
 }
 
 fn config(max_batch_rows: usize, wait_ms: u64, capacity: usize) -> BatchConfig {
-    BatchConfig { max_batch_rows, max_wait: Duration::from_millis(wait_ms), queue_capacity: capacity }
+    BatchConfig {
+        max_batch_rows,
+        max_wait: Duration::from_millis(wait_ms),
+        queue_capacity: capacity,
+        policy: BatchPolicy::Fixed,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,4 +124,47 @@ async fn malformed_input_and_model_errors_reach_the_caller() {
     assert!(matches!(batcher.score(vec![1.0, 2.0, 3.0], far).await, Err(RankError::BadInput(_))));
     assert_eq!(batcher.score(vec![1.0, 2.0], far).await, Err(RankError::Model("boom".into())));
     assert_eq!(batcher.score(Vec::new(), far).await, Ok(Vec::new()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_runs_a_lone_request_at_once_and_merges_what_queued_while_busy() {
+    let width = 1;
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let adaptive = BatchConfig { policy: BatchPolicy::Adaptive, ..config(1024, 1000, 64) };
+    let fixed = config(1024, 1000, 64);
+    let far = Instant::now() + Duration::from_secs(10);
+    // A 1 s window: the fixed policy holds a lone request for all of it; adaptive does not wait.
+    let scorer = summing_scorer(width, sizes.clone(), Duration::ZERO);
+    let batcher = Batcher::start(width, adaptive, vec![scorer], BatchMetrics::default()).unwrap();
+    let started = Instant::now();
+    assert_eq!(batcher.score(vec![2.0], far).await, Ok(vec![2.0]));
+    assert!(started.elapsed() < Duration::from_millis(500), "lone request waited {:?}", started.elapsed());
+    let slow = summing_scorer(width, Arc::new(Mutex::new(Vec::new())), Duration::ZERO);
+    let batcher_fixed = Batcher::start(width, fixed, vec![slow], BatchMetrics::default()).unwrap();
+    let started = Instant::now();
+    assert_eq!(batcher_fixed.score(vec![2.0], far).await, Ok(vec![2.0]));
+    assert!(started.elapsed() >= Duration::from_millis(900), "the fixed window is the control");
+
+    // While a 200 ms call runs, 10 requests queue; adaptive scores them as one batch next.
+    sizes.lock().unwrap().clear();
+    let slow = summing_scorer(width, sizes.clone(), Duration::from_millis(200));
+    let batcher = Arc::new(Batcher::start(width, adaptive, vec![slow], BatchMetrics::default()).unwrap());
+    let first = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.score(vec![1.0], far).await }
+    });
+    while sizes.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let queued: Vec<_> = (0..10)
+        .map(|i| {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.score(vec![i as f32], far).await })
+        })
+        .collect();
+    assert_eq!(first.await.unwrap(), Ok(vec![1.0]));
+    for (i, task) in queued.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap(), Ok(vec![i as f32]));
+    }
+    assert_eq!(*sizes.lock().unwrap(), vec![1, 10], "the ten that queued while busy became one batch");
 }

@@ -99,8 +99,10 @@ pub struct RankerConfig {
     pub queue_capacity: usize,
     /// Most rows merged into one model call.
     pub max_batch_rows: usize,
-    /// Longest a batch waits for more requests after its first, milliseconds.
+    /// Longest a batch waits for more requests after its first, milliseconds (`fixed` policy).
     pub max_wait_ms: f64,
+    /// `adaptive` (run at once with what is queued) or `fixed` (wait `max_wait_ms`).
+    pub batch_policy: batcher::BatchPolicy,
     /// Inference threads.
     pub threads: usize,
     /// libtorch intra-op threads per inference thread.
@@ -114,6 +116,7 @@ impl Default for RankerConfig {
             queue_capacity: 256,
             max_batch_rows: 1024,
             max_wait_ms: 5.0,
+            batch_policy: batcher::BatchPolicy::Adaptive,
             threads: 1,
             intra_op_threads: 1,
         }
@@ -127,6 +130,7 @@ impl RankerConfig {
             max_batch_rows: self.max_batch_rows,
             max_wait: Duration::from_secs_f64(self.max_wait_ms / 1000.0),
             queue_capacity: self.queue_capacity,
+            policy: self.batch_policy,
         }
     }
 }
