@@ -2,7 +2,11 @@
 //! 160,000 users with precomputed lists of 50, each request a different user (so L1 and L2 miss):
 //! the 50 precomputed candidates are re-ranked by the TorchScript model in the request's context,
 //! n = 20. A closed loop at concurrency 32, then an open loop at fixed arrival rates stepped up:
-//! the highest rate with p99 ≤ 25 ms and no fallbacks.
+//! the highest rate with p99 ≤ 25 ms and no fallbacks. Then `batch_policies`: two fresh origins on
+//! the same shards, `ranker.batch_policy = "fixed"` (5 ms window) and `"adaptive"`, warmed alike,
+//! each in an open loop at 10%, 50%, 90% and 150% of the closed loop's rate, side by side at each
+//! rate (which goes first alternates), fresh users for every request (L2 is shared: no user is
+//! asked twice).
 //!
 //!     scripts/bench.sh miss_path    (it prepares CASCADE_SMALL_BUNDLE)
 //!
@@ -22,6 +26,10 @@ const API_KEY: &str = "bench-internal-key-0123456789";
 const CONCURRENCY: usize = 32;
 const PRECOMPUTED_USERS: usize = 160_000;
 const P99_TARGET_MS: f64 = 25.0;
+/// Users kept for the batch-policy comparison.
+const POLICY_USERS: usize = 50_000;
+/// Seconds per policy and rate.
+const POLICY_SECS: f64 = 3.0;
 
 /// `cascade_recs_source_total` by source.
 async fn sources(http: &reqwest::Client, origin: &Origin) -> anyhow::Result<HashMap<String, f64>> {
@@ -32,6 +40,11 @@ async fn sources(http: &reqwest::Client, origin: &Origin) -> anyhow::Result<Hash
         .filter_map(|l| l.split_once("\"} "))
         .filter_map(|(source, n)| Some((source.to_string(), n.trim().parse().ok()?)))
         .collect())
+}
+
+/// A path for a scratch file, unique to this process.
+fn tempfile_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}-{name}", std::process::id()))
 }
 
 fn is_fallback(source: Source) -> bool {
@@ -110,7 +123,8 @@ async fn main() -> anyhow::Result<()> {
     order.shuffle(&mut rand::rng());
     let path = |u: &usize| format!("/v1/users/u{u}/recs?n=20&page=browse&device=mobile");
     let (warm, rest) = order.split_at(2_000);
-    let (closed, open) = rest.split_at(40_000);
+    let (closed, rest) = rest.split_at(40_000);
+    let (policy_users, open) = rest.split_at(POLICY_USERS);
     closed_loop(&origin.url, Arc::new(warm.iter().map(path).collect()), API_KEY, CONCURRENCY, 2).await?;
 
     let before = sources(&http, &origin).await?;
@@ -152,6 +166,51 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    // Adaptive against fixed batching, side by side at each share of the closed loop's rate, on
+    // two fresh origins (the first one's L1 is full and it has just been overloaded).
+    drop(origin);
+    let mut policy_origins = Vec::new();
+    for policy in ["fixed", "adaptive"] {
+        let config = tempfile_path(&format!("cascade-{policy}-batching.toml"));
+        std::fs::write(&config, format!("[ranker]\nbatch_policy = \"{policy}\"\nmax_wait_ms = 5.0\n"))?;
+        let policy_origin = Origin::start(&[
+            ("CASCADE_BUNDLE", small.display().to_string()),
+            ("CASCADE_REDIS_SHARDS", list.clone()),
+            ("CASCADE_API_KEYS", API_KEY.to_string()),
+            ("CASCADE_LOG", "warn".to_string()),
+            ("CASCADE_CONFIG", config.display().to_string()),
+        ])
+        .await?;
+        let _ = std::fs::remove_file(&config);
+        closed_loop(&policy_origin.url, Arc::new(warm.iter().map(path).collect()), API_KEY, CONCURRENCY, 2).await?;
+        policy_origins.push((policy, policy_origin));
+    }
+    let closed_rate = closed_result["requests_per_sec"].as_f64().unwrap_or(1000.0);
+    let policy_paths: Vec<String> = policy_users.iter().map(path).collect();
+    let mut policy_offset = 0;
+    let mut batch_policies = Vec::new();
+    for (step, load) in [0.1, 0.5, 0.9, 1.5].into_iter().enumerate() {
+        let rate = closed_rate * load;
+        let mut point = json!({"load": load, "rate": rate});
+        let mut order: Vec<&(&str, Origin)> = policy_origins.iter().collect();
+        if step % 2 == 1 {
+            order.reverse();
+        }
+        for (name, policy_origin) in order {
+            let base = &policy_origin.url;
+            let needed = ((rate * POLICY_SECS) as usize).min(policy_paths.len() - policy_offset);
+            let paths = &policy_paths[policy_offset..policy_offset + needed];
+            policy_offset += needed;
+            let seconds = needed as f64 / rate;
+            let figures = open_loop(&http, base, paths, rate, seconds).await;
+            eprintln!("batch policy {name} at {:.0}% ({rate:.0} req/s): {figures}", load * 100.0);
+            point[name] = figures;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        batch_policies.push(point);
+    }
+    drop(policy_origins);
+
     let report = json!({
         "benchmark": "miss_path",
         "tier": "small: 1M users (4 Redis shards), 100K items, 128 dims; 160K users with precomputed top-50 lists",
@@ -165,6 +224,7 @@ async fn main() -> anyhow::Result<()> {
         },
         "max_rate_p99_25ms": max_rate,
         "open_loop_curve": curve,
+        "batch_policies": batch_policies,
         "prepare_secs": prepare_secs,
         "note": "origin (release) in its own process; client, origin and 4 Redis servers share the same 2 cores; open-loop latency counts from each request's scheduled send time",
     });
