@@ -9,12 +9,21 @@
 
 use std::time::Instant;
 
+use anyhow::Context;
 use cascade_e2e::{RedisServer, bench_dir, run_cascade, small_tier};
 use serde_json::{Value, json};
 
+/// A connection for administrative commands (`FLUSHALL SYNC`, `INFO`, `DBSIZE`) with no response
+/// timeout: the client's default (500 ms) is shorter than `FLUSHALL SYNC` of a million keys on a
+/// slow machine, which stopped `scripts/bench.sh scale` there with a bare "timed out".
+pub async fn redis_admin(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url).with_context(|| format!("{url}: not a Redis URL"))?;
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    client.get_multiplexed_async_connection_with_config(&config).await.with_context(|| format!("connecting to {url}"))
+}
+
 async fn info_field(url: &str, section: &str, field: &str) -> anyhow::Result<f64> {
-    let client = redis::Client::open(url)?;
-    let mut connection = client.get_multiplexed_async_connection().await?;
+    let mut connection = redis_admin(url).await?;
     let info: String = redis::cmd("INFO").arg(section).query_async(&mut connection).await?;
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
@@ -33,8 +42,7 @@ async fn used_memory(urls: &[String]) -> anyhow::Result<f64> {
 async fn keys(urls: &[String]) -> anyhow::Result<u64> {
     let mut total = 0;
     for url in urls {
-        let client = redis::Client::open(url.as_str())?;
-        let mut connection = client.get_multiplexed_async_connection().await?;
+        let mut connection = redis_admin(url).await?;
         let n: u64 = redis::cmd("DBSIZE").query_async(&mut connection).await?;
         // Not a vector: the hash where `cascade load` marks what it put on this shard.
         let markers: u64 =
@@ -46,9 +54,12 @@ async fn keys(urls: &[String]) -> anyhow::Result<u64> {
 
 async fn flush(urls: &[String]) -> anyhow::Result<()> {
     for url in urls {
-        let client = redis::Client::open(url.as_str())?;
-        let mut connection = client.get_multiplexed_async_connection().await?;
-        let () = redis::cmd("FLUSHALL").arg("SYNC").query_async(&mut connection).await?;
+        let mut connection = redis_admin(url).await?;
+        let () = redis::cmd("FLUSHALL")
+            .arg("SYNC")
+            .query_async(&mut connection)
+            .await
+            .with_context(|| format!("FLUSHALL SYNC on {url}"))?;
     }
     Ok(())
 }
@@ -86,7 +97,9 @@ async fn main() -> anyhow::Result<()> {
 
     // Users and items, float32, generated on the fly (the same vectors as the bundle's files).
     let f32_users =
-        measured_load(&urls, &["load", "--generate", &spec, "--redis", &list, "--users-only"], 1_000_000, 512).await?;
+        measured_load(&urls, &["load", "--generate", &spec, "--redis", &list, "--users-only"], 1_000_000, 512)
+            .await
+            .context("step 1 of 4: loading the Small tier's users (float32)")?;
     let precompute_started = Instant::now();
     let precompute_log = run_cascade(&[
         "precompute",
@@ -96,7 +109,8 @@ async fn main() -> anyhow::Result<()> {
         &list,
         "--max-users",
         "20000",
-    ])?;
+    ])
+    .context("step 2 of 4: precomputing 20,000 users' lists")?;
     let precompute_secs = precompute_started.elapsed().as_secs_f64();
     eprint!("{precompute_log}");
     let users_per_sec: f64 = precompute_log
@@ -108,15 +122,16 @@ async fn main() -> anyhow::Result<()> {
     let shard_memory: Vec<f64> = {
         let mut v = Vec::new();
         for url in &urls {
-            v.push(info_field(url, "memory", "used_memory").await?);
+            v.push(info_field(url, "memory", "used_memory").await.context("step 2 of 4: reading shard memory")?);
         }
         v
     };
-    flush(&urls).await?;
+    flush(&urls).await.context("step 3 of 4: emptying the shards before the float16 load")?;
     let f16_users =
         measured_load(&urls, &["load", "--generate", &spec, "--redis", &list, "--users-only", "--f16"], 1_000_000, 256)
-            .await?;
-    flush(&urls).await?;
+            .await
+            .context("step 3 of 4: loading the Small tier's users (float16)")?;
+    flush(&urls).await.context("step 4 of 4: emptying the shards after the float16 load")?;
 
     let medium = if std::env::var("CASCADE_BENCH_MEDIUM").is_ok_and(|v| v == "1") {
         let medium_spec = "users=10000000,items=1000000,dim=128";

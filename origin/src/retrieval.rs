@@ -71,6 +71,11 @@ fn faiss_error(e: faiss::error::Error) -> RetrieveError {
 pub trait Retriever: Send + Sync {
     /// The `k` items with the largest inner product with `query`, best first.
     fn search(&self, query: &[f32], k: usize) -> Result<Vec<Candidate>, RetrieveError>;
+    /// [`Retriever::search`] for each of the row-major `queries`, in order (offline jobs: one call
+    /// for many users). One search per query unless the index answers a batch at once.
+    fn search_batch(&self, queries: &[f32], dim: usize, k: usize) -> Result<Vec<Vec<Candidate>>, RetrieveError> {
+        queries.chunks(dim.max(1)).map(|query| self.search(query, k)).collect()
+    }
     /// One line for logs.
     fn describe(&self) -> String;
 }
@@ -146,6 +151,15 @@ impl FaissRetriever {
     }
 }
 
+/// The found rows of one query's result (FAISS marks missing ones with label -1).
+fn candidates(labels: &[faiss::Idx], distances: &[f32]) -> Vec<Candidate> {
+    labels
+        .iter()
+        .zip(distances)
+        .filter_map(|(label, &similarity)| label.get().map(|row| Candidate { row: row as usize, similarity }))
+        .collect()
+}
+
 /// Writes an index to `path`.
 pub fn write(index: &IndexImpl, path: &Path) -> Result<(), RetrieveError> {
     faiss::write_index(index, path.to_string_lossy()).map_err(faiss_error)
@@ -170,12 +184,21 @@ impl Retriever for FaissRetriever {
             None => self.pool[start % self.pool.len()].lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
         };
         let result = index.search(query, k).map_err(faiss_error)?;
-        Ok(result
-            .labels
-            .iter()
-            .zip(result.distances)
-            .filter_map(|(label, similarity)| label.get().map(|row| Candidate { row: row as usize, similarity }))
-            .collect())
+        Ok(candidates(&result.labels, &result.distances))
+    }
+
+    /// One FAISS call for every query: FAISS spreads a batch over its OpenMP threads and, for IVF,
+    /// groups the queries by list, which a loop of single searches cannot.
+    fn search_batch(&self, queries: &[f32], dim: usize, k: usize) -> Result<Vec<Vec<Candidate>>, RetrieveError> {
+        if dim != self.dim || !queries.len().is_multiple_of(self.dim) {
+            return Err(RetrieveError::Dimension { expected: self.dim, got: dim });
+        }
+        if queries.is_empty() || k == 0 {
+            return Ok(vec![Vec::new(); queries.len() / self.dim]);
+        }
+        let mut index = self.pool[0].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let result = index.search(queries, k).map_err(faiss_error)?;
+        Ok(result.labels.chunks(k).zip(result.distances.chunks(k)).map(|(l, d)| candidates(l, d)).collect())
     }
 
     fn describe(&self) -> String {
@@ -196,6 +219,25 @@ mod tests {
         assert_eq!(top.iter().map(|c| c.row).collect::<Vec<_>>(), vec![99, 98, 97]);
         assert_eq!(top[0].similarity, 99.0);
         assert!(matches!(retriever.search(&[1.0], 3), Err(RetrieveError::Dimension { expected: 4, got: 1 })));
+    }
+
+    #[test]
+    fn a_batch_search_answers_as_single_searches_do() {
+        let dim = 8;
+        let vectors: Vec<f32> =
+            (0..2000).flat_map(|i| (0..dim).map(move |d| (((i * 31 + d * 17) % 97) as f32) / 97.0 - 0.5)).collect();
+        let retriever =
+            FaissRetriever::new(build_index("IVF16_HNSW32,Flat", dim, &vectors).unwrap(), 1, 4, "ivf").unwrap();
+        let queries = &vectors[..20 * dim];
+        let batch = retriever.search_batch(queries, dim, 10).unwrap();
+        assert_eq!(batch.len(), 20);
+        for (query, found) in queries.chunks(dim).zip(&batch) {
+            let single = retriever.search(query, 10).unwrap();
+            let rows = |c: &[Candidate]| c.iter().map(|c| c.row).collect::<Vec<_>>();
+            assert_eq!(rows(found), rows(&single));
+        }
+        assert!(matches!(retriever.search_batch(&[1.0; 9], dim, 3), Err(RetrieveError::Dimension { .. })));
+        assert_eq!(retriever.search_batch(&[], dim, 3).unwrap().len(), 0);
     }
 
     #[test]

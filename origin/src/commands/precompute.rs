@@ -5,18 +5,30 @@
 //! index modulo N). Lists are ranked in the default context (`home.desktop`); the request path
 //! re-ranks them in the request's context. Progress is checkpointed after every chunk to
 //! `--checkpoint` (the next user index), so an interrupted run resumes where it stopped.
+//!
+//! At batch speed: each chunk of `--batch-users` users is one FAISS call for all their queries,
+//! then their rows in model calls of 4096 rows ([`crate::recommend::Recommender::rank_users`]),
+//! while the previous chunk's lists are written to Redis (one pipeline per shard).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cascade_shared::segment::SegmentKey;
-use futures::future::join_all;
+use cascade_shared::wire::RecItem;
+use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::app::App;
 use crate::bundle::read_embeddings;
 use crate::config::Config;
+
+/// Users' lists, by user id.
+type Lists = Vec<(String, Vec<RecItem>)>;
+
+/// Longest one chunk may take to rank.
+const CHUNK_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Rank every user's top list offline and write it to the Redis shards (resumable).
 #[derive(Debug, Clone, clap::Args)]
@@ -46,6 +58,13 @@ pub struct PrecomputeArgs {
     /// Stop after this many users in this run.
     #[arg(long)]
     pub max_users: Option<usize>,
+    /// Users ranked together: one FAISS call and a few large model calls per chunk.
+    #[arg(long, default_value_t = 512)]
+    pub batch_users: usize,
+    /// libtorch threads for the model (default: every core; an offline job has the machine to
+    /// itself, where `serve` keeps `ranker.intra_op_threads`, 1, for latency).
+    #[arg(long)]
+    pub model_threads: Option<usize>,
 }
 
 /// What a run did (printed as JSON with `--json`).
@@ -87,10 +106,13 @@ fn read_checkpoint(path: &Path) -> anyhow::Result<usize> {
 fn config(args: &PrecomputeArgs) -> anyhow::Result<Config> {
     let mut config = Config::load(args.config.as_deref(), &|name| std::env::var(name).ok())?;
     config.bundle = args.bundle.clone();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    config.ranker.intra_op_threads = args.model_threads.unwrap_or(cores);
+    anyhow::ensure!((1..=256).contains(&config.ranker.intra_op_threads), "--model-threads must be within 1..=256");
     if !args.shards.is_empty() {
         config.redis.shards = args.shards.clone();
-        config.validate()?;
     }
+    config.validate()?;
     anyhow::ensure!(
         !config.redis.shards.is_empty(),
         "no Redis shards: pass --redis, set {} or redis.shards in --config",
@@ -103,6 +125,7 @@ fn config(args: &PrecomputeArgs) -> anyhow::Result<Config> {
 pub async fn run(args: PrecomputeArgs) -> anyhow::Result<PrecomputeReport> {
     anyhow::ensure!((1..=cascade_shared::validate::MAX_N).contains(&args.top), "--top must be within 1..=100");
     anyhow::ensure!(args.ttl_secs > 0, "--ttl-secs must be positive");
+    anyhow::ensure!((1..=100_000).contains(&args.batch_users), "--batch-users must be within 1..=100000");
     let ttl = Duration::from_secs(args.ttl_secs);
     let app = App::new(config(&args)?)?;
     let recommender = app.recommender().await?;
@@ -128,31 +151,42 @@ pub async fn run(args: PrecomputeArgs) -> anyhow::Result<PrecomputeReport> {
     let context = SegmentKey::from_parts(None, None, None);
     let started = Instant::now();
     let mut written = 0;
-    // Chunks no larger than the ranker's or the search queue: every user of a chunk is queued at once.
-    let chunk_size = app.config.ranker.queue_capacity.min(app.config.retrieval.queue_capacity).clamp(1, 256);
-    for chunk in todo.chunks(chunk_size) {
-        let ranked = join_all(chunk.iter().map(|&u| {
-            let recommender = &recommender;
-            let user = users.row(u);
-            async move {
-                recommender
-                    .rank_user(user, context, Instant::now() + Duration::from_secs(30))
-                    .await
-                    .map(|items| (u, items))
+    // Two chunks in flight: while one is scored on the ranker's thread, the next is searched on
+    // FAISS's and its rows built here. Each chunk's lists are written by a task of their own while
+    // later chunks are ranked; writes (and the checkpoint after each) stay in order.
+    let (users, recommender) = (&users, &recommender);
+    let mut ranked = futures::stream::iter(todo.chunks(args.batch_users))
+        .map(|chunk| async move {
+            let rows: Vec<&[f32]> = chunk.iter().map(|&u| users.row(u)).collect();
+            (chunk, recommender.rank_users(&rows, context, Instant::now() + CHUNK_DEADLINE).await)
+        })
+        .buffered(2);
+    let mut writing: Option<tokio::task::JoinHandle<anyhow::Result<usize>>> = None;
+    while let Some((chunk, lists)) = ranked.next().await {
+        let lists: Lists = chunk
+            .iter()
+            .zip(lists.context("ranking failed")?)
+            .map(|(&u, mut items)| {
+                items.truncate(args.top);
+                (users.ids[u].clone(), items)
+            })
+            .collect();
+        if let Some(previous) = writing.take() {
+            written += previous.await.context("a write task failed")??;
+        }
+        let next = chunk.last().map_or(0, |&u| u + 1);
+        let (sink, checkpoint, progress) = (Arc::clone(sink), args.checkpoint.clone(), bar.clone());
+        writing = Some(tokio::spawn(async move {
+            let count = sink.put_many(&lists, ttl).await?;
+            if let Some(path) = checkpoint {
+                std::fs::write(&path, format!("{next}\n")).with_context(|| format!("writing {}", path.display()))?;
             }
-        }))
-        .await;
-        let mut lists = Vec::with_capacity(chunk.len());
-        for result in ranked {
-            let (u, mut items) = result.context("ranking failed")?;
-            items.truncate(args.top);
-            lists.push((users.ids[u].clone(), items));
-        }
-        written += sink.put_many(&lists, ttl).await?;
-        if let (Some(path), Some(&last)) = (&args.checkpoint, chunk.last()) {
-            std::fs::write(path, format!("{}\n", last + 1)).with_context(|| format!("writing {}", path.display()))?;
-        }
-        bar.inc(chunk.len() as u64);
+            progress.inc(lists.len() as u64);
+            anyhow::Ok(count)
+        }));
+    }
+    if let Some(last) = writing {
+        written += last.await.context("a write task failed")??;
     }
     bar.finish();
     let users_per_sec = written as f64 / started.elapsed().as_secs_f64().max(1e-9);

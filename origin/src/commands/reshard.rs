@@ -124,8 +124,14 @@ fn host_port_db(url: &str) -> anyhow::Result<(String, u16, i64)> {
 
 async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
     let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
-    client.get_multiplexed_async_connection().await.map_err(|e| anyhow::anyhow!("{url}: {e}"))
+    // A MIGRATE of a full batch, or a SCAN on a loaded shard of a slow machine, can take longer
+    // than the client's default 500 ms response timeout; MIGRATE carries its own timeout.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
+    client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| anyhow::anyhow!("{url}: {e}"))
 }
+
+/// Longest wait for one reply during a reshard.
+const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn scan(connection: &mut MultiplexedConnection, cursor: u64, batch: usize) -> anyhow::Result<(u64, Vec<String>)> {
     Ok(redis::cmd("SCAN")

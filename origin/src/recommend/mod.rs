@@ -4,7 +4,7 @@
 //! | module | owns |
 //! |---|---|
 //! | this file | [`Recommender`]: the components of one bundle, and the user and segment answers |
-//! | [`realtime`] | one run of the real-time pipeline under the deadline, and `rank_user` for precompute |
+//! | [`realtime`] | one run of the real-time pipeline under the deadline, and `rank_users` for precompute |
 //! | [`fallback`] | [`fallback::FallbackReason`] (also the metric label) and the chain: precomputed, segment, popular |
 //! | [`segments`] | segment and popular lists, ranked once per bundle |
 //! | [`precomputed`] | [`precomputed::PrecomputedLists`]: lists written offline, read as candidates or answers |

@@ -17,6 +17,10 @@ use crate::ranking::features::build_rows;
 use crate::store::StoreError;
 use crate::work_queue::QueueError;
 
+/// Rows per model call when ranking offline ([`Recommender::rank_users`]): the size the ranker
+/// benchmark measures the model's ceiling with.
+pub const OFFLINE_ROWS_PER_CALL: usize = 4096;
+
 /// Why the real-time stage gave up.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RealtimeError {
@@ -116,7 +120,8 @@ impl Recommender {
     }
 
     /// Ranks `user`'s FAISS candidates in `segment`'s context: the full ranked list ([`MAX_N`]
-    /// items), with no session and no precomputed candidates. Used by `cascade precompute`.
+    /// items), with no session and no precomputed candidates. One user at a time; `cascade
+    /// precompute` uses the batched [`Recommender::rank_users`], which must agree with it.
     pub async fn rank_user(
         &self,
         user: &[f32],
@@ -125,6 +130,57 @@ impl Recommender {
     ) -> Result<Vec<RecItem>, RealtimeError> {
         let query = RecsQuery { n: MAX_N, segment };
         self.realtime(user, None, query, deadline, &mut Timings::default()).await
+    }
+
+    /// [`Recommender::rank_user`] for many users at once, at batch speed (`cascade precompute`): one
+    /// FAISS call for all their queries, then their rows scored in calls of about
+    /// [`OFFLINE_ROWS_PER_CALL`] rows, issued together (a call larger than the batcher's
+    /// `max_batch_rows` runs alone, as one large model call).
+    pub async fn rank_users(
+        &self,
+        users: &[&[f32]],
+        segment: SegmentKey,
+        deadline: Instant,
+    ) -> Result<Vec<Vec<RecItem>>, RealtimeError> {
+        let dim = self.bundle.metadata.dim;
+        let queries: Vec<f32> = users.iter().flat_map(|user| user.iter().copied()).collect();
+        let (retriever, k) = (Arc::clone(&self.retriever), self.candidates);
+        let found = match self.searches.run(deadline, move || retriever.search_batch(&queries, dim, k)).await {
+            Ok(found) => found.map_err(|e| RealtimeError::Retrieve(e.to_string()))?,
+            Err(QueueError::Full) => return Err(RealtimeError::RetrievalOverloaded),
+            Err(QueueError::Expired) => return Err(RealtimeError::Deadline),
+            Err(QueueError::Stopped) => return Err(RealtimeError::Retrieve("search task failed".into())),
+        };
+        let width = self.ranker.input_width();
+        // Users grouped into calls of about OFFLINE_ROWS_PER_CALL rows: (their users, rows).
+        let mut calls: Vec<(std::ops::Range<usize>, Vec<f32>)> = Vec::new();
+        for (index, (user, candidates)) in users.iter().zip(&found).enumerate() {
+            match calls.last_mut() {
+                Some((users, rows)) if rows.len() / width < OFFLINE_ROWS_PER_CALL => users.end = index + 1,
+                _ => calls.push((index..index + 1, Vec::with_capacity((OFFLINE_ROWS_PER_CALL + k) * width))),
+            }
+            let Some((_, rows)) = calls.last_mut() else { unreachable!("a call was just pushed") };
+            let items = candidates.iter().map(|c| self.bundle.items.row(c.row));
+            build_rows(user, items, segment.page, segment.device, rows);
+        }
+        let scored =
+            futures::future::join_all(calls.into_iter().map(|(users, rows)| async move {
+                self.ranker.score(rows, deadline).await.map(|scores| (users, scores))
+            }))
+            .await;
+        let mut lists = Vec::with_capacity(users.len());
+        for result in scored {
+            let (users, scores) = result?;
+            let mut offset = 0;
+            for candidates in &found[users] {
+                let mine = scores.get(offset..offset + candidates.len()).ok_or_else(|| {
+                    RealtimeError::Rank(crate::ranking::RankError::Model("fewer scores than rows".into()))
+                })?;
+                offset += candidates.len();
+                lists.push(self.top_items(candidates.iter().map(|c| c.row).zip(mine.iter().copied()), MAX_N));
+            }
+        }
+        Ok(lists)
     }
 
     async fn realtime(
