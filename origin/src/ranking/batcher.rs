@@ -213,6 +213,8 @@ fn inference_loop(
 ) {
     // A request taken from the queue that did not fit the previous batch starts the next one.
     let mut carried: Option<Job> = None;
+    // The merged rows of a batch of several requests, reused from batch to batch.
+    let mut merged: Vec<f32> = Vec::new();
     loop {
         let first = match carried.take() {
             Some(job) => job,
@@ -245,7 +247,7 @@ fn inference_loop(
             }
         }
         metrics.queue_depth.set(receiver.len() as i64);
-        run_batch(batch, &mut scorer, width, &metrics, &alive.0);
+        run_batch(batch, &mut scorer, width, &metrics, &alive.0, &mut merged);
     }
 }
 
@@ -258,7 +260,14 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
-fn run_batch(batch: Vec<Job>, scorer: &mut Scorer, width: usize, metrics: &BatchMetrics, supervision: &Supervision) {
+fn run_batch(
+    batch: Vec<Job>,
+    scorer: &mut Scorer,
+    width: usize,
+    metrics: &BatchMetrics,
+    supervision: &Supervision,
+    merged: &mut Vec<f32>,
+) {
     let now = Instant::now();
     let (live, expired): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|job| job.deadline > now);
     for job in expired {
@@ -269,17 +278,27 @@ fn run_batch(batch: Vec<Job>, scorer: &mut Scorer, width: usize, metrics: &Batch
         return;
     }
     let total: usize = live.iter().map(|job| job.count).sum();
-    let mut input = Vec::with_capacity(total * width);
     for job in &live {
         metrics.queue_wait_seconds.observe(now.duration_since(job.queued).as_secs_f64());
-        input.extend_from_slice(&job.rows);
     }
+    // One request's rows go to the model as they are; several are merged into the reused buffer.
+    let input: &[f32] = match live.as_slice() {
+        [only] => &only.rows,
+        _ => {
+            merged.clear();
+            merged.reserve(total * width);
+            for job in &live {
+                merged.extend_from_slice(&job.rows);
+            }
+            merged
+        }
+    };
     metrics.batch_requests.observe(live.len() as f64);
     metrics.batch_rows.observe(total as f64);
     let started = Instant::now();
     // The backend is foreign code (libtorch through tch): a panic there must cost this batch, not
     // the thread. The backend is reused after a panic; tch's handles hold no Rust invariants.
-    let result = catch_unwind(AssertUnwindSafe(|| scorer.score_batch(&input))).unwrap_or_else(|payload| {
+    let result = catch_unwind(AssertUnwindSafe(|| scorer.score_batch(input))).unwrap_or_else(|payload| {
         metrics.panics.inc();
         *supervision.last_panic.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
         let message = panic_message(payload.as_ref());
