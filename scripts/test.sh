@@ -10,7 +10,8 @@
 #   3. the end-to-end test (two Redis shards, the origin, the Worker under wrangler dev), the
 #      fault suite's short run among them (tests/e2e/faults.rs),
 #   4. the fuzz targets' corpus and a short generated run, and a 15 s soak,
-#   5. `wrangler deploy --dry-run`, printing the Worker bundle's gzip size.
+#   5. `wrangler deploy --dry-run`, printing the Worker bundle's gzip size, and the same for the
+#      staging and production environments (their rate-limit bindings present).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -56,4 +57,10 @@ if [ "$total_gzip" -gt 1048576 ]; then
   echo "worker bundle is over 1 MB gzipped" >&2
   exit 1
 fi
+for environment in staging production; do
+  step "wrangler deploy --dry-run --env $environment"
+  wrangler deploy --dry-run --env "$environment" --outdir "$dist/$environment" >"$dist.$environment.log" 2>&1 \
+    || { cat "$dist.$environment.log"; exit 1; }
+  grep -q "ADMIN_LIMITER" "$dist.$environment.log" || { echo "$environment: no rate limit bindings" >&2; exit 1; }
+done
 step "all tests passed"

@@ -17,8 +17,8 @@ use cascade_shared::segment::SegmentKey;
 use cascade_shared::validate::{MAX_N, is_valid_request_id};
 use futures_util::future::{Either, select};
 use worker::{
-    AbortController, Cache, Context, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result,
-    event,
+    AbortController, Cache, Context, Date, Delay, Env, Fetch, Headers, Method, RateLimiter, Request, RequestInit,
+    Response, Result, event,
 };
 
 use crate::config::EdgeConfig;
@@ -44,7 +44,43 @@ fn json_response(status: u16, body: String) -> Result<Response> {
 
 fn refusal(refusal: &Refusal) -> Result<Response> {
     let (status, body) = refusal_response(refusal);
-    json_response(status, body)
+    let mut response = json_response(status, body)?;
+    if let Refusal::RateLimited(seconds) = refusal {
+        response.headers_mut().set("retry-after", &seconds.to_string())?;
+    }
+    Ok(response)
+}
+
+/// The Workers rate-limiting bindings (`[[ratelimits]]` in wrangler.toml); a binding that is not
+/// configured is no limit.
+struct Limits {
+    /// Per signed-in visitor: their requests always reach the origin (never the shared cache).
+    signed_in: Option<RateLimiter>,
+    /// Per client address on admin routes: slows a guessed `ADMIN_TOKEN`.
+    admin: Option<RateLimiter>,
+}
+
+/// The period of both limits in wrangler.toml, seconds: a refused caller may retry after it.
+const LIMIT_PERIOD_SECS: u32 = 60;
+
+impl Limits {
+    fn from_env(env: &Env) -> Self {
+        Limits { signed_in: env.rate_limiter("SIGNED_IN_LIMITER").ok(), admin: env.rate_limiter("ADMIN_LIMITER").ok() }
+    }
+}
+
+/// `Err(RateLimited)` when `limiter` refuses `key`. A limiter that fails lets the request through
+/// (logged): rate limiting protects the origin, it must not take the edge down with it.
+async fn check_limit(limiter: Option<&RateLimiter>, key: String) -> std::result::Result<(), Refusal> {
+    let Some(limiter) = limiter else { return Ok(()) };
+    match limiter.limit(key).await {
+        Ok(outcome) if !outcome.success => Err(Refusal::RateLimited(LIMIT_PERIOD_SECS)),
+        Ok(_) => Ok(()),
+        Err(error) => {
+            worker::console_error!("rate limiter failed, request let through: {error}");
+            Ok(())
+        }
+    }
 }
 
 fn request_id(req: &Request) -> String {
@@ -75,7 +111,7 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
             let cors = cors_headers(&config, browser_origin.as_deref(), preflight);
             let response = match &cors {
                 Err(refused) => refusal(refused),
-                Ok(_) => handle(req, config, ctx, &request_id).await,
+                Ok(_) => handle(req, config, Limits::from_env(&env), ctx, &request_id).await,
             };
             (response, cors.unwrap_or_default())
         }
@@ -99,7 +135,7 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     Ok(response)
 }
 
-async fn handle(req: Request, config: EdgeConfig, ctx: Context, request_id: &str) -> Result<Response> {
+async fn handle(req: Request, config: EdgeConfig, limits: Limits, ctx: Context, request_id: &str) -> Result<Response> {
     let url = req.url()?;
     let method = req.method().to_string();
     let country = req.cf().and_then(|cf| cf.country());
@@ -127,6 +163,10 @@ async fn handle(req: Request, config: EdgeConfig, ctx: Context, request_id: &str
             Ok(response)
         }
         Route::Purge { segment } => {
+            let address = header(&req, "cf-connecting-ip").unwrap_or_else(|| "unknown".into());
+            if let Err(refused) = check_limit(limits.admin.as_ref(), format!("admin:{address}")).await {
+                return refusal(&refused);
+            }
             if let Err(refused) = check_admin(&config, header(&req, "authorization").as_deref()) {
                 return refusal(&refused);
             }
@@ -147,11 +187,20 @@ async fn handle(req: Request, config: EdgeConfig, ctx: Context, request_id: &str
             )
             .map(str::to_string);
             match token {
-                Some(token) => personal(&config, &ctx, &cache_origin, &token, segment, n, request_id).await,
+                Some(token) => {
+                    let visitor = Visitor { token: &token, limiter: limits.signed_in.as_ref() };
+                    personal(&config, &ctx, &cache_origin, visitor, segment, n, request_id).await
+                }
                 None => segment_list(&config, &ctx, &cache_origin, segment, n, request_id).await,
             }
         }
     }
+}
+
+/// A signed-in visitor's token and the limiter their requests count against.
+struct Visitor<'a> {
+    token: &'a str,
+    limiter: Option<&'a RateLimiter>,
 }
 
 /// A signed-in visitor's own list, never stored in the shared cache; if the origin fails, their
@@ -160,16 +209,20 @@ async fn personal(
     config: &EdgeConfig,
     ctx: &Context,
     cache_origin: &str,
-    token: &str,
+    caller: Visitor<'_>,
     segment: SegmentKey,
     n: usize,
     request_id: &str,
 ) -> Result<Response> {
     let now = Date::now().as_millis();
-    let user_id = match visitor(config, token, now / 1000) {
+    let user_id = match visitor(config, caller.token, now / 1000) {
         Ok(user_id) => user_id,
         Err(refused) => return refusal(&refused),
     };
+    // Keyed by the verified user: one visitor's token cannot spend another's allowance.
+    if let Err(refused) = check_limit(caller.limiter, format!("user:{user_id}")).await {
+        return refusal(&refused);
+    }
     let request = origin::user_request(config, &user_id, &segment, n, now / 1000, request_id);
     let mut response = match call_origin(config, &request).await.and_then(|body| checked(&body, n)) {
         Ok(list) => {

@@ -33,12 +33,23 @@ pub fn refusal_response(refusal: &Refusal) -> (u16, String) {
         Refusal::UriTooLong => {
             (414, ErrorBody::new("uri_too_long", format!("URL longer than {MAX_URL_LEN} bytes"), None).to_json())
         }
+        Refusal::RateLimited(seconds) => {
+            let message = format!("too many requests from this caller; retry in {seconds} s");
+            (429, ErrorBody::new("rate_limited", message, None).to_json())
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spent_rate_limit_is_429_saying_when_to_retry() {
+        let (status, body) = refusal_response(&Refusal::RateLimited(60));
+        assert_eq!(status, 429);
+        assert!(body.contains("\"code\":\"rate_limited\"") && body.contains("60 s"), "{body}");
+    }
 
     #[test]
     fn origin_failures_are_503_with_a_code_naming_the_cause() {

@@ -48,6 +48,9 @@ pub enum Refusal {
     MethodNotAllowed,
     /// 414.
     UriTooLong,
+    /// 429: the rate limit for this caller (a signed-in visitor, or an admin client's address)
+    /// is spent; retry after this many seconds.
+    RateLimited(u32),
 }
 
 /// Request facts the Worker runtime provides.

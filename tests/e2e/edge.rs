@@ -305,3 +305,27 @@ async fn an_origin_that_never_answers_is_aborted_at_the_budget() {
     assert!(waited < Duration::from_secs(10), "answered after {waited:?}");
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_staging_environment_rate_limits_admin_routes_with_429_and_retry_after() {
+    // wrangler.toml's [env.staging]: ADMIN_LIMITER allows 10 admin requests a minute per client
+    // address. No origin is needed: a purge never calls it.
+    let edge =
+        Edge::start_env(Some("staging"), "http://127.0.0.1:9", SECRET, &[("ADMIN_TOKEN", ADMIN_TOKEN)]).await.unwrap();
+    let http = reqwest::Client::new();
+    let purge = format!("{}/admin/purge?segment=home.desktop.us", edge.url);
+    let mut statuses = Vec::new();
+    let mut refused = None;
+    for _ in 0..14 {
+        let response = http.post(&purge).bearer_auth("a-wrong-guess").send().await.unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 && refused.is_none() {
+            let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            let body: ErrorBody = response.json().await.unwrap();
+            refused = Some((retry_after, body.error.code));
+        }
+    }
+    assert_eq!(&statuses[..10], &[401; 10], "the first ten are checked (and refused): {statuses:?}");
+    assert!(statuses[10..].iter().all(|&s| s == 429), "then rate limited: {statuses:?}");
+    assert_eq!(refused, Some((Some("60".to_string()), "rate_limited".to_string())));
+}

@@ -401,6 +401,17 @@ impl Edge {
     /// Starts `wrangler dev` against `origin_url` with the signing `secret`; waits for `/healthz`
     /// (the first start builds the Worker: about a minute cold).
     pub async fn start(origin_url: &str, secret: &str, extra_vars: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_env(None, origin_url, secret, extra_vars).await
+    }
+
+    /// [`Edge::start`] in a wrangler.toml environment (`--env staging`: its bindings, such as the
+    /// rate limiters, with `ORIGIN_URL` and the secret still overridden).
+    pub async fn start_env(
+        environment: Option<&str>,
+        origin_url: &str,
+        secret: &str,
+        extra_vars: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let dir = TempDir::new("cascade-edge")?;
         let port = free_port()?;
         let mut command = Command::new("wrangler");
@@ -411,6 +422,9 @@ impl Edge {
             .args(["--var", &format!("ORIGIN_URL:{origin_url}"), "--var", &format!("ORIGIN_SECRET:{secret}")])
             .args(["--log-level", "warn", "--show-interactive-dev-session=false"])
             .env("CI", "true");
+        if let Some(environment) = environment {
+            command.args(["--env", environment]);
+        }
         for (name, value) in extra_vars {
             command.args(["--var", &format!("{name}:{value}")]);
         }
