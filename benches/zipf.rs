@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
     let caches = Arc::new(UserCaches::new(&settings, Arc::new(RedisUserState::new(shards)), true, lookups.clone()));
     let zipf = Arc::new(Zipf::new(users as usize));
     let list: Arc<Vec<RecItem>> =
-        Arc::new((0..100).map(|i| RecItem { id: format!("i{i}"), score: 1.0, title: None }).collect());
+        Arc::new((0..100).map(|i| RecItem { id: format!("i{i}"), score: 1.0, title: None, position: 0 }).collect());
     let runs = Arc::new(AtomicU64::new(0));
     let bundle: Arc<str> = Arc::from("zipf");
 

@@ -58,6 +58,17 @@ def emb_file(bundle: str, dim: int, rows) -> bytes:
 
 
 ids = ["1", "42", "user_000001", "u-9.x", "i123", "a" * 64]
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+REC_ID_MS = 1469918176385  # the ULID specification's example time
+REC_ID_RANDOM = 0xCAFEBABE_DEADBEEF_1234
+
+
+def rec_id(unix_ms: int, random: int) -> str:
+    """shared/src/rec_id.rs: 48 bits of milliseconds, 80 random bits, 26 Crockford characters."""
+    value = ((unix_ms & (2**48 - 1)) << 80) | (random & (2**80 - 1))
+    return "".join(CROCKFORD[(value >> (5 * (25 - i))) & 31] for i in range(26))
+
+
 vectors = {
     "hash": [
         {"id": i, "stable_hash64": str(stable_hash64(i.encode())),
@@ -117,7 +128,9 @@ vectors = {
         "hex": emb_file("golden", 3, [("i1", [0.5, -1.0, 2.0]), ("i22", [0.25, 0.125, -8.0])]).hex(),
     },
     "rec_list_json": '{"user_id":"42","segment":"home.mobile.us","source":"realtime","model_version":"b1",'
-                     '"items":[{"id":"i7","score":0.75,"title":"Toy Story (1995)"},{"id":"i3","score":0.5}]}',
+                     '"items":[{"id":"i7","score":0.75,"title":"Toy Story (1995)","position":1},'
+                     '{"id":"i3","score":0.5,"position":2}],"rec_id":"01ARYZ6S41TSV4RRFFQ69G5FAV"}',
+    "rec_id": {"unix_ms": REC_ID_MS, "random": str(REC_ID_RANDOM), "id": rec_id(REC_ID_MS, REC_ID_RANDOM)},
     "error_json": '{"error":{"code":"invalid_parameter","message":"n: must be an integer from 1 to 100, got \\"0\\"","field":"n"}}',
 }
 

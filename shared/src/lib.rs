@@ -22,6 +22,7 @@ pub mod config;
 pub mod embedding;
 pub mod hashing;
 pub mod keys;
+pub mod rec_id;
 pub mod segment;
 pub mod signing;
 pub mod stats;

@@ -46,6 +46,9 @@ pub struct RecItem {
     /// Display title, when the bundle knows one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
+    /// Where it was shown, 1 for the first item of the list (0 in lists stored before positions).
+    #[serde(default)]
+    pub position: u32,
 }
 
 /// A recommendation list: the body of every recs response.
@@ -62,12 +65,25 @@ pub struct RecList {
     pub model_version: String,
     /// The items, best first.
     pub items: Vec<RecItem>,
+    /// The id of this served list ([`crate::rec_id`]): events may cite it. The origin makes one per
+    /// answer; a segment list stored at the edge keeps the id it was stored with (one id per
+    /// stored list). Empty in lists stored before rec ids.
+    #[serde(default)]
+    pub rec_id: String,
 }
 
 impl RecList {
-    /// Keeps the first `n` items (the edge caches the longest list and cuts it per request).
+    /// Keeps the first `n` items (the edge caches the longest list and cuts it per request);
+    /// positions stay as they were (1..=n).
     pub fn truncate(&mut self, n: usize) {
         self.items.truncate(n);
+    }
+
+    /// Numbers the items from 1, in order.
+    pub fn number_positions(&mut self) {
+        for (index, item) in self.items.iter_mut().enumerate() {
+            item.position = u32::try_from(index + 1).unwrap_or(u32::MAX);
+        }
     }
 }
 
@@ -147,6 +163,12 @@ pub struct Event {
     /// Deduplication key: an event sent twice with the same key counts once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The served list the action came from (its `rec_id`), when it came from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rec_id: Option<String>,
+    /// The item's position in that list (1 for the first); only with `rec_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u32>,
 }
 
 /// How far in the future an event's timestamp may be (clock skew allowance).
@@ -327,12 +349,37 @@ fn validate_event(event: &Event, now_ms: u64) -> Result<(), FieldError> {
     {
         return Err(FieldError::new("idempotency_key", "must be 1 to 128 bytes"));
     }
+    if let Some(rec_id) = &event.rec_id
+        && !crate::rec_id::is_valid(rec_id)
+    {
+        return Err(FieldError::new("rec_id", "must be the rec_id of a served list (26 characters)"));
+    }
+    match (event.position, &event.rec_id) {
+        (Some(position), Some(_)) if !(1..=crate::validate::MAX_N as u32).contains(&position) => {
+            return Err(FieldError::new("position", format!("must be within 1..={}", crate::validate::MAX_N)));
+        }
+        (Some(_), None) => return Err(FieldError::new("position", "is only meaningful with rec_id")),
+        _ => {}
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_may_cite_the_list_and_position_they_came_from() {
+        let rec_id = crate::rec_id::new(1_764_000_000_000, 42);
+        let body = format!(r#"{{"user_id":"u1","kind":"click","item_id":"i1","rec_id":"{rec_id}","position":3}}"#);
+        let event = &parse_events(body.as_bytes(), 0).unwrap()[0];
+        assert_eq!((event.rec_id.as_deref(), event.position), (Some(rec_id.as_str()), Some(3)));
+        let field = |body: &str| parse_events(body.as_bytes(), 0).unwrap_err().field;
+        assert_eq!(field(r#"{"user_id":"u1","kind":"click","item_id":"i1","rec_id":"nope"}"#), "event.rec_id");
+        let zero = format!(r#"{{"user_id":"u1","kind":"click","item_id":"i1","rec_id":"{rec_id}","position":0}}"#);
+        assert_eq!(field(&zero), "event.position");
+        assert_eq!(field(r#"{"user_id":"u1","kind":"click","item_id":"i1","position":2}"#), "event.position");
+    }
 
     #[test]
     fn events_single_and_batch() {

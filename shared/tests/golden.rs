@@ -145,6 +145,15 @@ fn embedding_encodings() {
 }
 
 #[test]
+fn rec_ids_match_the_python_encoder() {
+    let v = vectors();
+    let r = &v["rec_id"];
+    let (ms, random) = (r["unix_ms"].as_u64().unwrap(), s(&r["random"]).parse::<u128>().unwrap());
+    assert_eq!(cascade_shared::rec_id::new(ms, random), s(&r["id"]));
+    assert_eq!(cascade_shared::rec_id::unix_ms(s(&r["id"])), Some(ms));
+}
+
+#[test]
 fn wire_json() {
     let v = vectors();
     let list: RecList = serde_json::from_str(s(&v["rec_list_json"])).unwrap();

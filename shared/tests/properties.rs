@@ -22,7 +22,7 @@ fn event() -> impl Strategy<Value = Event> {
         .prop_map(|(user_id, kind, item, timestamp_ms, idempotency_key)| {
             let kind: EventKind = serde_json::from_value(serde_json::json!(kind)).unwrap();
             let item_id = (kind != EventKind::ProfileUpdate).then_some(item);
-            Event { user_id, kind, item_id, timestamp_ms, idempotency_key }
+            Event { user_id, kind, item_id, timestamp_ms, idempotency_key, rec_id: None, position: None }
         })
 }
 

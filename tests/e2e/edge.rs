@@ -88,6 +88,9 @@ async fn segment_lists_are_fresh_then_stale_then_refreshed_once_and_survive_the_
     let stored_at = Instant::now();
     let first = miss.list();
     assert_eq!(first.items.len(), 5);
+    // The origin's rec_id and positions pass through; a HIT (same bytes) keeps the stored list's id.
+    assert!(cascade_shared::rec_id::is_valid(&first.rec_id), "{}", miss.body);
+    assert_eq!(first.items.iter().map(|i| i.position).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
     let segment = first.segment.clone();
     let hit = get(&http, recs.clone(), None).await;
     assert_eq!((hit.cache.as_str(), hit.body.as_str()), ("HIT", miss.body.as_str()));

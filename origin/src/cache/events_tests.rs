@@ -20,6 +20,8 @@ fn event(key: Option<&str>) -> Event {
         item_id: Some("i1".into()),
         timestamp_ms: None,
         idempotency_key: key.map(String::from),
+        rec_id: None,
+        position: None,
     }
 }
 

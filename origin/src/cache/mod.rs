@@ -240,7 +240,15 @@ mod tests {
     }
 
     fn event(kind: EventKind, item: Option<&str>) -> Event {
-        Event { user_id: "u1".into(), kind, item_id: item.map(String::from), timestamp_ms: None, idempotency_key: None }
+        Event {
+            user_id: "u1".into(),
+            kind,
+            item_id: item.map(String::from),
+            timestamp_ms: None,
+            idempotency_key: None,
+            rec_id: None,
+            position: None,
+        }
     }
 
     #[tokio::test]
@@ -278,7 +286,7 @@ mod tests {
                     c.get_or_compute::<(), _>(key, std::time::Instant::now() + Duration::from_secs(5), async {
                         runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
-                        Ok(vec![RecItem { id: "x".into(), score: 1.0, title: None }])
+                        Ok(vec![RecItem { id: "x".into(), score: 1.0, title: None, position: 0 }])
                     })
                     .await
                     .unwrap()

@@ -49,7 +49,15 @@ mod tests {
     use super::*;
 
     fn event(kind: EventKind, item: Option<&str>) -> Event {
-        Event { user_id: "u1".into(), kind, item_id: item.map(String::from), timestamp_ms: None, idempotency_key: None }
+        Event {
+            user_id: "u1".into(),
+            kind,
+            item_id: item.map(String::from),
+            timestamp_ms: None,
+            idempotency_key: None,
+            rec_id: None,
+            position: None,
+        }
     }
 
     #[test]
@@ -70,8 +78,9 @@ mod tests {
 
     #[test]
     fn filtering_keeps_order_and_n() {
-        let items: Vec<RecItem> =
-            (0..5).map(|i| RecItem { id: format!("i{i}"), score: 1.0 - i as f32 / 10.0, title: None }).collect();
+        let items: Vec<RecItem> = (0..5)
+            .map(|i| RecItem { id: format!("i{i}"), score: 1.0 - i as f32 / 10.0, title: None, position: 0 })
+            .collect();
         let kept = filter_items(&items, &HashSet::from(["i1".to_string()]), 3);
         assert_eq!(kept.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), vec!["i0", "i2", "i3"]);
     }

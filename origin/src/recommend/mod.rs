@@ -206,12 +206,13 @@ impl Recommender {
             .take(n)
             .map(|(row, score)| {
                 let id = &self.bundle.items.ids[row];
-                RecItem { id: id.clone(), score, title: self.bundle.title(id) }
+                RecItem { id: id.clone(), score, title: self.bundle.title(id), position: 0 }
             })
             .collect()
     }
 
-    /// The answer's list: cut to `n`, counted by source.
+    /// The answer's list: cut to `n`, its items numbered from 1, a new `rec_id` (every answer is an
+    /// impression of its own, an L1 hit included), counted by source.
     fn list(
         &self,
         user_id: Option<&str>,
@@ -222,13 +223,18 @@ impl Recommender {
     ) -> RecList {
         items.truncate(n);
         self.metrics.sources.with_label_values(&[source.as_str()]).inc();
-        RecList {
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut list = RecList {
             user_id: user_id.map(str::to_string),
             segment: segment.to_string(),
             source,
             model_version: self.bundle.id().to_string(),
             items,
-        }
+            rec_id: cascade_shared::rec_id::new(now_ms, rand::random()),
+        };
+        list.number_positions();
+        list
     }
 
     /// A segment's list (`GET /v1/segments/{segment}/recs`).

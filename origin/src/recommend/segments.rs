@@ -23,7 +23,12 @@ pub fn popular_list(bundle: &Bundle) -> Vec<RecItem> {
         .iter()
         .filter(|id| bundle.item_index.contains_key(*id))
         .enumerate()
-        .map(|(rank, id)| RecItem { id: id.clone(), score: 1.0 / (rank as f32 + 1.0), title: bundle.title(id) })
+        .map(|(rank, id)| RecItem {
+            id: id.clone(),
+            score: 1.0 / (rank as f32 + 1.0),
+            title: bundle.title(id),
+            position: 0,
+        })
         .collect()
 }
 

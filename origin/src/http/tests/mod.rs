@@ -178,9 +178,12 @@ async fn a_known_user_gets_a_realtime_list_with_timings_and_a_request_id() {
     assert_eq!(headers[REQUEST_ID], "req-42");
     let timing = headers["server-timing"].to_str().unwrap();
     assert!(timing.contains("retrieve;dur=") && timing.contains("rank;dur="), "{timing}");
-    // The second ask is an L1 hit.
+    assert!(cascade_shared::rec_id::is_valid(&list.rec_id), "{}", list.rec_id);
+    assert_eq!(list.items.iter().map(|i| i.position).collect::<Vec<_>>(), vec![1, 2, 3]);
+    // The second ask is an L1 hit: the same list, a new impression with its own id.
     let (_, _, again) = get(&h.state, "/v1/users/u1/recs?n=3").await;
     assert_eq!(again["source"], "cache_l1");
+    assert!(again["rec_id"].as_str().is_some_and(|id| id != list.rec_id), "{again}");
 }
 
 #[tokio::test]
