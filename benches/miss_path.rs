@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade_e2e::{Origin, RedisServer, bench_dir, bench_secs, closed_loop, p50_p99, run_cascade, small_tier};
+use cascade_e2e::{Origin, RedisServer, TempDir, bench_dir, bench_secs, closed_loop, p50_p99, run_cascade, small_tier};
 use cascade_shared::wire::{RecList, Source};
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
@@ -40,11 +40,6 @@ async fn sources(http: &reqwest::Client, origin: &Origin) -> anyhow::Result<Hash
         .filter_map(|l| l.split_once("\"} "))
         .filter_map(|(source, n)| Some((source.to_string(), n.trim().parse().ok()?)))
         .collect())
-}
-
-/// A path for a scratch file, unique to this process.
-fn tempfile_path(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("{}-{name}", std::process::id()))
 }
 
 fn is_fallback(source: Source) -> bool {
@@ -170,8 +165,9 @@ async fn main() -> anyhow::Result<()> {
     // two fresh origins (the first one's L1 is full and it has just been overloaded).
     drop(origin);
     let mut policy_origins = Vec::new();
+    let configs = TempDir::new("cascade-batching")?;
     for policy in ["fixed", "adaptive"] {
-        let config = tempfile_path(&format!("cascade-{policy}-batching.toml"));
+        let config = configs.path().join(format!("{policy}.toml"));
         std::fs::write(&config, format!("[ranker]\nbatch_policy = \"{policy}\"\nmax_wait_ms = 5.0\n"))?;
         let policy_origin = Origin::start(&[
             ("CASCADE_BUNDLE", small.display().to_string()),
@@ -181,7 +177,6 @@ async fn main() -> anyhow::Result<()> {
             ("CASCADE_CONFIG", config.display().to_string()),
         ])
         .await?;
-        let _ = std::fs::remove_file(&config);
         closed_loop(&policy_origin.url, Arc::new(warm.iter().map(path).collect()), API_KEY, CONCURRENCY, 2).await?;
         policy_origins.push((policy, policy_origin));
     }

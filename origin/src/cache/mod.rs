@@ -230,25 +230,13 @@ impl UserCaches {
 
 #[cfg(test)]
 mod tests {
+    use super::rules::test_event as event;
     use super::*;
-    use cascade_shared::wire::Event;
     use prometheus::Opts;
 
     fn caches() -> UserCaches {
         let lookups = IntCounterVec::new(Opts::new("t", "t"), &["layer", "result"]).unwrap();
         UserCaches::in_process(&CacheConfig::default(), lookups)
-    }
-
-    fn event(kind: EventKind, item: Option<&str>) -> Event {
-        Event {
-            user_id: "u1".into(),
-            kind,
-            item_id: item.map(String::from),
-            timestamp_ms: None,
-            idempotency_key: None,
-            rec_id: None,
-            position: None,
-        }
     }
 
     #[tokio::test]

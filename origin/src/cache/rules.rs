@@ -44,21 +44,24 @@ pub fn filter_items(items: &[RecItem], excluded: &HashSet<String>, n: usize) -> 
     items.iter().filter(|item| !excluded.contains(&item.id)).take(n).cloned().collect()
 }
 
+/// User `u1`'s event of `kind` on `item`, nothing else set (the cache tests' fixture).
+#[cfg(test)]
+pub(crate) fn test_event(kind: EventKind, item: Option<&str>) -> Event {
+    Event {
+        user_id: "u1".into(),
+        kind,
+        item_id: item.map(String::from),
+        timestamp_ms: None,
+        idempotency_key: None,
+        rec_id: None,
+        position: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_event as event;
     use super::*;
-
-    fn event(kind: EventKind, item: Option<&str>) -> Event {
-        Event {
-            user_id: "u1".into(),
-            kind,
-            item_id: item.map(String::from),
-            timestamp_ms: None,
-            idempotency_key: None,
-            rec_id: None,
-            position: None,
-        }
-    }
 
     #[test]
     fn effects_by_kind() {

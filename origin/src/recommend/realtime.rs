@@ -38,6 +38,18 @@ pub enum RealtimeError {
     RetrievalOverloaded,
 }
 
+/// Why a search did not run: the queue was full (load shed), its deadline passed, or its
+/// thread failed.
+impl From<QueueError> for RealtimeError {
+    fn from(error: QueueError) -> Self {
+        match error {
+            QueueError::Full => RealtimeError::RetrievalOverloaded,
+            QueueError::Expired => RealtimeError::Deadline,
+            QueueError::Stopped => RealtimeError::Retrieve("search task failed".into()),
+        }
+    }
+}
+
 impl RealtimeError {
     /// The fallback reason this failure is counted under.
     pub fn reason(&self) -> FallbackReason {
@@ -145,12 +157,8 @@ impl Recommender {
         let dim = self.bundle.metadata.dim;
         let queries: Vec<f32> = users.iter().flat_map(|user| user.iter().copied()).collect();
         let (retriever, k) = (Arc::clone(&self.retriever), self.candidates);
-        let found = match self.searches.run(deadline, move || retriever.search_batch(&queries, dim, k)).await {
-            Ok(found) => found.map_err(|e| RealtimeError::Retrieve(e.to_string()))?,
-            Err(QueueError::Full) => return Err(RealtimeError::RetrievalOverloaded),
-            Err(QueueError::Expired) => return Err(RealtimeError::Deadline),
-            Err(QueueError::Stopped) => return Err(RealtimeError::Retrieve("search task failed".into())),
-        };
+        let found = self.searches.run(deadline, move || retriever.search_batch(&queries, dim, k)).await?;
+        let found = found.map_err(|e| RealtimeError::Retrieve(e.to_string()))?;
         let width = self.ranker.input_width();
         // Users grouped into calls of about OFFLINE_ROWS_PER_CALL rows: (their users, rows).
         let mut calls: Vec<(std::ops::Range<usize>, Vec<f32>)> = Vec::new();
@@ -205,12 +213,8 @@ impl Recommender {
                     }
                     found
                 };
-                let candidates = match self.searches.run(deadline, search).await {
-                    Ok(found) => found.map_err(|e| RealtimeError::Retrieve(e.to_string()))?,
-                    Err(QueueError::Full) => return Err(RealtimeError::RetrievalOverloaded),
-                    Err(QueueError::Expired) => return Err(RealtimeError::Deadline),
-                    Err(QueueError::Stopped) => return Err(RealtimeError::Retrieve("search task failed".into())),
-                };
+                let candidates = self.searches.run(deadline, search).await?;
+                let candidates = candidates.map_err(|e| RealtimeError::Retrieve(e.to_string()))?;
                 timings.add("retrieve", stage.elapsed());
                 self.metrics.stage_seconds.with_label_values(&["retrieve"]).observe(stage.elapsed().as_secs_f64());
                 candidates.iter().map(|c| c.row).collect()
