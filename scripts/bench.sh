@@ -5,13 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 cascade_setup
-bundle_version=$(sha256sum scripts/train.py | cut -c1-12)
+bundle_version=$(cat scripts/train.py scripts/recdata.py | sha256sum | cut -c1-12)
 export CASCADE_TEST_BUNDLE=${CASCADE_TEST_BUNDLE:-$CASCADE_HOME/bundles/test-$bundle_version}
 [ -f "$CASCADE_TEST_BUNDLE/metadata.json" ] || { echo "run scripts/test.sh first (it trains the bundle)" >&2; exit 1; }
 cargo build --release -p cascade-origin --bin cascade
 cascade=$CARGO_TARGET_DIR/release/cascade
 bundles=$CASCADE_HOME/bundles
-train_version=$(sha256sum scripts/train.py | cut -c1-12)
+train_version=$(cat scripts/train.py scripts/recdata.py | sha256sum | cut -c1-12)
 
 # The capacity tiers' data: a dim-128 model trained on small generated data, then the Small tier
 # (1M users, 100K items, 128 dims) generated with that model, once per version of the generator.

@@ -23,7 +23,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "ranker" and m.get("executable"):
         print(m["executable"])')
     strip -o data/gpu/ranker-bench "$bench"
-    bundle=$CASCADE_HOME/bundles/test-$(sha256sum scripts/train.py | cut -c1-12)
+    bundle=$CASCADE_HOME/bundles/test-$(cat scripts/train.py scripts/recdata.py | sha256sum | cut -c1-12)
     rm -rf data/gpu/bundle && cp -r "$bundle" data/gpu/bundle && rm -f data/gpu/bundle/items.faiss
     # FAISS links the system BLAS (apt's libopenblas here); the device machine may not have it.
     mkdir -p data/gpu/lib

@@ -197,16 +197,20 @@ BASELINES = {
 # Cascade
 # ---------------------------------------------------------------------------------------------
 
-def cascade(split, n_items, data, seed, quick, page=0, device=0):
-    """Trains a bundle on the split with scripts/train.py and scores it as the origin serves it."""
+def cascade(split, data, seed, quick, overrides, page=0, device=0):
+    """Trains a bundle on the split with scripts/train.py and scores what the origin serves from it
+    (`train.Served`: same query, same exclusions, same candidates, same ranker). Returns the ranked
+    item indices per held-out user and the training time."""
     import train
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.time()
-        options = train.Options(quick=quick, seed=seed)
+        options = train.Options(quick=quick, seed=seed, **overrides)
         train.train_bundle(data, split, options, pathlib.Path(tmp))
         seconds = time.time() - started
-        lists = train.served_lists(pathlib.Path(tmp), users=sorted(split.held_out), page=page, device=device)
+        served = train.Served(pathlib.Path(tmp))
+        index = {item: k for k, item in enumerate(data.item_ids)}
+        lists = {u: [index[i] for i, _ in served.top(data.user_ids[u], page, device, K)] for u in split.held_out}
     return lists, seconds
 
 
@@ -236,7 +240,7 @@ def summarise(runs):
     return out
 
 
-def run_dataset(name, seeds, methods, quick):
+def run_dataset(name, seeds, methods, quick, which, overrides):
     data = recdata.find(name)
     n_items = len(data.item_ids)
     log(f"{name}: {len(data.user_ids)} users, {n_items} items, {len(data.rows)} interactions")
@@ -248,8 +252,8 @@ def run_dataset(name, seeds, methods, quick):
         if method == "cascade":
             runs, train_seconds = [], []
             for seed in range(seeds):
-                test = recdata.split(data, "test", seed)
-                lists, seconds = cascade(test, n_items, data, seed, quick)
+                test = recdata.split(data, which, seed)
+                lists, seconds = cascade(test, data, seed, quick, overrides)
                 metrics, _ = evaluate(test, n_items, lists_scorer(lists, n_items))
                 runs.append(metrics)
                 train_seconds.append(seconds)
@@ -268,7 +272,7 @@ def run_dataset(name, seeds, methods, quick):
                     best, best_params = metrics["ndcg10"], params
         runs = []
         for seed in range(seeds):
-            test = recdata.split(data, "test", seed)
+            test = recdata.split(data, which, seed)
             metrics, _ = evaluate(test, n_items, fit(test, n_items, **best_params))
             runs.append(metrics)
         result["methods"][method] = summarise(runs)
@@ -282,7 +286,7 @@ def run_dataset(name, seeds, methods, quick):
 def table(report):
     lines = []
     for name, ds in report["datasets"].items():
-        lines.append(f"\n{name} ({ds['users']} users, {ds['items']} items), test split, "
+        lines.append(f"\n{name} ({ds['users']} users, {ds['items']} items), {report['split']} split, "
                      f"mean ± std over {report['seeds']} seeds")
         lines.append(f"{'method':<12} {'HR@10':>16} {'NDCG@10':>16} {'coverage':>9}")
         for method, m in ds["methods"].items():
@@ -297,6 +301,10 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--methods", default="mostpop,recentpop,itemknn,ease,transitions,cascade")
     ap.add_argument("--quick", action="store_true", help="fewer training epochs (CI smoke)")
+    ap.add_argument("--split", default="test", choices=["test", "valid"],
+                    help="report on the test split, or on the validation split (to tune Cascade's model)")
+    ap.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                    help="a training option for Cascade (scripts/train.py's Options), e.g. --set epochs=4")
     ap.add_argument("--out", default=str(ROOT / "target" / "cascade-bench" / "quality.json"))
     args = ap.parse_args()
     if args.seeds < 1:
@@ -305,11 +313,17 @@ def main():
     unknown = [m for m in methods if m != "cascade" and m not in BASELINES]
     if unknown:
         ap.error(f"unknown method(s) {unknown}; known: {', '.join(BASELINES)}, cascade")
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if not value:
+            ap.error(f"--set {item!r}: expected OPTION=VALUE")
+        overrides[key] = float(value) if "." in value else int(value)
     started = time.time()
     report = {"protocol": "held-out last, random tie-break, full ranking, cold held-out = miss",
-              "seeds": args.seeds, "quick": args.quick, "datasets": {}}
+              "seeds": args.seeds, "quick": args.quick, "split": args.split, "cascade_options": overrides, "datasets": {}}
     for name in args.datasets.split(","):
-        report["datasets"][name] = run_dataset(name, args.seeds, methods, args.quick)
+        report["datasets"][name] = run_dataset(name, args.seeds, methods, args.quick, args.split, overrides)
     report["seconds"] = round(time.time() - started, 1)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,23 @@ setup_python() {
   fi
 }
 
+# The second dataset of the quality table (scripts/quality.py): MovieLens 100K as the RecBole wheel
+# on PyPI ships it (recbole/dataset_example/ml-100k). Only the file is used; RecBole itself is
+# never installed. GroupLens's terms: research use, cite the dataset, no redistribution.
+RECBOLE_WHEEL=recbole-1.2.1-py3-none-any.whl
+RECBOLE_SHA256=9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407
+
+setup_datasets() {
+  local dir=$CASCADE_HOME/datasets
+  if [ ! -f "$dir/$RECBOLE_WHEEL" ]; then
+    log "pip download $RECBOLE_WHEEL (the ml-100k dataset, 2 MB)"
+    mkdir -p "$dir"
+    "$CASCADE_HOME/venv/bin/pip" download -q --no-deps --dest "$dir.tmp" "recbole==1.2.1"
+    echo "$RECBOLE_SHA256  $dir.tmp/$RECBOLE_WHEEL" | sha256sum -c --quiet
+    mv "$dir.tmp/$RECBOLE_WHEEL" "$dir/" && rm -rf "$dir.tmp"
+  fi
+}
+
 setup_rust() {
   rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
   if ! wasm-bindgen --version 2>/dev/null | grep -q "$WASM_BINDGEN_VERSION"; then
@@ -112,6 +129,7 @@ export_env() {
 cascade_setup() {
   setup_apt
   setup_python
+  setup_datasets
   setup_node
   setup_rust
   export_env

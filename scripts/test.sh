@@ -19,7 +19,7 @@ cascade_setup
 
 step() { printf '\n\033[1;32m==> %s\033[0m\n' "$*" >&2; }
 
-bundle_version=$(sha256sum scripts/train.py | cut -c1-12)
+bundle_version=$(cat scripts/train.py scripts/recdata.py | sha256sum | cut -c1-12)
 export CASCADE_TEST_BUNDLE=$CASCADE_HOME/bundles/test-$bundle_version
 if [ ! -f "$CASCADE_TEST_BUNDLE/metadata.json" ]; then
   step "training the test bundle into $CASCADE_TEST_BUNDLE"

@@ -3,22 +3,38 @@
 
     python scripts/train.py --out data/bundle                       # generated data (default)
     python scripts/train.py --out data/bundle --movielens ../shared/data/ml-latest-small
+    python scripts/train.py --out data/bundle --dataset ml-100k     # any dataset scripts/recdata.py knows
     python scripts/train.py --out data/bundle-128 --dim 128         # the scale tiers' width
 
-Steps: interactions (generated with clustered tastes, or MovieLens ratings) → user/item embeddings
-by matrix factorisation (BPR) → a ranking MLP over [user, item, user*item, page one-hot, device
-one-hot] → evaluation on each user's last interaction (HR@10, NDCG@10 of retrieve-then-rank against a
-popularity baseline) → export.
+The model (docs/bundle.md, "The model"): a user's query is built from what they did last,
+
+    query(u) = user[u] + sum_k weight[k] * context[recent_k(u)]      (k = 0 newest, k < --history)
+
+with `context` an input embedding per item and `weight` learned per position; candidates are the
+items with the largest <query, item> (FAISS, inner product over `items.emb`), trained as next-item
+prediction with a full softmax over the catalogue at every position of every user's training
+sequence. A ranking MLP over [query, item, query*item, page one-hot, device one-hot] then orders the
+candidates (its output starts as sigmoid(<query, item>) and learns corrections). The origin computes
+the same query from the user's events (newest first) followed by their training history (loaded
+with the bundle), and never recommends a history item.
+
+Steps: interactions (generated with clustered tastes, or a real dataset through scripts/recdata.py)
+-> the held-out-last split (ties in time broken at random with --seed) -> the sequence model -> the
+ranker -> evaluation of the served lists on each user's held-out last item against popularity ->
+export. `scripts/quality.py` scores the same bundle against strong baselines over several seeds.
 
 The bundle (one folder, one version id; see docs/bundle.md):
     model.pt        TorchScript; forward(x: float32[B, input_width]) -> float32[B] scores in (0, 1)
     users.emb       user embeddings, the CEMB format of shared/src/embedding.rs
     items.emb       item embeddings (an item's position is its FAISS label)
-    metadata.json   bundle id, dims, input layout, context vocabulary, popular items, titles, metrics
-    reference.json  scores for fixed inputs, so Rust can check its feature layout and the model
+    context.emb     items' input embeddings for the query (same ids and order as items.emb)
+    history.json    each user's training items, oldest first: the query's tail and what is not shown again
+    metadata.json   bundle id, dims, input layout, context vocabulary, query weights, popular items, titles, metrics
+    reference.json  scores for fixed inputs, so Rust can check its feature layout and the model, and the
+                    served top 10 of some users (the origin's agreement test)
 """
 import argparse
-import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -31,13 +47,31 @@ import numpy as np
 import torch
 from torch import nn
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import recdata  # noqa: E402
+
 # The context vocabulary: must equal shared/src/segment.rs (PAGES, DEVICES); the origin checks.
 PAGES = ["home", "browse", "detail", "search"]
 DEVICES = ["desktop", "mobile", "tablet"]
+# What the origin retrieves per real-time request (retrieval.candidates's default) and serves at most.
+CANDIDATES = 100
+MAX_N = 100
 
 
 def log(msg):
     print(f"[train] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class Options:
+    dim: int = 64
+    epochs: int = 5  # sequence model; more overfits ml-latest-small (validation NDCG@10 falls after 4-5)
+    history: int = 20  # items in the query
+    lr: float = 2e-3
+    batch: int = 512
+    ranker_epochs: int = 0
+    seed: int = 42
+    quick: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,44 +103,6 @@ def generate(users, items, clusters, seed):
     item_ids = [f"i{i}" for i in range(items)]
     titles = {f"i{i}": f"Item {i} (cluster {item_cluster[i]})" for i in range(items)}
     return user_ids, item_ids, titles, interactions
-
-
-def load_movielens(path, seed):
-    """MovieLens ratings as implicit interactions (every rating is an interaction), time-ordered."""
-    rng = np.random.default_rng(seed)
-    path = pathlib.Path(path)
-    titles = {}
-    with open(path / "movies.csv", newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            titles[row["movieId"]] = row["title"]
-    rows = []
-    with open(path / "ratings.csv", newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            rows.append((row["userId"], row["movieId"], int(row["timestamp"])))
-    rows.sort(key=lambda r: r[2])
-    user_ids = sorted({r[0] for r in rows}, key=int)
-    item_ids = sorted({r[1] for r in rows}, key=int)
-    uix = {u: k for k, u in enumerate(user_ids)}
-    iix = {i: k for k, i in enumerate(item_ids)}
-    interactions = [(uix[u], iix[i], int(rng.integers(0, len(PAGES))), int(rng.integers(0, len(DEVICES))), t)
-                    for (u, i, t) in rows]
-    return user_ids, item_ids, {i: titles.get(i, "") for i in item_ids}, interactions
-
-
-def split_last(interactions, users):
-    """Holds out each user's last interaction (users with at least 3)."""
-    by_user = [[] for _ in range(users)]
-    for x in interactions:
-        by_user[x[0]].append(x)
-    train, test = [], []
-    for rows in by_user:
-        rows.sort(key=lambda r: r[4])
-        if len(rows) >= 3:
-            train.extend(rows[:-1])
-            test.append(rows[-1])
-        else:
-            train.extend(rows)
-    return train, test
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,106 +145,180 @@ def features(u_emb, i_emb, page, device):
     return torch.cat([u_emb, i_emb, u_emb * i_emb, ctx], dim=1)
 
 
-def train_mf(train, users, items, dim, epochs, seed):
-    torch.manual_seed(seed)
-    U = nn.Embedding(users, dim)
-    V = nn.Embedding(items, dim)
-    nn.init.normal_(U.weight, std=0.1)
-    nn.init.normal_(V.weight, std=0.1)
-    opt = torch.optim.Adam(list(U.parameters()) + list(V.parameters()), lr=0.01)
-    u = torch.tensor([x[0] for x in train])
-    i = torch.tensor([x[1] for x in train])
-    gen = torch.Generator().manual_seed(seed)
+
+
+def generated_dataset(users, items, clusters, seed):
+    user_ids, item_ids, titles, interactions = generate(users, items, clusters, seed)
+    rows = [(u, i, t) for (u, i, _, _, t) in interactions]
+    return recdata.Dataset(f"generated-{users}x{items}", user_ids, item_ids, rows, titles, "generated")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+
+
+class Sequence(nn.Module):
+    """query = user + sum_k weight[k] * context[recent_k]; score(item) = <query, item>."""
+
+    def __init__(self, users, items, dim, history):
+        super().__init__()
+        self.pad = items
+        self.user = nn.Embedding(users, dim)
+        self.context = nn.Embedding(items + 1, dim, padding_idx=items)
+        self.item = nn.Embedding(items, dim)
+        nn.init.zeros_(self.user.weight)
+        nn.init.normal_(self.context.weight, std=0.05)
+        nn.init.normal_(self.item.weight, std=0.05)
+        with torch.no_grad():
+            self.context.weight[items].zero_()
+        self.weight = nn.Parameter(0.8 ** torch.arange(history, dtype=torch.float32))
+
+    def query(self, recent, users):
+        """recent: int[B, history], newest first, padded with `pad`."""
+        return self.user(users) + (self.context(recent) * self.weight[None, :, None]).sum(1)
+
+
+def recent_rows(sequence, history, pad):
+    """The last `history` items of a sequence, newest first, padded."""
+    recent = sequence[-history:][::-1] if history else []
+    return list(recent) + [pad] * (history - len(recent))
+
+
+def train_sequence(split, users, items, opts):
+    torch.manual_seed(opts.seed)
+    model = Sequence(users, items, opts.dim, opts.history)
+    recent, target, who = [], [], []
+    for u, seq in enumerate(split.train):
+        for t in range(1, len(seq)):
+            recent.append(recent_rows(seq[:t], opts.history, items))
+            target.append(seq[t])
+            who.append(u)
+    recent, target, who = torch.tensor(recent), torch.tensor(target), torch.tensor(who)
+    opt = torch.optim.Adam(model.parameters(), lr=opts.lr)
+    gen = torch.Generator().manual_seed(opts.seed)
+    epochs = min(opts.epochs, 2) if opts.quick else opts.epochs
     for epoch in range(epochs):
-        perm = torch.randperm(len(u), generator=gen)
-        total = 0.0
-        for start in range(0, len(u), 2048):
-            b = perm[start:start + 2048]
-            neg = torch.randint(0, items, (len(b),), generator=gen)
-            ue, pe, ne = U(u[b]), V(i[b]), V(neg)
-            loss = -torch.nn.functional.logsigmoid((ue * pe).sum(1) - (ue * ne).sum(1)).mean()
-            loss = loss + 1e-4 * (ue.pow(2).sum() + pe.pow(2).sum() + ne.pow(2).sum()) / len(b)
+        started, total = time.time(), 0.0
+        perm = torch.randperm(len(target), generator=gen)
+        for start in range(0, len(target), opts.batch):
+            b = perm[start:start + opts.batch]
+            logits = model.query(recent[b], who[b]) @ model.item.weight.T
+            loss = torch.nn.functional.cross_entropy(logits, target[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item() * len(b)
-        log(f"mf epoch {epoch + 1}/{epochs}: bpr loss {total / len(u):.4f}")
-    return U.weight.detach(), V.weight.detach()
+        log(f"sequence epoch {epoch + 1}/{epochs}: softmax loss {total / max(len(target), 1):.4f} "
+            f"({time.time() - started:.1f} s, {len(target)} positions)")
+    return model.eval(), (recent, target, who)
 
 
-def train_ranker(train, U, V, dim, epochs, seed):
-    """Each positive against two uniformly random negatives, in the positive's context."""
-    torch.manual_seed(seed)
-    model = Ranker(dim)
-    opt = torch.optim.Adam(model.parameters(), lr=0.003)
-    gen = torch.Generator().manual_seed(seed + 1)
-    u = torch.tensor([x[0] for x in train])
-    i = torch.tensor([x[1] for x in train])
-    page = torch.tensor([x[2] for x in train])
-    device = torch.tensor([x[3] for x in train])
-    items = V.shape[0]
+def train_ranker(model, examples, opts):
+    """Each training position against two uniformly random negatives, in a random context (the
+    datasets here carry no page or device)."""
+    torch.manual_seed(opts.seed)
+    ranker = Ranker(opts.dim)
+    epochs = min(opts.ranker_epochs, 1) if opts.quick else opts.ranker_epochs
+    if epochs == 0:
+        return ranker.eval()
+    recent, target, who = examples
+    with torch.no_grad():
+        query = model.query(recent, who)
+        items = model.item.weight.detach()
+    opt = torch.optim.Adam(ranker.parameters(), lr=0.003)
+    gen = torch.Generator().manual_seed(opts.seed + 1)
     for epoch in range(epochs):
-        perm = torch.randperm(len(u), generator=gen)
+        perm = torch.randperm(len(target), generator=gen)
         total = 0.0
-        for start in range(0, len(u), 1024):
+        for start in range(0, len(target), 1024):
             b = perm[start:start + 1024]
-            # Negatives: uniformly random items. (Negatives from the retrieval candidates were tried
-            # and hurt: those are exactly the items a user is likely to pick next, so the ranker
-            # learned to bury them; HR@10 on MovieLens fell below popularity.)
-            neg1 = torch.randint(0, items, (len(b),), generator=gen)
-            neg2 = torch.randint(0, items, (len(b),), generator=gen)
-            uu = torch.cat([u[b]] * 3)
-            ii = torch.cat([i[b], neg1, neg2])
-            pp = torch.cat([page[b]] * 3)
-            dd = torch.cat([device[b]] * 3)
-            y = torch.cat([torch.ones(len(b)), torch.zeros(2 * len(b))])
-            p = model(features(U[uu], V[ii], pp, dd)).clamp(1e-6, 1 - 1e-6)
+            n = len(b)
+            neg = torch.randint(0, len(items), (2 * n,), generator=gen)
+            qq = torch.cat([query[b]] * 3)
+            ii = torch.cat([target[b], neg])
+            page = torch.randint(0, len(PAGES), (3 * n,), generator=gen)
+            device = torch.randint(0, len(DEVICES), (3 * n,), generator=gen)
+            y = torch.cat([torch.ones(n), torch.zeros(2 * n)])
+            p = ranker(features(qq, items[ii], page, device)).clamp(1e-6, 1 - 1e-6)
             loss = torch.nn.functional.binary_cross_entropy(p, y)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += loss.item() * len(b)
-        log(f"ranker epoch {epoch + 1}/{epochs}: bce {total / len(u):.4f}")
-    return model.eval()
+            total += loss.item() * n
+        log(f"ranker epoch {epoch + 1}/{epochs}: bce {total / len(target):.4f}")
+    return ranker.eval()
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation
+# The served lists: what the origin computes from a bundle (its agreement test checks)
 # ---------------------------------------------------------------------------------------------
 
-def evaluate(test, train, U, V, model, k=10, retrieve=100):
-    seen = {}
-    for x in train:
-        seen.setdefault(x[0], set()).add(x[1])
-    counts = np.bincount([x[1] for x in train], minlength=V.shape[0]).astype(np.float64)
-    hr = ndcg = hr_pop = ndcg_pop = 0.0
-    with torch.no_grad():
-        for (u, target, page, device, _) in test:
-            mask = list(seen.get(u, ()))
-            # Retrieve by inner product (what FAISS does), excluding seen items, then rank.
-            dots = V @ U[u]
-            dots[mask] = -math.inf
-            cand = torch.topk(dots, retrieve).indices
-            n = len(cand)
-            scores = model(features(U[u].expand(n, -1), V[cand], torch.full((n,), page), torch.full((n,), device)))
-            top = cand[torch.argsort(scores, descending=True)[:k]].tolist()
-            pop = counts.copy()
-            pop[mask] = -1
-            top_pop = np.argsort(-pop, kind="stable")[:k].tolist()
-            for ranked, is_model in ((top, True), (top_pop, False)):
-                if target in ranked:
-                    gain = 1.0 / math.log2(ranked.index(target) + 2)
-                    if is_model:
-                        hr, ndcg = hr + 1, ndcg + gain
-                    else:
-                        hr_pop, ndcg_pop = hr_pop + 1, ndcg_pop + gain
-    n = max(len(test), 1)
-    return {"users_evaluated": len(test), "hr@10": hr / n, "ndcg@10": ndcg / n,
-            "popularity_hr@10": hr_pop / n, "popularity_ndcg@10": ndcg_pop / n}
+def read_emb(path):
+    """The CEMB format: (ids, float32 matrix)."""
+    raw = pathlib.Path(path).read_bytes()
+    magic, version, _flags, dim, count, id_len = raw[:4], *struct.unpack("<HHIQH", raw[4:22])
+    assert magic == b"CEMB" and version == 1, f"{path}: not a CEMB v1 file"
+    offset = 22 + id_len
+    ids, rows = [], np.empty((count, dim), dtype=np.float32)
+    for k in range(count):
+        (n,) = struct.unpack("<H", raw[offset:offset + 2])
+        ids.append(raw[offset + 2:offset + 2 + n].decode())
+        offset += 2 + n
+        rows[k] = np.frombuffer(raw, dtype="<f4", count=dim, offset=offset)
+        offset += 4 * dim
+    return ids, rows
+
+
+class Served:
+    """A bundle as the origin serves it, for users with no events yet."""
+
+    def __init__(self, bundle):
+        bundle = pathlib.Path(bundle)
+        self.metadata = json.loads((bundle / "metadata.json").read_text())
+        self.user_ids, self.users = read_emb(bundle / "users.emb")
+        self.item_ids, self.items = read_emb(bundle / "items.emb")
+        _, self.context = read_emb(bundle / "context.emb")
+        self.user_index = {u: k for k, u in enumerate(self.user_ids)}
+        self.item_index = {i: k for k, i in enumerate(self.item_ids)}
+        history = json.loads((bundle / "history.json").read_text())["users"]
+        self.history = {u: [self.item_index[i] for i in items] for u, items in history.items()}
+        self.weights = np.asarray(self.metadata["query"]["weights"], dtype=np.float32)
+        self.model = torch.jit.load(str(bundle / "model.pt"))
+
+    def query(self, user_id):
+        """The origin's order of float32 operations: the user, then each weighted item, newest first."""
+        query = self.users[self.user_index[user_id]].copy()
+        recent = self.history.get(user_id, [])[::-1][:len(self.weights)]
+        for weight, row in zip(self.weights, recent):
+            query += weight * self.context[row]
+        return query
+
+    def top(self, user_id, page=0, device=0, n=10, candidates=CANDIDATES):
+        """[(item id, score)]: the `candidates` items with the largest inner product that are not in
+        the user's history, ranked by the model in (page, device), ties by row."""
+        query = self.query(user_id)
+        dots = self.items @ query
+        seen = self.history.get(user_id, [])
+        dots[seen] = -np.inf
+        k = min(candidates, len(self.item_ids) - len(set(seen)))
+        rows = np.argsort(-dots, kind="stable")[:k]
+        with torch.no_grad():
+            x = features(torch.from_numpy(np.tile(query, (k, 1))), torch.from_numpy(self.items[rows]),
+                         torch.full((k,), page), torch.full((k,), device))
+            scores = self.model(x).numpy()
+        order = sorted(range(k), key=lambda j: (-scores[j], rows[j]))[:n]
+        return [(self.item_ids[rows[j]], float(scores[j])) for j in order]
+
+
+def served_lists(bundle, user_ids, page=0, device=0, n=10):
+    served = Served(bundle)
+    return {u: served.top(u, page, device, n) for u in user_ids}
 
 
 # ---------------------------------------------------------------------------------------------
-# Export
+# Training a bundle
 # ---------------------------------------------------------------------------------------------
 
 def write_emb(path, bundle_id, ids, matrix):
@@ -262,96 +332,159 @@ def write_emb(path, bundle_id, ids, matrix):
             f.write(struct.pack("<H", len(raw)) + raw + row.tobytes())
 
 
+def train_bundle(data, split, opts, out):
+    """Trains on `split` and writes the bundle to `out`; returns its metadata."""
+    started = time.time()
+    users, items = len(data.user_ids), len(data.item_ids)
+    model, examples = train_sequence(split, users, items, opts)
+    ranker = train_ranker(model, examples, opts)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    U = model.user.weight.detach().numpy()
+    V = model.item.weight.detach().numpy()
+    C = model.context.weight.detach().numpy()[:items]
+    weights = [float(w) for w in model.weight.detach()]
+    digest = hashlib.sha256(U.tobytes() + V.tobytes() + C.tobytes()).hexdigest()[:10]
+    prefix = "gen" if data.name.startswith("generated") else data.name.replace("ml-latest-small", "ml")
+    bundle_id = f"{prefix}-d{opts.dim}-{digest}"
+    torch.jit.script(ranker).save(str(out / "model.pt"))
+    write_emb(out / "users.emb", bundle_id, data.user_ids, U)
+    write_emb(out / "items.emb", bundle_id, data.item_ids, V)
+    write_emb(out / "context.emb", bundle_id, data.item_ids, C)
+    history = {data.user_ids[u]: [data.item_ids[i] for i in seq] for u, seq in enumerate(split.train) if seq}
+    (out / "history.json").write_text(json.dumps({"bundle_id": bundle_id, "users": history}) + "\n")
+
+    counts = np.zeros(items)
+    for seq in split.train:
+        np.add.at(counts, seq, 1.0)
+    popular = [data.item_ids[i] for i in np.argsort(-counts, kind="stable")[:200]]
+    layout = ([f"user[{opts.dim}]", f"item[{opts.dim}]", f"user*item[{opts.dim}]"]
+              + [f"page={p}" for p in PAGES] + [f"device={d}" for d in DEVICES])
+    metadata = {
+        "bundle_id": bundle_id,
+        "format_version": 2,
+        "dim": opts.dim,
+        "input_width": 3 * opts.dim + len(PAGES) + len(DEVICES),
+        "input_layout": layout,
+        "pages": PAGES,
+        "devices": DEVICES,
+        "query": {"kind": "sequence", "weights": weights, "context": "context.emb", "history": "history.json"},
+        "users": users,
+        "items": items,
+        "dataset": data.name,
+        "seed": opts.seed,
+        "options": dataclasses.asdict(opts),
+        "popular": popular,
+        "titles": {i: t for i, t in data.titles.items() if t},
+        "torch_version": torch.__version__,
+        "created_unix": int(time.time()),
+        "train_seconds": round(time.time() - started, 1),
+    }
+    (out / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")
+    write_reference(out, bundle_id, ranker, split, data)
+    return metadata
+
+
+def write_reference(out, bundle_id, ranker, split, data):
+    """A fixed batch of rows with the model's scores (the ranker's self-check), every item's score
+    for a few users' served queries in two contexts (the end-to-end ordering test), and the served
+    top 10 of up to 50 held-out users in home/desktop (the origin's agreement test)."""
+    served = Served(out)
+    n = len(data.item_ids)
+    items = torch.from_numpy(served.items)
+    with torch.no_grad():
+        rows_u = [data.user_ids[k % len(data.user_ids)] for k in range(8)]
+        rows_i = (torch.arange(8) * 7) % n
+        queries = torch.from_numpy(np.stack([served.query(u) for u in rows_u]))
+        x = features(queries, items[rows_i], torch.arange(8) % len(PAGES), torch.arange(8) % len(DEVICES))
+        batch_scores = ranker(x)
+        users_scored = {}
+        for user_id in data.user_ids[:5]:
+            query = torch.from_numpy(served.query(user_id))
+            per_user = {"query": [float(v) for v in query]}
+            for page, device in ((0, 0), (1, 1)):
+                s = ranker(features(query.expand(n, -1), items, torch.full((n,), page), torch.full((n,), device)))
+                per_user[f"{PAGES[page]}.{DEVICES[device]}"] = [round(float(v), 7) for v in s]
+            users_scored[user_id] = per_user
+    agreement = [data.user_ids[u] for u in sorted(split.held_out)[:50]]
+    reference = {
+        "bundle_id": bundle_id,
+        "batch": {"inputs": x.tolist(), "scores": batch_scores.tolist()},
+        "user_item_scores": users_scored,
+        "served": {"page": PAGES[0], "device": DEVICES[0], "candidates": CANDIDATES,
+                   "lists": {u: served.top(u, 0, 0, 10) for u in agreement}},
+    }
+    (out / "reference.json").write_text(json.dumps(reference) + "\n")
+
+
+def evaluate(bundle, split, data, k=10):
+    """HR@10 and NDCG@10 of the served lists (home/desktop) on the held-out items, beside popularity."""
+    served = Served(bundle)
+    counts = np.zeros(len(data.item_ids))
+    for seq in split.train:
+        np.add.at(counts, seq, 1.0)
+    hr = ndcg = hr_pop = ndcg_pop = 0.0
+    for u, target in split.held_out.items():
+        top = [served.item_index[i] for i, _ in served.top(data.user_ids[u], n=k)]
+        pop = counts.copy()
+        pop[split.train[u]] = -1
+        top_pop = np.argsort(-pop, kind="stable")[:k].tolist()
+        for ranked, is_model in ((top, True), (top_pop, False)):
+            if target in ranked:
+                gain = 1.0 / math.log2(ranked.index(target) + 2)
+                if is_model:
+                    hr, ndcg = hr + 1, ndcg + gain
+                else:
+                    hr_pop, ndcg_pop = hr_pop + 1, ndcg_pop + gain
+    n = max(len(split.held_out), 1)
+    return {"users_evaluated": len(split.held_out), "hr@10": hr / n, "ndcg@10": ndcg / n,
+            "popularity_hr@10": hr_pop / n, "popularity_ndcg@10": ndcg_pop / n}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="bundle folder to write")
     ap.add_argument("--movielens", help="path to ml-latest-small (default: generated data)")
+    ap.add_argument("--dataset", help="a dataset scripts/recdata.py knows (ml-latest-small, ml-100k)")
     ap.add_argument("--users", type=int, default=2000, help="generated users")
     ap.add_argument("--items", type=int, default=1000, help="generated items")
     ap.add_argument("--clusters", type=int, default=20, help="generated taste clusters")
-    ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=40, help="matrix factorisation epochs")
-    ap.add_argument("--ranker-epochs", type=int, default=6)
-    ap.add_argument("--seed", type=int, default=42)
+    defaults = Options()
+    ap.add_argument("--dim", type=int, default=defaults.dim)
+    ap.add_argument("--epochs", type=int, default=defaults.epochs, help="sequence model epochs")
+    ap.add_argument("--history", type=int, default=defaults.history, help="recent items in the query")
+    ap.add_argument("--ranker-epochs", type=int, default=defaults.ranker_epochs)
+    ap.add_argument("--seed", type=int, default=defaults.seed)
     args = ap.parse_args()
     if args.dim < 4 or args.dim > 1024:
         ap.error("--dim must be within 4..1024")
     if args.users < 10 or args.items < 100:
         ap.error("--users must be at least 10 and --items at least 100")
+    if not 1 <= args.history <= 200:
+        ap.error("--history must be within 1..200")
+    if args.epochs < 1 or args.ranker_epochs < 0:
+        ap.error("--epochs must be at least 1 and --ranker-epochs at least 0")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.time()
-
     if args.movielens:
-        user_ids, item_ids, titles, interactions = load_movielens(args.movielens, args.seed)
-        dataset = "movielens-small"
+        data = recdata.load_movielens_csv(args.movielens)
+    elif args.dataset:
+        data = recdata.find(args.dataset)
     else:
-        user_ids, item_ids, titles, interactions = generate(args.users, args.items, args.clusters, args.seed)
-        dataset = f"generated-{args.users}x{args.items}"
-    log(f"{dataset}: {len(user_ids)} users, {len(item_ids)} items, {len(interactions)} interactions")
-    train, test = split_last(interactions, len(user_ids))
-
-    U, V = train_mf(train, len(user_ids), len(item_ids), args.dim, args.epochs, args.seed)
-    model = train_ranker(train, U, V, args.dim, args.ranker_epochs, args.seed)
-    metrics = evaluate(test, train, U, V, model)
-    log(f"held-out last interaction, {metrics['users_evaluated']} users: "
-        f"model HR@10 {metrics['hr@10']:.4f} NDCG@10 {metrics['ndcg@10']:.4f} | "
-        f"popularity HR@10 {metrics['popularity_hr@10']:.4f} NDCG@10 {metrics['popularity_ndcg@10']:.4f}")
-
+        data = generated_dataset(args.users, args.items, args.clusters, args.seed)
+    log(f"{data.name}: {len(data.user_ids)} users, {len(data.item_ids)} items, {len(data.rows)} interactions")
+    split = recdata.split(data, "test", args.seed)
+    opts = Options(dim=args.dim, epochs=args.epochs, history=args.history, ranker_epochs=args.ranker_epochs,
+                   seed=args.seed)
     out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    scripted = torch.jit.script(model)
-    digest = hashlib.sha256(U.numpy().tobytes() + V.numpy().tobytes()).hexdigest()[:10]
-    bundle_id = f"{'ml' if args.movielens else 'gen'}-d{args.dim}-{digest}"
-    scripted.save(str(out / "model.pt"))
-    write_emb(out / "users.emb", bundle_id, user_ids, U.numpy())
-    write_emb(out / "items.emb", bundle_id, item_ids, V.numpy())
-
-    counts = np.bincount([x[1] for x in interactions], minlength=len(item_ids))
-    popular = [item_ids[i] for i in np.argsort(-counts, kind="stable")[:200]]
-    layout = ([f"user[{args.dim}]", f"item[{args.dim}]", f"user*item[{args.dim}]"]
-              + [f"page={p}" for p in PAGES] + [f"device={d}" for d in DEVICES])
-    metadata = {
-        "bundle_id": bundle_id,
-        "format_version": 1,
-        "dim": args.dim,
-        "input_width": 3 * args.dim + len(PAGES) + len(DEVICES),
-        "input_layout": layout,
-        "pages": PAGES,
-        "devices": DEVICES,
-        "users": len(user_ids),
-        "items": len(item_ids),
-        "dataset": dataset,
-        "seed": args.seed,
-        "popular": popular,
-        "titles": {i: titles[i] for i in item_ids if titles.get(i)},
-        "metrics": metrics,
-        "torch_version": torch.__version__,
-        "created_unix": int(time.time()),
-    }
+    metadata = train_bundle(data, split, opts, out)
+    metrics = evaluate(out, split, data)
+    metadata["metrics"] = metrics
     (out / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")
-
-    # Reference scores: a fixed batch of rows (for the Rust ranker's self-check), and every item's
-    # score for a few users in two contexts (for the end-to-end ordering test).
-    with torch.no_grad():
-        rows_u = torch.arange(8) % len(user_ids)
-        rows_i = (torch.arange(8) * 7) % len(item_ids)
-        x = features(U[rows_u], V[rows_i], torch.arange(8) % len(PAGES), torch.arange(8) % len(DEVICES))
-        batch_scores = model(x)
-        users_scored = {}
-        for uidx in range(min(5, len(user_ids))):
-            per_ctx = {}
-            for page, device in ((0, 0), (1, 1)):
-                n = len(item_ids)
-                s = model(features(U[uidx].expand(n, -1), V, torch.full((n,), page), torch.full((n,), device)))
-                per_ctx[f"{PAGES[page]}.{DEVICES[device]}"] = [round(float(v), 7) for v in s]
-            users_scored[user_ids[uidx]] = per_ctx
-    reference = {
-        "bundle_id": bundle_id,
-        "batch": {"inputs": x.tolist(), "scores": batch_scores.tolist()},
-        "user_item_scores": users_scored,
-    }
-    (out / "reference.json").write_text(json.dumps(reference) + "\n")
-    log(f"wrote bundle {bundle_id} to {out} in {time.time() - started:.1f} s")
+    log(f"held-out last interaction, {metrics['users_evaluated']} users: "
+        f"served HR@10 {metrics['hr@10']:.4f} NDCG@10 {metrics['ndcg@10']:.4f} | "
+        f"popularity HR@10 {metrics['popularity_hr@10']:.4f} NDCG@10 {metrics['popularity_ndcg@10']:.4f}")
+    log(f"wrote bundle {metadata['bundle_id']} to {out} in {time.time() - started:.1f} s")
     if metrics["hr@10"] <= metrics["popularity_hr@10"]:
         log("warning: the model does not beat the popularity baseline on HR@10")
 

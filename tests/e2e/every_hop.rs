@@ -20,21 +20,23 @@ fn now() -> u64 {
 }
 
 /// The list Python's model gives `user` in `context` over the exact top-`k` inner-product
-/// candidates (the origin's FAISS index is exact `Flat` at this catalogue size): computed here from
-/// the bundle files and `reference.json`, independently of the origin.
+/// candidates of the user's served query that are not in their history (the origin's FAISS index is
+/// exact `Flat` at this catalogue size): computed here from the bundle files and `reference.json`,
+/// independently of the origin.
 fn expected_top(bundle: &std::path::Path, user: &str, context: &str, k: usize, n: usize) -> Vec<(String, f32)> {
-    let users = decode_file(&std::fs::read(bundle.join("users.emb")).unwrap()).unwrap();
     let items = decode_file(&std::fs::read(bundle.join("items.emb")).unwrap()).unwrap();
     let reference: Value = serde_json::from_slice(&std::fs::read(bundle.join("reference.json")).unwrap()).unwrap();
-    let scores: Vec<f32> = reference["user_item_scores"][user][context]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
+    let history: Value = serde_json::from_slice(&std::fs::read(bundle.join("history.json")).unwrap()).unwrap();
+    let seen: Vec<&str> =
+        history["users"][user].as_array().map_or(vec![], |items| items.iter().map(|i| i.as_str().unwrap()).collect());
+    let floats =
+        |value: &Value| -> Vec<f32> { value.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect() };
+    let scores = floats(&reference["user_item_scores"][user][context]);
+    let query = floats(&reference["user_item_scores"][user]["query"]);
+    let mut by_similarity: Vec<(usize, f32)> = (0..items.ids.len())
+        .filter(|&row| !seen.contains(&items.ids[row].as_str()))
+        .map(|row| (row, items.row(row).iter().zip(&query).map(|(a, b)| a * b).sum()))
         .collect();
-    let u = users.row(users.ids.iter().position(|id| id == user).unwrap());
-    let mut by_similarity: Vec<(usize, f32)> =
-        (0..items.ids.len()).map(|row| (row, items.row(row).iter().zip(u).map(|(a, b)| a * b).sum())).collect();
     by_similarity.sort_by(|a, b| b.1.total_cmp(&a.1));
     let mut ranked: Vec<(usize, f32)> = by_similarity.iter().take(k).map(|&(row, _)| (row, scores[row])).collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));

@@ -9,4 +9,5 @@ mod every_hop;
 mod faults;
 mod origin_failures;
 mod precompute;
+mod quality;
 mod reload;

@@ -157,8 +157,11 @@ pub async fn run(args: PrecomputeArgs) -> anyhow::Result<PrecomputeReport> {
     let (users, recommender) = (&users, &recommender);
     let mut ranked = futures::stream::iter(todo.chunks(args.batch_users))
         .map(|chunk| async move {
-            let rows: Vec<&[f32]> = chunk.iter().map(|&u| users.row(u)).collect();
-            (chunk, recommender.rank_users(&rows, context, Instant::now() + CHUNK_DEADLINE).await)
+            // Each user's query from their history (no session offline), and what not to show them.
+            let bundle = recommender.bundle();
+            let queries: Vec<(Vec<f32>, &[u32])> =
+                chunk.iter().map(|&u| bundle.query(users.row(u), &users.ids[u], &[])).collect();
+            (chunk, recommender.rank_users(&queries, context, Instant::now() + CHUNK_DEADLINE).await)
         })
         .buffered(2);
     let mut writing: Option<tokio::task::JoinHandle<anyhow::Result<usize>>> = None;

@@ -21,7 +21,6 @@ pub mod fallback;
 pub mod precomputed;
 pub mod realtime;
 pub mod segments;
-pub mod session;
 pub mod timings;
 
 use std::collections::{HashMap, HashSet};

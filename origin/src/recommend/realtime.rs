@@ -10,10 +10,10 @@ use cascade_shared::validate::{MAX_N, RecsQuery};
 use cascade_shared::wire::RecItem;
 
 use super::fallback::{Fallback, FallbackReason};
-use super::session::{SESSION_WEIGHT, session_query};
 use super::{Recommender, Timings};
 use crate::ranking::RankError;
 use crate::ranking::features::build_rows;
+use crate::retrieval::Candidate;
 use crate::store::StoreError;
 use crate::work_queue::QueueError;
 
@@ -111,17 +111,14 @@ impl Recommender {
                 return Err(Fallback { reason: FallbackReason::CorruptEmbedding, precomputed });
             }
         };
-        let recent_rows: Vec<&[f32]> = recent
-            .iter()
-            .filter_map(|id| self.bundle.item_index.get(id))
-            .map(|&row| self.bundle.items.row(row))
-            .collect();
-        let user = session_query(&user, &recent_rows, SESSION_WEIGHT);
+        let session: Vec<usize> = recent.iter().filter_map(|id| self.bundle.item_index.get(id).copied()).collect();
+        let (user, seen) = self.bundle.query(&user, user_id, &session);
         let candidates: Option<Vec<usize>> = precomputed
             .as_ref()
             .map(|list| list.iter().filter_map(|item| self.bundle.item_index.get(&item.id).copied()).collect());
         let attempt =
-            tokio::time::timeout_at(deadline.into(), self.realtime(&user, candidates, query, deadline, timings)).await;
+            tokio::time::timeout_at(deadline.into(), self.realtime(&user, seen, candidates, query, deadline, timings))
+                .await;
         let failure = match attempt {
             Ok(Ok(items)) => return Ok(items),
             Ok(Err(failure)) => failure,
@@ -131,17 +128,19 @@ impl Recommender {
         Err(Fallback { reason: failure.reason(), precomputed })
     }
 
-    /// Ranks `user`'s FAISS candidates in `segment`'s context: the full ranked list ([`MAX_N`]
-    /// items), with no session and no precomputed candidates. One user at a time; `cascade
-    /// precompute` uses the batched [`Recommender::rank_users`], which must agree with it.
+    /// Ranks the FAISS candidates of a query (`user`, never showing the item rows in `seen`) in
+    /// `segment`'s context: the full ranked list ([`MAX_N`] items), with no precomputed candidates.
+    /// One user at a time; `cascade precompute` uses the batched [`Recommender::rank_users`], which
+    /// must agree with it.
     pub async fn rank_user(
         &self,
         user: &[f32],
+        seen: &[u32],
         segment: SegmentKey,
         deadline: Instant,
     ) -> Result<Vec<RecItem>, RealtimeError> {
         let query = RecsQuery { n: MAX_N, segment };
-        self.realtime(user, None, query, deadline, &mut Timings::default()).await
+        self.realtime(user, seen, None, query, deadline, &mut Timings::default()).await
     }
 
     /// [`Recommender::rank_user`] for many users at once, at batch speed (`cascade precompute`): one
@@ -150,19 +149,23 @@ impl Recommender {
     /// `max_batch_rows` runs alone, as one large model call).
     pub async fn rank_users(
         &self,
-        users: &[&[f32]],
+        users: &[(Vec<f32>, &[u32])],
         segment: SegmentKey,
         deadline: Instant,
     ) -> Result<Vec<Vec<RecItem>>, RealtimeError> {
         let dim = self.bundle.metadata.dim;
-        let queries: Vec<f32> = users.iter().flat_map(|user| user.iter().copied()).collect();
-        let (retriever, k) = (Arc::clone(&self.retriever), self.candidates);
-        let found = self.searches.run(deadline, move || retriever.search_batch(&queries, dim, k)).await?;
+        let queries: Vec<f32> = users.iter().flat_map(|(user, _)| user.iter().copied()).collect();
+        let k = self.candidates;
+        let wanted = self.search_size(users.iter().map(|(_, seen)| seen.len()).max().unwrap_or(0));
+        let retriever = Arc::clone(&self.retriever);
+        let found = self.searches.run(deadline, move || retriever.search_batch(&queries, dim, wanted)).await?;
         let found = found.map_err(|e| RealtimeError::Retrieve(e.to_string()))?;
+        let found: Vec<Vec<Candidate>> =
+            found.into_iter().zip(users).map(|(found, (_, seen))| unseen(found, seen, k)).collect();
         let width = self.ranker.input_width();
         // Users grouped into calls of about OFFLINE_ROWS_PER_CALL rows: (their users, rows).
         let mut calls: Vec<(std::ops::Range<usize>, Vec<f32>)> = Vec::new();
-        for (index, (user, candidates)) in users.iter().zip(&found).enumerate() {
+        for (index, ((user, _), candidates)) in users.iter().zip(&found).enumerate() {
             match calls.last_mut() {
                 Some((users, rows)) if rows.len() / width < OFFLINE_ROWS_PER_CALL => users.end = index + 1,
                 _ => calls.push((index..index + 1, Vec::with_capacity((OFFLINE_ROWS_PER_CALL + k) * width))),
@@ -191,20 +194,26 @@ impl Recommender {
         Ok(lists)
     }
 
+    /// How many candidates to search for so that `k` remain after dropping up to `seen` items.
+    fn search_size(&self, seen: usize) -> usize {
+        (self.candidates + seen).min(self.bundle.items.ids.len())
+    }
+
     async fn realtime(
         &self,
         user: &[f32],
+        seen: &[u32],
         precomputed_rows: Option<Vec<usize>>,
         query: RecsQuery,
         deadline: Instant,
         timings: &mut Timings,
     ) -> Result<Vec<RecItem>, RealtimeError> {
         let rows: Vec<usize> = match precomputed_rows {
-            Some(rows) if !rows.is_empty() => rows,
+            Some(rows) if !rows.is_empty() => rows.into_iter().filter(|&row| !is_seen(seen, row)).collect(),
             _ => {
                 let stage = Instant::now();
                 let retriever = Arc::clone(&self.retriever);
-                let (query_vector, k, faults) = (user.to_vec(), self.candidates, self.faults.clone());
+                let (query_vector, k, faults) = (user.to_vec(), self.search_size(seen.len()), self.faults.clone());
                 let search = move || {
                     let started = Instant::now();
                     let found = retriever.search(&query_vector, k);
@@ -217,7 +226,7 @@ impl Recommender {
                 let candidates = candidates.map_err(|e| RealtimeError::Retrieve(e.to_string()))?;
                 timings.add("retrieve", stage.elapsed());
                 self.metrics.stage_seconds.with_label_values(&["retrieve"]).observe(stage.elapsed().as_secs_f64());
-                candidates.iter().map(|c| c.row).collect()
+                unseen(candidates, seen, self.candidates).iter().map(|c| c.row).collect()
             }
         };
         if Instant::now() >= deadline {
@@ -237,5 +246,29 @@ impl Recommender {
         timings.add("rank", stage.elapsed());
         self.metrics.stage_seconds.with_label_values(&["rank"]).observe(stage.elapsed().as_secs_f64());
         Ok(self.top_items(rows.into_iter().zip(scores), MAX_N))
+    }
+}
+
+/// Whether `row` is among the sorted `seen` rows.
+fn is_seen(seen: &[u32], row: usize) -> bool {
+    u32::try_from(row).is_ok_and(|row| seen.binary_search(&row).is_ok())
+}
+
+/// The first `k` candidates that are not `seen`.
+fn unseen(candidates: Vec<Candidate>, seen: &[u32], k: usize) -> Vec<Candidate> {
+    candidates.into_iter().filter(|c| !is_seen(seen, c.row)).take(k).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_items_are_dropped_before_the_first_k_candidates_are_taken() {
+        let found: Vec<Candidate> = [5, 1, 7, 2, 9].iter().map(|&row| Candidate { row, similarity: 0.0 }).collect();
+        let rows = |c: Vec<Candidate>| c.iter().map(|c| c.row).collect::<Vec<_>>();
+        assert_eq!(rows(unseen(found.clone(), &[1, 7], 2)), vec![5, 2]);
+        assert_eq!(rows(unseen(found.clone(), &[], 2)), vec![5, 1]);
+        assert_eq!(rows(unseen(found, &[1, 2, 5, 7, 9], 3)), Vec::<usize>::new());
     }
 }

@@ -354,13 +354,18 @@ async fn ranking_users_in_a_batch_gives_each_the_list_ranking_alone_does() {
     let bundle = recommender.bundle();
     let users = read_embeddings(&bundle.users_path(), bundle.id(), DIM).unwrap();
     // 500 queries of 10 candidates: 5,000 rows, so two model calls (OFFLINE_ROWS_PER_CALL 4096).
-    let rows: Vec<&[f32]> = (0..500).map(|i| users.row(i % users.ids.len())).collect();
+    let rows: Vec<(Vec<f32>, &[u32])> = (0..500)
+        .map(|i| {
+            let user = i % users.ids.len();
+            bundle.query(users.row(user), &users.ids[user], &[])
+        })
+        .collect();
     let segment = cascade_shared::segment::SegmentKey::from_parts(Some("browse"), None, None);
     let far = Instant::now() + Duration::from_secs(10);
     let batch = recommender.rank_users(&rows, segment, far).await.unwrap();
     assert_eq!(batch.len(), rows.len());
-    for (user, listed) in rows.iter().zip(&batch).step_by(37) {
-        let alone = recommender.rank_user(user, segment, far).await.unwrap();
+    for ((user, seen), listed) in rows.iter().zip(&batch).step_by(37) {
+        let alone = recommender.rank_user(user, seen, segment, far).await.unwrap();
         let ids = |items: &[cascade_shared::wire::RecItem]| items.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
         assert_eq!(ids(listed), ids(&alone));
         assert!(!alone.is_empty());

@@ -1,9 +1,12 @@
 //! A model bundle: the parts trained together under one version id (docs/bundle.md).
 //!
 //! `model.pt`, `items.emb`, `users.emb`, `metadata.json` and `reference.json` come from
-//! `scripts/train.py`. Loading checks that they belong together (same bundle id, same width) and
-//! that the context vocabulary is the one `cascade_shared::segment` defines; a mismatch is refused
-//! with an error naming the part, never scored.
+//! `scripts/train.py`, and with a sequence model `context.emb` and `history.json` ([`query`]).
+//! Loading checks that they belong together (same bundle id, same width, same items) and that the
+//! context vocabulary is the one `cascade_shared::segment` defines; a mismatch is refused with an
+//! error naming the part, never scored.
+
+pub mod query;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,8 +15,12 @@ use cascade_shared::embedding::{EmbeddingTable, decode_file};
 use cascade_shared::segment::{DEVICES, PAGES};
 use serde::Deserialize;
 
+use self::query::{SESSION_WEIGHT, SequenceQuery, session_query};
 use crate::ranking::features;
 pub use crate::ranking::{ModelSpec, ReferenceBatch};
+
+/// Most items a sequence query may weigh.
+pub const MAX_QUERY_LENGTH: usize = 200;
 
 /// Why a bundle was refused.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +69,30 @@ pub struct Metadata {
     /// What training measured (reported at `/readyz`).
     #[serde(default)]
     pub metrics: serde_json::Value,
+    /// How the real-time query is built; absent in older bundles (the session pulls the user).
+    #[serde(default)]
+    pub query: Option<QuerySpec>,
+}
+
+/// `metadata.json`'s `query`: a sequence model's weights and files.
+#[derive(Debug, Clone, Deserialize)]
+pub struct QuerySpec {
+    /// `sequence` (the only kind).
+    pub kind: String,
+    /// Weight of the k-th newest item.
+    pub weights: Vec<f32>,
+    /// The items' context embeddings (a file in the bundle).
+    pub context: String,
+    /// Users' training histories (a file in the bundle).
+    pub history: String,
+}
+
+/// `history.json`.
+#[derive(Debug, Deserialize)]
+struct HistoryFile {
+    bundle_id: String,
+    /// User → item ids, oldest first.
+    users: HashMap<String, Vec<String>>,
 }
 
 /// `reference.json`: scores the training script computed, for self-checks.
@@ -86,6 +117,8 @@ pub struct Bundle {
     pub item_index: HashMap<String, usize>,
     /// The self-check batch.
     pub reference: Reference,
+    /// The sequence model, if the bundle has one.
+    pub sequence: Option<SequenceQuery>,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, BundleError> {
@@ -95,6 +128,59 @@ fn read(path: &Path) -> Result<Vec<u8>, BundleError> {
 fn json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BundleError> {
     serde_json::from_slice(&read(path)?)
         .map_err(|e| BundleError::Malformed { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// A file named in `metadata.json`: a plain name inside the bundle folder.
+fn part(dir: &Path, name: &str) -> Result<PathBuf, BundleError> {
+    let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !plain || name.starts_with('.') {
+        return Err(BundleError::Malformed {
+            path: dir.join("metadata.json"),
+            message: format!("query file {name:?} is not a plain file name in the bundle"),
+        });
+    }
+    Ok(dir.join(name))
+}
+
+fn load_sequence(
+    dir: &Path,
+    metadata: &Metadata,
+    spec: &QuerySpec,
+    items: &EmbeddingTable,
+    item_index: &HashMap<String, usize>,
+) -> Result<SequenceQuery, BundleError> {
+    let malformed = |message: String| BundleError::Malformed { path: dir.join("metadata.json"), message };
+    if spec.kind != "sequence" {
+        return Err(malformed(format!("query kind {:?} is not one this origin builds (sequence)", spec.kind)));
+    }
+    if spec.weights.is_empty() || spec.weights.len() > MAX_QUERY_LENGTH || !spec.weights.iter().all(|w| w.is_finite()) {
+        return Err(malformed(format!("query weights must be 1..={MAX_QUERY_LENGTH} finite numbers")));
+    }
+    let context_path = part(dir, &spec.context)?;
+    let context = read_embeddings(&context_path, &metadata.bundle_id, metadata.dim)?;
+    if context.ids != items.ids {
+        return Err(BundleError::Mismatch(format!(
+            "{} does not list the items of items.emb in the same order",
+            context_path.display()
+        )));
+    }
+    let history_path = part(dir, &spec.history)?;
+    let file: HistoryFile = json(&history_path)?;
+    if file.bundle_id != metadata.bundle_id {
+        return Err(BundleError::Mismatch(format!("{} belongs to {:?}", history_path.display(), file.bundle_id)));
+    }
+    let mut history = HashMap::with_capacity(file.users.len());
+    for (user, ids) in file.users {
+        let rows =
+            ids.iter().map(|id| item_index.get(id).map(|&row| row as u32)).collect::<Option<Vec<u32>>>().ok_or_else(
+                || BundleError::Malformed {
+                    path: history_path.clone(),
+                    message: format!("user {user:?} has an item that is not in items.emb"),
+                },
+            )?;
+        history.insert(user, rows);
+    }
+    Ok(SequenceQuery::new(context, spec.weights.clone(), history))
 }
 
 /// Reads an embedding export file, checking it belongs to `bundle_id` and has `dim` columns.
@@ -153,8 +239,25 @@ impl Bundle {
         if reference.bundle_id != metadata.bundle_id {
             return Err(BundleError::Mismatch(format!("reference.json belongs to {:?}", reference.bundle_id)));
         }
-        let item_index = items.ids.iter().enumerate().map(|(row, id)| (id.clone(), row)).collect();
-        Ok(Bundle { dir: dir.to_path_buf(), metadata, items, item_index, reference })
+        let item_index: HashMap<String, usize> =
+            items.ids.iter().enumerate().map(|(row, id)| (id.clone(), row)).collect();
+        let sequence = match &metadata.query {
+            Some(spec) => Some(load_sequence(dir, &metadata, spec, &items, &item_index)?),
+            None => None,
+        };
+        Ok(Bundle { dir: dir.to_path_buf(), metadata, items, item_index, reference, sequence })
+    }
+
+    /// The real-time query for `user_id` (whose embedding is `user`, whose session is `session`:
+    /// item rows, newest first), and the item rows not to show them (sorted).
+    pub fn query(&self, user: &[f32], user_id: &str, session: &[usize]) -> (Vec<f32>, &[u32]) {
+        match &self.sequence {
+            Some(sequence) => (sequence.query(user, user_id, session), sequence.seen(user_id)),
+            None => {
+                let recent: Vec<&[f32]> = session.iter().map(|&row| self.items.row(row)).collect();
+                (session_query(user, &recent, SESSION_WEIGHT), &[])
+            }
+        }
     }
 
     /// The version id.
