@@ -17,10 +17,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade_e2e::{Origin, RedisServer, TempDir, bench_dir, bench_secs, closed_loop, p50_p99, run_cascade, small_tier};
-use cascade_shared::wire::{RecList, Source};
+use cascade_e2e::{
+    Origin, RedisServer, TempDir, bench_dir, bench_secs, closed_loop, open_loop, run_cascade, small_tier,
+};
 use rand::seq::SliceRandom;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const API_KEY: &str = "bench-internal-key-0123456789";
 const CONCURRENCY: usize = 32;
@@ -40,54 +41,6 @@ async fn sources(http: &reqwest::Client, origin: &Origin) -> anyhow::Result<Hash
         .filter_map(|l| l.split_once("\"} "))
         .filter_map(|(source, n)| Some((source.to_string(), n.trim().parse().ok()?)))
         .collect())
-}
-
-fn is_fallback(source: Source) -> bool {
-    !matches!(source, Source::Realtime | Source::CacheL1 | Source::CacheL2)
-}
-
-/// Requests at a fixed `rate` for `seconds`; latency counts from each request's scheduled time, so
-/// a slow server cannot hide queueing by slowing the client (no coordinated omission).
-async fn open_loop(http: &reqwest::Client, base: &str, paths: &[String], rate: f64, seconds: f64) -> Value {
-    let count = (rate * seconds) as usize;
-    let start = Instant::now() + Duration::from_millis(50);
-    let mut tasks = Vec::with_capacity(count);
-    for i in 0..count {
-        let due = start + Duration::from_secs_f64(i as f64 / rate);
-        tokio::time::sleep_until(due.into()).await;
-        let (http, url) = (http.clone(), format!("{base}{}", paths[i % paths.len()]));
-        tasks.push(tokio::spawn(async move {
-            let response = http.get(&url).bearer_auth(API_KEY).send().await;
-            let source = match response {
-                Ok(r) if r.status() == 200 => r.json::<RecList>().await.ok().map(|l| l.source),
-                _ => None,
-            };
-            (due.elapsed().as_secs_f64() * 1000.0, source)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(count);
-    let (mut errors, mut fallbacks) = (0u64, 0u64);
-    for task in tasks {
-        if let Ok((ms, source)) = task.await {
-            latencies.push(ms);
-            match source {
-                None => errors += 1,
-                Some(s) if is_fallback(s) => fallbacks += 1,
-                Some(_) => {}
-            }
-        }
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let (p50_ms, p99_ms) = p50_p99(&mut latencies);
-    json!({
-        "rate": rate,
-        "achieved_rate": latencies.len() as f64 / elapsed,
-        "requests": latencies.len(),
-        "errors": errors,
-        "fallbacks": fallbacks,
-        "p50_ms": p50_ms,
-        "p99_ms": p99_ms,
-    })
 }
 
 #[tokio::main]
@@ -148,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let step_paths = &open_paths[offset..offset + needed];
         offset += needed;
-        let point = open_loop(&http, &origin.url, step_paths, rate, 4.0).await;
+        let point = open_loop(&http, &origin.url, step_paths, API_KEY, rate, 4.0).await;
         eprintln!("open loop {point}");
         let p99 = point["p99_ms"].as_f64().unwrap_or(f64::INFINITY);
         let clean = point["fallbacks"].as_u64() == Some(0) && point["errors"].as_u64() == Some(0);
@@ -197,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
             let paths = &policy_paths[policy_offset..policy_offset + needed];
             policy_offset += needed;
             let seconds = needed as f64 / rate;
-            let figures = open_loop(&http, base, paths, rate, seconds).await;
+            let figures = open_loop(&http, base, paths, API_KEY, rate, seconds).await;
             eprintln!("batch policy {name} at {:.0}% ({rate:.0} req/s): {figures}", load * 100.0);
             point[name] = figures;
             tokio::time::sleep(Duration::from_millis(500)).await;

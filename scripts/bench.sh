@@ -37,6 +37,14 @@ if [ -f "$movielens/ratings.csv" ]; then
     python scripts/train.py --out "$CASCADE_MOVIELENS_BUNDLE.tmp" --movielens "$movielens"
     rm -rf "$CASCADE_MOVIELENS_BUNDLE" && mv "$CASCADE_MOVIELENS_BUNDLE.tmp" "$CASCADE_MOVIELENS_BUNDLE"
   fi
+  # The model before the sequence query (scripts/train.py at f441d45), for model_cost's side-by-side.
+  previous=f441d45
+  export CASCADE_PREVIOUS_BUNDLE=$bundles/movielens-previous-$previous
+  if [ ! -f "$CASCADE_PREVIOUS_BUNDLE/metadata.json" ] && git cat-file -e "$previous:scripts/train.py" 2>/dev/null; then
+    git show "$previous:scripts/train.py" >"$bundles/train-$previous.py"
+    python "$bundles/train-$previous.py" --out "$CASCADE_PREVIOUS_BUNDLE.tmp" --movielens "$movielens"
+    rm -rf "$CASCADE_PREVIOUS_BUNDLE" && mv "$CASCADE_PREVIOUS_BUNDLE.tmp" "$CASCADE_PREVIOUS_BUNDLE"
+  fi
 fi
 # `scripts/bench.sh` runs every benchmark; `scripts/bench.sh retrieval edge` runs those.
 if [ $# -gt 0 ]; then

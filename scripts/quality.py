@@ -187,9 +187,9 @@ def transitions(split, n_items, last, decay):
 BASELINES = {
     "mostpop": (most_pop, [{}]),
     "recentpop": (recent_pop, [{"half_life_days": h} for h in (7, 30, 180)]),
-    "itemknn": (item_knn, [{"neighbours": k} for k in (50, 200)]),
-    "ease": (ease, [{"lam": lam} for lam in (100, 300, 1000)]),
-    "transitions": (transitions, [{"last": n, "decay": d} for n in (5, 20) for d in (0.5, 0.8)]),
+    "itemknn": (item_knn, [{"neighbours": k} for k in (20, 50, 200)]),
+    "ease": (ease, [{"lam": lam} for lam in (10, 30, 100, 300, 1000)]),
+    "transitions": (transitions, [{"last": n, "decay": d} for n in (5, 10, 20, 50) for d in (0.5, 0.8, 0.9)]),
 }
 
 
@@ -305,6 +305,8 @@ def main():
                     help="report on the test split, or on the validation split (to tune Cascade's model)")
     ap.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
                     help="a training option for Cascade (scripts/train.py's Options), e.g. --set epochs=4")
+    ap.add_argument("--must-beat", default="", metavar="METHODS",
+                    help="exit 1 unless Cascade's mean HR@10 and NDCG@10 beat these methods' on every dataset")
     ap.add_argument("--out", default=str(ROOT / "target" / "cascade-bench" / "quality.json"))
     args = ap.parse_args()
     if args.seeds < 1:
@@ -330,6 +332,17 @@ def main():
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(table(report))
     log(f"wrote {out} in {report['seconds']:.0f} s")
+    failures = []
+    for rival in [m for m in args.must_beat.split(",") if m]:
+        for name, ds in report["datasets"].items():
+            ours, theirs = ds["methods"].get("cascade"), ds["methods"].get(rival)
+            if ours is None or theirs is None:
+                failures.append(f"{name}: --must-beat {rival} needs both cascade and {rival} in --methods")
+            elif not (ours["hr10"] > theirs["hr10"] and ours["ndcg10"] > theirs["ndcg10"]):
+                failures.append(f"{name}: cascade HR@10 {ours['hr10']} NDCG@10 {ours['ndcg10']} does not beat "
+                                f"{rival} {theirs['hr10']} / {theirs['ndcg10']}")
+    if failures:
+        sys.exit("quality check failed:\n  " + "\n  ".join(failures))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@
 #   2. shared's golden vectors on wasm32 under Node (wasm-bindgen-test),
 #   3. the end-to-end test (two Redis shards, the origin, the Worker under wrangler dev), the
 #      fault suite's short run among them (tests/e2e/faults.rs),
-#   4. the fuzz targets' corpus and a short generated run, and a 15 s soak,
+#   4. the fuzz targets' corpus and a short generated run, the quality harness's smoke run (Cascade
+#      must beat every baseline on ml-100k), and a 15 s soak,
 #   5. `wrangler deploy --dry-run`, printing the Worker bundle's gzip size, and the same for the
 #      staging and production environments (their rate-limit bindings present).
 set -euo pipefail
@@ -38,6 +39,10 @@ step "fuzz targets: their corpus (seeds and regressions) and a short generated r
 # (cargo-fuzz's layout) whose path dependencies lie outside it, so cargo hashes them by absolute
 # path: its target folder is per checkout (target/fuzz here), never shared between clones.
 (cd tests/fuzz && CARGO_TARGET_DIR=$PWD/../../target/fuzz cargo test --locked --test smoke)
+
+step "quality smoke: the harness on ml-100k, one seed, 2 training epochs (the table: python scripts/quality.py)"
+python scripts/quality.py --datasets ml-100k --seeds 1 --quick --out "$CARGO_TARGET_DIR/quality-smoke.json" \
+  --must-beat mostpop,recentpop,itemknn,ease,transitions
 
 step "soak smoke: 15 s of mixed load (the 10-minute run: SOAK_SECS=600 scripts/bench.sh soak)"
 SOAK_SECS=15 CASCADE_BIN=$CARGO_TARGET_DIR/debug/cascade cargo test -p cascade-e2e --bench soak

@@ -22,14 +22,20 @@ pub mod faults;
 pub fn relabel_bundle(source: &Path, dest: &Path, id: &str) {
     std::fs::create_dir_all(dest).expect("create bundle folder");
     std::fs::copy(source.join("model.pt"), dest.join("model.pt")).expect("copy model");
-    for file in ["users.emb", "items.emb"] {
+    for file in ["users.emb", "items.emb", "context.emb"] {
+        if !source.join(file).exists() {
+            continue; // context.emb: only bundles with a sequence model
+        }
         let bytes = std::fs::read(source.join(file)).expect("read embeddings");
         let table = cascade_shared::embedding::decode_file(&bytes).expect("decode embeddings");
         let ids: Vec<&str> = table.ids.iter().map(String::as_str).collect();
         let encoded = cascade_shared::embedding::encode_file(id, table.header.dim, &ids, &table.values);
         std::fs::write(dest.join(file), encoded).expect("write embeddings");
     }
-    for file in ["metadata.json", "reference.json"] {
+    for file in ["metadata.json", "reference.json", "history.json"] {
+        if !source.join(file).exists() {
+            continue;
+        }
         let mut json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(source.join(file)).expect("read")).expect("json");
         json["bundle_id"] = serde_json::json!(id);
@@ -543,4 +549,65 @@ pub async fn closed_loop(
         "p50_ms": p50_ms,
         "p99_ms": p99_ms,
     }))
+}
+
+/// Whether an answer came from the fallback chain (not real time, not a cache).
+pub fn is_fallback(source: cascade_shared::wire::Source) -> bool {
+    !matches!(
+        source,
+        cascade_shared::wire::Source::Realtime
+            | cascade_shared::wire::Source::CacheL1
+            | cascade_shared::wire::Source::CacheL2
+    )
+}
+
+/// Requests at a fixed `rate` for `seconds`; latency counts from each request's scheduled time, so
+/// a slow server cannot hide queueing by slowing the client (no coordinated omission).
+pub async fn open_loop(
+    http: &reqwest::Client,
+    base: &str,
+    paths: &[String],
+    bearer: &str,
+    rate: f64,
+    seconds: f64,
+) -> serde_json::Value {
+    let count = (rate * seconds) as usize;
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let (http, url, bearer) = (http.clone(), format!("{base}{}", paths[i % paths.len()]), bearer.to_string());
+        tasks.push(tokio::spawn(async move {
+            let response = http.get(&url).bearer_auth(bearer).send().await;
+            let source = match response {
+                Ok(r) if r.status() == 200 => r.json::<cascade_shared::wire::RecList>().await.ok().map(|l| l.source),
+                _ => None,
+            };
+            (due.elapsed().as_secs_f64() * 1000.0, source)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(count);
+    let (mut errors, mut fallbacks) = (0u64, 0u64);
+    for task in tasks {
+        if let Ok((ms, source)) = task.await {
+            latencies.push(ms);
+            match source {
+                None => errors += 1,
+                Some(s) if is_fallback(s) => fallbacks += 1,
+                Some(_) => {}
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (p50_ms, p99_ms) = p50_p99(&mut latencies);
+    serde_json::json!({
+        "rate": rate,
+        "achieved_rate": latencies.len() as f64 / elapsed,
+        "requests": latencies.len(),
+        "errors": errors,
+        "fallbacks": fallbacks,
+        "p50_ms": p50_ms,
+        "p99_ms": p99_ms,
+    })
 }

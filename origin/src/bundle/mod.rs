@@ -290,3 +290,73 @@ impl Bundle {
         self.metadata.titles.get(item_id).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cascade_shared::embedding::encode_file;
+    use serde_json::json;
+
+    use super::*;
+
+    const DIM: usize = 2;
+
+    /// A bundle of three items with a sequence model; `edit` changes it before it is loaded.
+    fn load_with(edit: impl FnOnce(&Path)) -> Result<Bundle, BundleError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path();
+        let values = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+        std::fs::write(path.join("items.emb"), encode_file("b", DIM, &["a", "b", "c"], &values)).unwrap();
+        std::fs::write(path.join("context.emb"), encode_file("b", DIM, &["a", "b", "c"], &values)).unwrap();
+        let metadata = json!({
+            "bundle_id": "b", "dim": DIM, "input_width": features::input_width(DIM),
+            "input_layout": features::input_layout(DIM), "pages": PAGES, "devices": DEVICES, "popular": ["a"],
+            "query": {"kind": "sequence", "weights": [1.0, 0.5], "context": "context.emb", "history": "history.json"},
+        });
+        std::fs::write(path.join("metadata.json"), metadata.to_string()).unwrap();
+        let history = json!({"bundle_id": "b", "users": {"u1": ["c", "a"]}});
+        std::fs::write(path.join("history.json"), history.to_string()).unwrap();
+        let reference = json!({"bundle_id": "b", "batch": {"inputs": [], "scores": []}});
+        std::fs::write(path.join("reference.json"), reference.to_string()).unwrap();
+        edit(path);
+        Bundle::load(path)
+    }
+
+    fn set_query(path: &Path, field: &str, value: serde_json::Value) {
+        let file = path.join("metadata.json");
+        let mut metadata: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        metadata["query"][field] = value;
+        std::fs::write(file, metadata.to_string()).unwrap();
+    }
+
+    #[test]
+    fn a_sequence_bundle_builds_queries_from_its_history() {
+        let bundle = load_with(|_| {}).unwrap();
+        // u1's newest item is a (weight 1), then c (0.5); neither is shown again.
+        let (query, seen) = bundle.query(&[0.0, 0.0], "u1", &[]);
+        assert_eq!((query, seen), (vec![1.5, 0.5], &[0, 2][..]));
+        // A session item (b) comes before the history.
+        assert_eq!(bundle.query(&[0.0, 0.0], "u1", &[1]).0, vec![0.5, 1.0]);
+    }
+
+    #[test]
+    fn mismatched_or_malformed_sequence_parts_are_refused_by_name() {
+        let error = |edit: fn(&Path)| load_with(edit).err().map(|e| e.to_string()).unwrap_or_default();
+        let reordered = error(|p| {
+            let values = [0.0; 6];
+            std::fs::write(p.join("context.emb"), encode_file("b", DIM, &["b", "a", "c"], &values)).unwrap();
+        });
+        assert!(reordered.contains("context.emb does not list the items"), "{reordered}");
+        let unknown = error(|p| {
+            std::fs::write(p.join("history.json"), r#"{"bundle_id": "b", "users": {"u1": ["zz"]}}"#).unwrap();
+        });
+        assert!(unknown.contains("history.json") && unknown.contains("not in items.emb"), "{unknown}");
+        let other = error(|p| std::fs::write(p.join("history.json"), r#"{"bundle_id": "x", "users": {}}"#).unwrap());
+        assert!(other.contains("belongs to \"x\""), "{other}");
+        let escape = error(|p| set_query(p, "history", json!("../history.json")));
+        assert!(escape.contains("not a plain file name"), "{escape}");
+        let empty = error(|p| set_query(p, "weights", json!([])));
+        assert!(empty.contains("query weights"), "{empty}");
+        let kind = error(|p| set_query(p, "kind", json!("transformer")));
+        assert!(kind.contains("\"transformer\""), "{kind}");
+    }
+}
