@@ -83,7 +83,9 @@ async fn main() -> anyhow::Result<()> {
     let mut curve = Vec::new();
     let mut max_rate = json!({"previous": 0.0, "sequence": 0.0});
     let mut offsets = [0usize; 2];
-    for (step, rate) in [100.0, 250.0, 500.0, 750.0, 1000.0, 1250.0, 1500.0, 2000.0].into_iter().enumerate() {
+    for (step, rate) in
+        [100.0, 250.0, 500.0, 750.0, 1000.0, 1250.0, 1500.0, 2000.0, 2500.0, 3000.0].into_iter().enumerate()
+    {
         let mut point = json!({"rate": rate});
         let mut order: Vec<usize> = vec![0, 1];
         if step % 2 == 1 {
@@ -138,6 +140,6 @@ async fn main() -> anyhow::Result<()> {
 /// The rate step below `rate` (0 for the first): a model's max rate only counts while every lower
 /// step also passed.
 fn rate_before(rate: f64) -> f64 {
-    let steps = [0.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 1250.0, 1500.0, 2000.0];
+    let steps = [0.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 1250.0, 1500.0, 2000.0, 2500.0, 3000.0];
     steps.windows(2).find(|w| w[1] == rate).map_or(0.0, |w| w[0])
 }

@@ -67,3 +67,40 @@ async fn the_origins_top_ten_for_held_out_users_is_the_harnesss() {
     }
     eprintln!("agreement: {identical}/{} users' top 10 identical, the rest differ only by tied scores", lists.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_the_bundle_does_not_know_gets_real_time_lists_from_their_session() {
+    let bundle = bundle_dir().unwrap();
+    let dir = TempDir::new("cascade-new-visitor").unwrap();
+    let config = dir.path().join("cascade.toml");
+    std::fs::write(&config, "[serving]\ndeadline_ms = 5000\n").unwrap();
+    let origin = Origin::start(&[
+        ("CASCADE_BUNDLE", bundle.display().to_string()),
+        ("CASCADE_API_KEYS", API_KEY.to_string()),
+        ("CASCADE_CONFIG", config.display().to_string()),
+    ])
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let recs = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).bearer_auth(API_KEY).send().await.unwrap().json::<RecList>().await.unwrap() }
+    };
+    let url = format!("{}/v1/users/new-visitor/recs?n=10", origin.url);
+    let cold = recs(url.clone()).await;
+    assert_eq!(cold.source, Source::Segment, "no embedding and no session: cold start");
+
+    // Two views: the query is made of those items alone.
+    let seen: Vec<String> = cold.items.iter().take(2).map(|i| i.id.clone()).collect();
+    for item in &seen {
+        let event = serde_json::json!({"user_id": "new-visitor", "kind": "view", "item_id": item});
+        let response =
+            http.post(format!("{}/v1/events", origin.url)).bearer_auth(API_KEY).json(&event).send().await.unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    let warm = recs(url).await;
+    assert_eq!(warm.source, Source::Realtime, "{}", origin.output());
+    assert_eq!(warm.items.len(), 10);
+    let ids = |list: &RecList| list.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    assert_ne!(ids(&warm), ids(&cold), "the session, not the segment, made this list");
+}

@@ -95,8 +95,12 @@ impl Recommender {
             tracing::warn!(user_id, %error, "precomputed list unavailable");
             None
         });
+        let session: Vec<usize> = recent.iter().filter_map(|id| self.bundle.item_index.get(id).copied()).collect();
         let user = match lookup {
             Ok(Some(user)) => user,
+            // A visitor the bundle does not know, with a session: a sequence model's query is made
+            // of their recent items alone.
+            Ok(None) if self.bundle.sequence.is_some() && !session.is_empty() => vec![0.0; self.bundle.metadata.dim],
             Ok(None) => return Err(Fallback { reason: FallbackReason::ColdStart, precomputed }),
             Err(StoreError::Unavailable { shard, message }) => {
                 tracing::warn!(user_id, shard, %message, "user's shard unavailable; falling back");
@@ -111,7 +115,6 @@ impl Recommender {
                 return Err(Fallback { reason: FallbackReason::CorruptEmbedding, precomputed });
             }
         };
-        let session: Vec<usize> = recent.iter().filter_map(|id| self.bundle.item_index.get(id).copied()).collect();
         let (user, seen) = self.bundle.query(&user, user_id, &session);
         let candidates: Option<Vec<usize>> = precomputed
             .as_ref()
