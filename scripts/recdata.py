@@ -58,22 +58,91 @@ class Split:
         self.train_times = train_times
 
 
-def split(data, which, seed):
-    """The held-out-last split; `which` is "test" or "valid"."""
+def split(data, which, seed, log_from=None):
+    """The held-out-last split; `which` is "test" or "valid". Interactions at or after `log_from`
+    (a feature log's, appended by `with_events`) are training data only: the held-out items are
+    the dataset's own, and the log's interactions follow the rest of each user's training sequence."""
     if which not in ("test", "valid"):
         raise ValueError(f"split must be test or valid, not {which}")
     cut = 1 if which == "test" else 2
     sequences, times = data.sequences(seed), data.timestamps(seed)
     train, held_out, train_times = [], {}, []
     for u, (seq, ts) in enumerate(zip(sequences, times)):
+        n = len(seq) if log_from is None else sum(1 for t in ts if t < log_from)
+        (seq, extra), (ts, extra_ts) = (seq[:n], seq[n:]), (ts[:n], ts[n:])
         if len(seq) >= 3:
-            train.append(seq[:-cut])
-            train_times.append(ts[:-cut])
+            train.append(seq[:-cut] + extra)
+            train_times.append(ts[:-cut] + extra_ts)
             held_out[u] = seq[-cut]
         else:
-            train.append(list(seq))
-            train_times.append(list(ts))
+            train.append(list(seq) + extra)
+            train_times.append(list(ts) + extra_ts)
     return Split(train, held_out, train_times)
+
+
+# Event kinds that count as an interaction when training from the feature log.
+LOG_KINDS = ("click", "add_to_cart", "purchase", "rate")
+
+
+def read_feature_log(folder, kinds=LOG_KINDS):
+    """The origin's feature log (docs/feature-log.md): served lists and events, joined by `rec_id`.
+
+    Returns (events, report): the events of `kinds` in time order (user id, item id, time in ms),
+    each counted once per idempotency key, and a report of what the log held: lists served,
+    events, events that cite a served list, clicks per position."""
+    import json
+
+    served, events, seen_keys = {}, [], set()
+    files = sorted(pathlib.Path(folder).glob("*.jsonl"))
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                entry = json.loads(line)
+                if entry.get("type") == "served":
+                    served[entry["rec_id"]] = entry
+                elif entry.get("type") == "event":
+                    event = entry["event"]
+                    key = event.get("idempotency_key")
+                    if key is not None:
+                        if key in seen_keys:
+                            continue
+                        seen_keys.add(key)
+                    events.append((event.get("timestamp_ms", entry["received_ms"]), event))
+    events.sort(key=lambda e: e[0])
+    cited = [e for _, e in events if e.get("rec_id") in served]
+    by_position = {}
+    for e in cited:
+        if e.get("position"):
+            by_position[e["position"]] = by_position.get(e["position"], 0) + 1
+    kept = [(e["user_id"], e["item_id"], t) for t, e in events if e.get("kind") in kinds and e.get("item_id")]
+    report = {"files": len(files), "served_lists": len(served), "events": len(events),
+              "events_citing_a_served_list": len(cited), "interactions": len(kept),
+              "kinds": list(kinds), "clicks_by_position": dict(sorted(by_position.items()))}
+    return kept, report
+
+
+def with_events(data, events):
+    """`data` with `events` (user id, item id, time) appended after every existing interaction, in
+    their order. New users join; items not in the catalogue are skipped (counted). Returns the
+    merged dataset, how many were skipped, and the first log interaction's time (`split`'s
+    `log_from`)."""
+    user_ids = list(data.user_ids)
+    uix = {u: k for k, u in enumerate(user_ids)}
+    iix = {i: k for k, i in enumerate(data.item_ids)}
+    start = max((t for (_, _, t) in data.rows), default=0) + 1
+    rows, skipped = list(data.rows), 0
+    for k, (user, item, _) in enumerate(events):
+        if item not in iix:
+            skipped += 1
+            continue
+        if user not in uix:
+            uix[user] = len(user_ids)
+            user_ids.append(user)
+        rows.append((uix[user], iix[item], start + k))
+    merged = Dataset(data.name, user_ids, data.item_ids, rows, data.titles, data.license)
+    return merged, skipped, start
 
 
 def load_movielens_csv(path):

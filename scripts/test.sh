@@ -40,7 +40,7 @@ step "fuzz targets: their corpus (seeds and regressions) and a short generated r
 # path: its target folder is per checkout (target/fuzz here), never shared between clones.
 (cd tests/fuzz && CARGO_TARGET_DIR=$PWD/../../target/fuzz cargo test --locked --test smoke)
 
-step "quality smoke: the harness on ml-100k, one seed, 2 training epochs (the table: python scripts/quality.py)"
+step "quality smoke: the harness on ml-100k, one seed, 4 training epochs (the table: python scripts/quality.py)"
 python scripts/quality.py --datasets ml-100k --seeds 1 --quick --out "$CARGO_TARGET_DIR/quality-smoke.json" \
   --must-beat mostpop,recentpop,itemknn,ease,transitions
 

@@ -198,7 +198,7 @@ def train_sequence(split, users, items, opts):
     recent, target, who = torch.tensor(recent), torch.tensor(target), torch.tensor(who)
     opt = torch.optim.Adam(model.parameters(), lr=opts.lr)
     gen = torch.Generator().manual_seed(opts.seed)
-    epochs = min(opts.epochs, 2) if opts.quick else opts.epochs
+    epochs = min(opts.epochs, 4) if opts.quick else opts.epochs
     for epoch in range(epochs):
         started, total = time.time(), 0.0
         perm = torch.randperm(len(target), generator=gen)
@@ -455,6 +455,9 @@ def main():
     ap.add_argument("--history", type=int, default=defaults.history, help="recent items in the query")
     ap.add_argument("--ranker-epochs", type=int, default=defaults.ranker_epochs)
     ap.add_argument("--seed", type=int, default=defaults.seed)
+    ap.add_argument("--feature-log", metavar="DIR",
+                    help="also train on the origin's feature log: its click/add_to_cart/purchase/rate events "
+                         "become interactions after the dataset's own (docs/feature-log.md)")
     args = ap.parse_args()
     if args.dim < 4 or args.dim > 1024:
         ap.error("--dim must be within 4..1024")
@@ -472,14 +475,24 @@ def main():
         data = recdata.find(args.dataset)
     else:
         data = generated_dataset(args.users, args.items, args.clusters, args.seed)
+    log_report, log_from = None, None
+    if args.feature_log:
+        if not pathlib.Path(args.feature_log).is_dir():
+            ap.error(f"--feature-log {args.feature_log}: not a folder")
+        events, log_report = recdata.read_feature_log(args.feature_log)
+        data, skipped, log_from = recdata.with_events(data, events)
+        log_report["skipped_unknown_items"] = skipped
+        log(f"feature log {args.feature_log}: {log_report}")
     log(f"{data.name}: {len(data.user_ids)} users, {len(data.item_ids)} items, {len(data.rows)} interactions")
-    split = recdata.split(data, "test", args.seed)
+    split = recdata.split(data, "test", args.seed, log_from)
     opts = Options(dim=args.dim, epochs=args.epochs, history=args.history, ranker_epochs=args.ranker_epochs,
                    seed=args.seed)
     out = pathlib.Path(args.out)
     metadata = train_bundle(data, split, opts, out)
     metrics = evaluate(out, split, data)
     metadata["metrics"] = metrics
+    if log_report is not None:
+        metadata["feature_log"] = log_report
     (out / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")
     log(f"held-out last interaction, {metrics['users_evaluated']} users: "
         f"served HR@10 {metrics['hr@10']:.4f} NDCG@10 {metrics['ndcg@10']:.4f} | "

@@ -57,6 +57,8 @@ pub struct Config {
     pub serving: ServingConfig,
     /// Per-user caches.
     pub cache: CacheConfig,
+    /// The feature log (served lists and events on disk; off unless `dir` is set).
+    pub feature_log: crate::feature_log::FeatureLogConfig,
 }
 
 impl Default for Config {
@@ -73,6 +75,7 @@ impl Default for Config {
             ranker: RankerConfig::default(),
             serving: ServingConfig::default(),
             cache: CacheConfig::default(),
+            feature_log: crate::feature_log::FeatureLogConfig::default(),
         }
     }
 }
@@ -131,6 +134,9 @@ impl Config {
         }
         if let Some(v) = env(env_names::REDIS_CLUSTER) {
             config.redis.cluster = split_list(&v);
+        }
+        if let Some(v) = env(env_names::FEATURE_LOG) {
+            config.feature_log.dir = (!v.is_empty()).then(|| PathBuf::from(v));
         }
         config.validate()?;
         Ok(config)
@@ -203,6 +209,15 @@ impl Config {
         }
         if !(1..=60_000).contains(&self.serving.deadline_ms) {
             return Err(config_error("serving.deadline_ms", "must be within 1..=60000"));
+        }
+        if !(1..=10_000_000).contains(&self.feature_log.capacity) {
+            return Err(config_error("feature_log.capacity", "must be within 1..=10000000"));
+        }
+        if self.feature_log.rotate_bytes < 4096 {
+            return Err(config_error("feature_log.rotate_bytes", "must be at least 4096"));
+        }
+        if !(0.0..=1.0).contains(&self.feature_log.query_sample) {
+            return Err(config_error("feature_log.query_sample", "must be within 0..=1"));
         }
         Ok(())
     }

@@ -36,6 +36,7 @@ pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod faults;
+pub mod feature_log;
 pub mod generate;
 pub mod health;
 pub mod http;

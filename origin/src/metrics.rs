@@ -101,6 +101,8 @@ pub struct Metrics {
     pub runtime_lag: Gauge,
     /// `cascade_brownout`: 1 while real-time ranking is paused for lack of CPU.
     pub brownout: IntGauge,
+    /// Feature log entries by outcome (`written`, `dropped`).
+    pub feature_log: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -145,7 +147,13 @@ impl Metrics {
             .unwrap_or_else(|_| unreachable!("static metric definition"));
         let brownout = IntGauge::new("cascade_brownout", "1 while real-time ranking is paused for lack of CPU")
             .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let feature_log = IntCounterVec::new(
+            Opts::new("cascade_feature_log_entries_total", "Feature log entries by outcome (written, dropped)"),
+            &["outcome"],
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
         Metrics {
+            feature_log: register(&registry, feature_log),
             cache_lookups: register(&registry, cache_lookups),
             pipeline_runs: register(&registry, pipeline_runs),
             requests: register(&registry, requests),

@@ -16,6 +16,8 @@ pub const MODE: &str = "CASCADE_MODE";
 pub const LISTEN: &str = "CASCADE_LISTEN";
 /// The model bundle folder.
 pub const BUNDLE: &str = "CASCADE_BUNDLE";
+/// The feature log's folder (served lists and events as JSON lines; empty or unset: off).
+pub const FEATURE_LOG: &str = "CASCADE_FEATURE_LOG";
 /// Comma-separated Redis shard URLs, in shard order.
 pub const REDIS_SHARDS: &str = "CASCADE_REDIS_SHARDS";
 /// Comma-separated seed URLs of a Redis Cluster holding the embeddings (instead of the shards).

@@ -7,6 +7,7 @@ mod cache_redis;
 mod edge;
 mod every_hop;
 mod faults;
+mod feature_log;
 mod origin_failures;
 mod precompute;
 mod quality;

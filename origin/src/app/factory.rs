@@ -13,6 +13,7 @@ use crate::brownout::Brownout;
 use crate::bundle::{Bundle, BundleError, read_embeddings};
 use crate::config::Config;
 use crate::faults::Faults;
+use crate::feature_log::FeatureLog;
 use crate::metrics::Metrics;
 use crate::ranking::{RankError, TorchRanker, pick_device};
 use crate::recommend::precomputed::{NoPrecomputed, PrecomputedLists, RedisPrecomputed};
@@ -50,6 +51,9 @@ pub enum BuildError {
     /// Another reload is in progress.
     #[error("another bundle is being loaded; retry when it is done")]
     Busy,
+    /// The feature log's folder cannot be created.
+    #[error("feature log: {0}")]
+    FeatureLog(String),
 }
 
 impl BuildError {
@@ -70,6 +74,7 @@ pub struct RecommenderFactory {
     shards: Option<Arc<ShardSet>>,
     faults: Option<Arc<Faults>>,
     brownout: Arc<Brownout>,
+    feature_log: Arc<FeatureLog>,
 }
 
 impl RecommenderFactory {
@@ -77,7 +82,18 @@ impl RecommenderFactory {
     pub fn new(config: Config, metrics: Arc<Metrics>, shards: Option<Arc<ShardSet>>) -> Self {
         let faults = config.serving.fault_injection.then(|| Arc::new(Faults::default()));
         let brownout = Brownout::new(Duration::from_millis(config.serving.brownout_lag_ms));
-        RecommenderFactory { config, metrics, shards, faults, brownout }
+        let feature_log = Arc::new(FeatureLog::off());
+        RecommenderFactory { config, metrics, shards, faults, brownout, feature_log }
+    }
+
+    /// The same factory, whose recommenders sample query vectors for `feature_log`.
+    pub fn with_feature_log(self, feature_log: Arc<FeatureLog>) -> Self {
+        RecommenderFactory { feature_log, ..self }
+    }
+
+    /// Where served lists and events are logged.
+    pub fn feature_log(&self) -> &Arc<FeatureLog> {
+        &self.feature_log
     }
 
     /// The brownout switch every recommender built here obeys (`serve` runs its probe).
@@ -135,6 +151,7 @@ impl RecommenderFactory {
             precomputed,
             faults: self.faults.clone(),
             brownout: Arc::clone(&self.brownout),
+            feature_log: Arc::clone(&self.feature_log),
         };
         let recommender = Recommender::new(
             bundle,

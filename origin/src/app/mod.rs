@@ -23,6 +23,7 @@ pub use serving::{Serving, Swapped};
 use crate::auth::Auth;
 use crate::cache::{RedisUserState, UserCaches};
 use crate::config::Config;
+use crate::feature_log::FeatureLog;
 use crate::metrics::Metrics;
 use crate::recommend::Recommender;
 use crate::redis::ShardSet;
@@ -48,8 +49,11 @@ impl App {
             [] => None,
             urls => Some(Arc::new(ShardSet::new(urls, config.redis.timeout())?)),
         };
-        let factory = Arc::new(RecommenderFactory::new(config.clone(), Arc::clone(&metrics), shards.clone()));
-        Ok(App { config, metrics, shards, factory })
+        let feature_log = FeatureLog::start(&config.feature_log, metrics.feature_log.clone())
+            .map_err(|e| BuildError::FeatureLog(e.to_string()))?;
+        let factory = RecommenderFactory::new(config.clone(), Arc::clone(&metrics), shards.clone())
+            .with_feature_log(Arc::new(feature_log));
+        Ok(App { config, metrics, shards, factory: Arc::new(factory) })
     }
 
     /// The recommender for the configured bundle.

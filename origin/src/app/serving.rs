@@ -33,6 +33,11 @@ pub struct Swapped {
 }
 
 impl Serving {
+    /// Where served lists and events are logged.
+    pub fn feature_log(&self) -> &Arc<crate::feature_log::FeatureLog> {
+        self.factory.feature_log()
+    }
+
     /// Serves `recommender`; reloads build with `factory`.
     pub fn new(recommender: Recommender, factory: Arc<RecommenderFactory>) -> Self {
         Serving { current: ArcSwap::from_pointee(recommender), factory, reloading: tokio::sync::Mutex::new(()) }

@@ -16,9 +16,26 @@ use super::AppState;
 use super::error::ApiError;
 use super::middleware::unix_now;
 use super::server_timing;
+use crate::feature_log::{Entry, LoggedItem, Served};
 use crate::recommend::Answer;
 
-fn recs_response(answer: Answer, cache_control: &'static str) -> Response {
+/// Logs the answer (when the feature log is on) and makes it the response.
+fn recs_response(state: &AppState, answer: Answer, cache_control: &'static str) -> Response {
+    let log = state.serving.feature_log();
+    if log.is_on() {
+        let list = &answer.list;
+        log.record(Entry::Served(Served {
+            ts_ms: unix_now().as_millis() as u64,
+            rec_id: list.rec_id.clone(),
+            user_id: list.user_id.clone(),
+            segment: list.segment.clone(),
+            source: list.source,
+            bundle_id: list.model_version.clone(),
+            variant: None,
+            items: LoggedItem::from_items(&list.items),
+            query: answer.query,
+        }));
+    }
     let mut response = Json(answer.list).into_response();
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&server_timing::header_value(&answer.timings)) {
@@ -37,7 +54,7 @@ pub async fn user_recs(
     validate_id("user_id", &user_id)?;
     let query = RecsQuery::parse(query.as_deref().unwrap_or(""))?;
     let answer = state.serving.current().user_recs(&user_id, query, &state.caches).await?;
-    Ok(recs_response(answer, "private, no-store"))
+    Ok(recs_response(&state, answer, "private, no-store"))
 }
 
 /// `GET /v1/segments/{segment}/recs?n=`.
@@ -50,7 +67,7 @@ pub async fn segment_recs(
     let params = QueryParams::parse(query.as_deref().unwrap_or(""))?;
     let n = parse_n(params.get("n"))?;
     let answer = state.serving.current().segment_recs(segment, n)?;
-    Ok(recs_response(answer, "public, max-age=60"))
+    Ok(recs_response(&state, answer, "public, max-age=60"))
 }
 
 /// `POST /v1/events`: a JSON batch, validated whole before any event is applied.
@@ -72,8 +89,17 @@ pub async fn events(
     if !is_json {
         return Err(FieldError::new("content-type", "must be application/json").into());
     }
-    let events = parse_events(&body, unix_now().as_millis() as u64)?;
+    let received_ms = unix_now().as_millis() as u64;
+    let events = parse_events(&body, received_ms)?;
     let accepted = state.caches.apply_events(&events, state.events_budget).await?;
+    let log = state.serving.feature_log();
+    if log.is_on() {
+        // Every event of an accepted batch; a retried batch logs again (its idempotency keys
+        // tell the copies apart: scripts/train.py keeps the first).
+        for event in events {
+            log.record(Entry::Event { received_ms, event });
+        }
+    }
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 

@@ -85,7 +85,7 @@ impl Recommender {
             let items = filter_items(precomputed, purchased, query.n);
             timings.add("total", started.elapsed());
             let list = self.list(Some(user_id), query.segment, Source::Precomputed, items, query.n);
-            return Ok(Answer { list, timings });
+            return Ok(Answer { list, timings, query: None });
         }
         let mut answer = self.segment_recs(query.segment, MAX_N)?;
         answer.list.user_id = Some(user_id.to_string());

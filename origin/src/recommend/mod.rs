@@ -36,6 +36,7 @@ use crate::brownout::Brownout;
 use crate::bundle::Bundle;
 use crate::cache::{ListKey, UserCaches, filter_items};
 use crate::faults::Faults;
+use crate::feature_log::FeatureLog;
 use crate::metrics::Metrics;
 use crate::ranking::Ranker;
 use crate::retrieval::Retriever;
@@ -98,6 +99,8 @@ pub struct Answer {
     pub list: RecList,
     /// Stage times.
     pub timings: Timings,
+    /// The real-time query vector, when the feature log sampled this list.
+    pub query: Option<Vec<f32>>,
 }
 
 /// The I/O components a recommender is built from.
@@ -116,6 +119,8 @@ pub struct Components {
     pub faults: Option<Arc<Faults>>,
     /// While on, real-time ranking is skipped (the CPU is saturated).
     pub brownout: Arc<Brownout>,
+    /// Where a sampled share of real-time queries is logged.
+    pub feature_log: Arc<FeatureLog>,
 }
 
 /// The recommender for one bundle: everything the request path needs, shared by all handlers.
@@ -129,6 +134,7 @@ pub struct Recommender {
     precomputed: Arc<dyn PrecomputedLists>,
     faults: Option<Arc<Faults>>,
     brownout: Arc<Brownout>,
+    feature_log: Arc<FeatureLog>,
     metrics: Arc<Metrics>,
     candidates: usize,
     deadline: Duration,
@@ -147,7 +153,7 @@ impl Recommender {
         candidates: usize,
         deadline: Duration,
     ) -> Self {
-        let Components { store, retriever, searches, ranker, precomputed, faults, brownout } = components;
+        let Components { store, retriever, searches, ranker, precomputed, faults, brownout, feature_log } = components;
         let popular = segments::popular_list(&bundle);
         let mut recommender = Recommender {
             bundle_id: Arc::from(bundle.id()),
@@ -159,6 +165,7 @@ impl Recommender {
             precomputed,
             faults,
             brownout,
+            feature_log,
             metrics,
             candidates,
             deadline,
@@ -247,7 +254,7 @@ impl Recommender {
         };
         let mut timings = Timings::default();
         timings.add("segment", started.elapsed());
-        Ok(Answer { list: self.list(None, segment, source, items, n), timings })
+        Ok(Answer { list: self.list(None, segment, source, items, n), timings, query: None })
     }
 
     /// A user's list (`GET /v1/users/{id}/recs`): L1, else L2, else real time within the deadline
@@ -305,11 +312,12 @@ impl Recommender {
             return Ok(Answer {
                 list: self.list(Some(user_id), query.segment, Source::CacheL1, items, query.n),
                 timings,
+                query: None,
             });
         }
-        let computed = caches
-            .get_or_compute(key, deadline, self.compute(user_id, query, &view.recent, deadline, &mut timings))
-            .await;
+        let mut sampled = None;
+        let compute = self.compute(user_id, query, &view.recent, deadline, &mut timings, &mut sampled);
+        let computed = caches.get_or_compute(key, deadline, compute).await;
         let fallback = match computed {
             Ok(entry) => {
                 timings.add("total", started.elapsed());
@@ -317,6 +325,7 @@ impl Recommender {
                 return Ok(Answer {
                     list: self.list(Some(user_id), query.segment, entry.source, items, query.n),
                     timings,
+                    query: sampled,
                 });
             }
             Err(fallback) => fallback,

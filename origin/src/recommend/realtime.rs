@@ -74,6 +74,7 @@ impl Recommender {
         recent: &[String],
         deadline: Instant,
         timings: &mut Timings,
+        sampled: &mut Option<Vec<f32>>,
     ) -> Result<Vec<RecItem>, Fallback> {
         let started = Instant::now();
         if self.brownout.is_on() {
@@ -116,6 +117,9 @@ impl Recommender {
             }
         };
         let (user, seen) = self.bundle.query(&user, user_id, &session);
+        if self.feature_log.sample_query() {
+            *sampled = Some(user.clone());
+        }
         let candidates: Option<Vec<usize>> = precomputed
             .as_ref()
             .map(|list| list.iter().filter_map(|item| self.bundle.item_index.get(&item.id).copied()).collect());

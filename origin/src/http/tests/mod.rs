@@ -126,6 +126,7 @@ async fn harness_over(popular: &[&str], refusal: Option<RankError>, config: Conf
         precomputed: Arc::new(NoPrecomputed),
         faults: None,
         brownout: Brownout::new(Duration::from_millis(10)),
+        feature_log: Arc::new(crate::feature_log::FeatureLog::off()),
     };
     let brownout = Arc::clone(&components.brownout);
     let deadline = std::time::Duration::from_millis(config.serving.deadline_ms);
