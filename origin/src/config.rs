@@ -59,6 +59,10 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The feature log (served lists and events on disk; off unless `dir` is set).
     pub feature_log: crate::feature_log::FeatureLogConfig,
+    /// A/B variants (`[[variants]]`): none, one bundle for everyone.
+    pub variants: Vec<crate::experiment::VariantConfig>,
+    /// Salt of the users' assignment to variants: a new salt reshuffles them.
+    pub variant_salt: String,
 }
 
 impl Default for Config {
@@ -76,6 +80,8 @@ impl Default for Config {
             serving: ServingConfig::default(),
             cache: CacheConfig::default(),
             feature_log: crate::feature_log::FeatureLogConfig::default(),
+            variants: Vec::new(),
+            variant_salt: "cascade".into(),
         }
     }
 }
@@ -219,6 +225,7 @@ impl Config {
         if !(0.0..=1.0).contains(&self.feature_log.query_sample) {
             return Err(config_error("feature_log.query_sample", "must be within 0..=1"));
         }
+        crate::experiment::validate(&self.variants).map_err(|(field, message)| config_error(&field, message))?;
         Ok(())
     }
 }

@@ -5,9 +5,9 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`commands`] | the `cascade` subcommands: `serve`, `load`, `precompute`, `reshard`, `index`, `plan` |
+//! | [`commands`] | the `cascade` subcommands: `serve`, `load`, `precompute`, `reshard`, `index`, `plan`, `report` |
 //! | [`http`] | the axum router, handlers, middleware, and the one error → status map |
-//! | [`app`] | the composition root: config → components, the recommender factory, bundle reloads |
+//! | [`app`] | the composition root: config → components, the recommender factory, bundle reloads, A/B variants |
 //! | [`config`] | the configuration file and environment, composed from each subsystem's settings |
 //! | [`auth`] | edge signatures and internal bearer keys (no HTTP types) |
 //! | [`recommend`] | the request path: caches → real time under a deadline → fallback chain |
@@ -16,7 +16,9 @@
 //! | [`retrieval`] | FAISS inner-product search over the item embeddings |
 //! | [`store`] | [`store::EmbeddingStore`]: in-process, N Redis shards, or a Redis Cluster |
 //! | [`redis`] | the shard set every Redis user shares, the URL parser, the lean RESP reader |
-//! | [`bundle`] | a model bundle on disk: metadata, embeddings, model path, consistency checks |
+//! | [`bundle`] | a model bundle on disk: metadata, embeddings, model path, the query (sequence model), consistency checks |
+//! | [`feature_log`] | served lists and events as JSON lines, written off the request path |
+//! | [`experiment`] | A/B variant settings and the users' salted-hash assignment |
 //! | [`generate`] | deterministic clustered embeddings for the scale tiers |
 //! | [`metrics`] | Prometheus metrics |
 //! | [`work_queue`] | [`work_queue::WorkQueue`]: blocking work behind a bounded queue that skips dead work |
@@ -35,6 +37,7 @@ pub mod bundle;
 pub mod cache;
 pub mod commands;
 pub mod config;
+pub mod experiment;
 pub mod faults;
 pub mod feature_log;
 pub mod generate;

@@ -103,6 +103,8 @@ pub struct Metrics {
     pub brownout: IntGauge,
     /// Feature log entries by outcome (`written`, `dropped`).
     pub feature_log: IntCounterVec,
+    /// User lists by A/B variant (`cascade_variant_lists_total{variant}`).
+    pub variant_lists: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -152,7 +154,13 @@ impl Metrics {
             &["outcome"],
         )
         .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let variant_lists = IntCounterVec::new(
+            Opts::new("cascade_variant_lists_total", "User lists served by A/B variant"),
+            &["variant"],
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
         Metrics {
+            variant_lists: register(&registry, variant_lists),
             feature_log: register(&registry, feature_log),
             cache_lookups: register(&registry, cache_lookups),
             pipeline_runs: register(&registry, pipeline_runs),

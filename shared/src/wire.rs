@@ -70,6 +70,9 @@ pub struct RecList {
     /// stored list). Empty in lists stored before rec ids.
     #[serde(default)]
     pub rec_id: String,
+    /// The A/B variant that served it, when an experiment is running (origin `[[variants]]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 impl RecList {

@@ -12,3 +12,4 @@ mod origin_failures;
 mod precompute;
 mod quality;
 mod reload;
+mod variants;

@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 use cascade_shared::config as env_names;
 
+pub mod variants;
+
 pub use factory::{BuildError, RecommenderFactory};
 pub use serving::{Serving, Swapped};
 
@@ -64,6 +66,25 @@ impl App {
     /// The configured bundle, served and reloadable.
     pub async fn serving(&self) -> Result<Serving, BuildError> {
         Ok(Serving::new(self.recommender().await?, Arc::clone(&self.factory)))
+    }
+
+    /// The A/B variants over `control` (the configured bundle, already serving): each
+    /// `[[variants]]` entry without a bundle of its own shares `control`, the others get theirs.
+    pub async fn variants(&self, control: Arc<Serving>) -> Result<variants::Variants, BuildError> {
+        if self.config.variants.is_empty() {
+            return Ok(variants::Variants::single(control));
+        }
+        let mut arms = Vec::new();
+        for variant in &self.config.variants {
+            let serving = match &variant.bundle {
+                Some(bundle) if *bundle != self.config.bundle => {
+                    Arc::new(Serving::new(self.factory.build(bundle).await?, Arc::clone(&self.factory)))
+                }
+                _ => Arc::clone(&control),
+            };
+            arms.push(variants::Arm { name: variant.name.clone(), weight: variant.weight, serving });
+        }
+        Ok(variants::Variants::new(arms, &self.config.variant_salt))
     }
 
     /// Per-user caches and state: on the shards when configured, else in process.

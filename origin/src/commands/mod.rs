@@ -8,6 +8,7 @@ pub mod keys;
 pub mod load;
 pub mod plan;
 pub mod precompute;
+pub mod report;
 pub mod reshard;
 pub mod serve;
 
@@ -33,6 +34,8 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Print the visitor-token key derived from CASCADE_SECRET (for the site's login service).
     TokenKey(keys::TokenKeyArgs),
+    /// Click-through per A/B variant, from the feature log.
+    Report(report::ReportArgs),
 }
 
 /// What a command printed for machines: its report, when it has one.
@@ -51,6 +54,7 @@ impl Command {
             Command::Load(args) => report(load::run(args).await?),
             Command::Precompute(args) => report(precompute::run(args).await?),
             Command::Reshard(args) => report(reshard::run(args).await?),
+            Command::Report(args) => report(report::run(&args)?),
             Command::Index(index::IndexCommand::Build(args)) => {
                 let built = tokio::task::spawn_blocking(move || index::build(&args.bundle, &args.factory)).await??;
                 report(built)

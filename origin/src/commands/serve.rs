@@ -22,14 +22,19 @@ pub struct ServeArgs {
 
 /// The HTTP state for an app: its recommender, caches and credentials.
 pub async fn build_state(app: &App) -> anyhow::Result<AppState> {
-    let serving = app.serving().await?;
-    Ok(AppState::new(
-        Arc::new(serving),
+    let serving = Arc::new(app.serving().await?);
+    let variants = app.variants(Arc::clone(&serving)).await?;
+    for arm in variants.arms().iter().filter(|arm| !arm.name.is_empty()) {
+        tracing::info!(variant = %arm.name, weight = arm.weight, bundle = arm.serving.current().bundle().id(), "variant");
+    }
+    let state = AppState::new(
+        serving,
         Arc::new(app.caches()),
         Arc::new(app.auth()),
         Arc::clone(&app.metrics),
         &app.config.serving,
-    ))
+    );
+    Ok(state.with_variants(variants))
 }
 
 /// Runs the server until SIGINT or SIGTERM.

@@ -11,19 +11,29 @@ use super::AppState;
 use super::error::ApiError;
 use super::middleware::unix_now;
 
-/// `POST /admin/bundle` `{"path": "/bundles/v2"}`: load, check and swap in a bundle (or roll back
-/// to an earlier one the same way). A wrong bundle is 422; a dependency that is down, 503.
+/// `POST /admin/bundle` `{"path": "/bundles/v2", "variant": "b"}`: load, check and swap in a
+/// bundle (or roll back to an earlier one the same way), for one A/B variant when named (else the
+/// control). A wrong bundle is 422; a dependency that is down, 503; an unknown variant, 404.
 pub async fn load_bundle(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     #[derive(serde::Deserialize)]
     struct LoadBundle {
         path: String,
+        #[serde(default)]
+        variant: Option<String>,
     }
     let request: LoadBundle = serde_json::from_slice(&body)
         .map_err(|e| FieldError::new("body", format!("expected {{\"path\": \"<bundle folder>\"}}: {e}")))?;
     if request.path.trim().is_empty() {
         return Err(FieldError::new("path", "must not be empty").into());
     }
-    let swapped = state.serving.load(std::path::Path::new(&request.path)).await?;
+    let serving = match &request.variant {
+        None => &state.serving,
+        Some(name) => match state.variants.get(name) {
+            Some(arm) => &arm.serving,
+            None => return Err(ApiError::NotFound(format!("no variant {name:?} (see [[variants]] in the config)"))),
+        },
+    };
+    let swapped = serving.load(std::path::Path::new(&request.path)).await?;
     Ok(Json(swapped).into_response())
 }
 

@@ -31,7 +31,7 @@ fn recs_response(state: &AppState, answer: Answer, cache_control: &'static str) 
             segment: list.segment.clone(),
             source: list.source,
             bundle_id: list.model_version.clone(),
-            variant: None,
+            variant: list.variant.clone(),
             items: LoggedItem::from_items(&list.items),
             query: answer.query,
         }));
@@ -53,7 +53,12 @@ pub async fn user_recs(
 ) -> Result<Response, ApiError> {
     validate_id("user_id", &user_id)?;
     let query = RecsQuery::parse(query.as_deref().unwrap_or(""))?;
-    let answer = state.serving.current().user_recs(&user_id, query, &state.caches).await?;
+    let arm = state.variants.assign(&user_id);
+    let mut answer = arm.serving.current().user_recs(&user_id, query, &state.caches).await?;
+    if state.variants.is_experiment() {
+        state.metrics.variant_lists.with_label_values(&[&arm.name]).inc();
+        answer.list.variant = Some(arm.name.clone());
+    }
     Ok(recs_response(&state, answer, "private, no-store"))
 }
 

@@ -44,6 +44,7 @@ use axum::routing::{get, post};
 use tokio::sync::Semaphore;
 
 use crate::app::Serving;
+use crate::app::variants::Variants;
 use crate::auth::Auth;
 use crate::cache::UserCaches;
 use crate::metrics::Metrics;
@@ -60,8 +61,11 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    /// The request path (swapped by bundle reloads).
+    /// The request path (swapped by bundle reloads): the control, which also answers segment
+    /// lists and `/readyz`.
     pub serving: Arc<Serving>,
+    /// Users' A/B variants (one unnamed arm, `serving`, when there is no experiment).
+    pub variants: Arc<Variants>,
     /// Credentials.
     pub auth: Arc<Auth>,
     /// Metrics.
@@ -86,6 +90,7 @@ impl AppState {
         settings: &ServingConfig,
     ) -> Self {
         AppState {
+            variants: Arc::new(Variants::single(Arc::clone(&serving))),
             serving,
             caches,
             auth,
@@ -94,6 +99,11 @@ impl AppState {
             events_budget: Duration::from_millis(settings.events_deadline_ms),
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
         }
+    }
+
+    /// The same state, with users split between `variants`.
+    pub fn with_variants(self, variants: Variants) -> Self {
+        AppState { variants: Arc::new(variants), ..self }
     }
 }
 

@@ -238,6 +238,7 @@ impl Recommender {
             model_version: self.bundle.id().to_string(),
             items,
             rec_id: cascade_shared::rec_id::new(now_ms, rand::random()),
+            variant: None,
         };
         list.number_positions();
         list
