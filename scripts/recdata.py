@@ -22,8 +22,9 @@ SHARED_DATA = HERE.parent.parent / "shared" / "data"
 class Dataset:
     """Interactions of one dataset: per user (index), the items (indices) in time order."""
 
-    def __init__(self, name, user_ids, item_ids, rows, titles=None, license=""):
+    def __init__(self, name, user_ids, item_ids, rows, titles=None, license="", categories=None):
         self.name = name
+        self.categories = categories or {}  # item id -> [category]
         self.user_ids = user_ids
         self.item_ids = item_ids
         self.rows = rows  # (user index, item index, timestamp)
@@ -141,24 +142,27 @@ def with_events(data, events):
             uix[user] = len(user_ids)
             user_ids.append(user)
         rows.append((uix[user], iix[item], start + k))
-    merged = Dataset(data.name, user_ids, data.item_ids, rows, data.titles, data.license)
+    merged = Dataset(data.name, user_ids, data.item_ids, rows, data.titles, data.license, data.categories)
     return merged, skipped, start
 
 
 def load_movielens_csv(path):
     """ml-latest-small (or any MovieLens in the ratings.csv/movies.csv layout)."""
     path = pathlib.Path(path)
-    titles = {}
+    titles, genres = {}, {}
     movies = path / "movies.csv"
     if movies.exists():
         with open(movies, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 titles[row["movieId"]] = row["title"]
+                genres[row["movieId"]] = [g for g in row.get("genres", "").split("|") if g and not g.startswith("(")]
     raw = []
     with open(path / "ratings.csv", newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             raw.append((row["userId"], row["movieId"], int(row["timestamp"])))
-    return _index("ml-latest-small", raw, titles, "GroupLens MovieLens terms (research use; see its README.txt)")
+    data = _index("ml-latest-small", raw, titles, "GroupLens MovieLens terms (research use; see its README.txt)")
+    data.categories = {i: genres[i] for i in data.item_ids if genres.get(i)}
+    return data
 
 
 def load_recbole_atomic(path, name):

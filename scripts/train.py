@@ -81,7 +81,7 @@ class Options:
 def generate(users, items, clusters, seed):
     """Clustered synthetic interactions: each item belongs to a taste cluster and has a Zipf
     popularity; each user likes one to three clusters. Returns (user_ids, item_ids, titles,
-    interactions as a time-ordered list of (user, item, page, device))."""
+    interactions as a time-ordered list of (user, item, page, device, order), item -> [its cluster])."""
     rng = np.random.default_rng(seed)
     item_cluster = rng.integers(0, clusters, size=items)
     popularity = 1.0 / np.arange(1, items + 1) ** 0.8
@@ -102,7 +102,7 @@ def generate(users, items, clusters, seed):
     user_ids = [f"u{u}" for u in range(users)]
     item_ids = [f"i{i}" for i in range(items)]
     titles = {f"i{i}": f"Item {i} (cluster {item_cluster[i]})" for i in range(items)}
-    return user_ids, item_ids, titles, interactions
+    return user_ids, item_ids, titles, interactions, {f"i{i}": [f"cluster-{item_cluster[i]}"] for i in range(items)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,9 +148,9 @@ def features(u_emb, i_emb, page, device):
 
 
 def generated_dataset(users, items, clusters, seed):
-    user_ids, item_ids, titles, interactions = generate(users, items, clusters, seed)
+    user_ids, item_ids, titles, interactions, categories = generate(users, items, clusters, seed)
     rows = [(u, i, t) for (u, i, _, _, t) in interactions]
-    return recdata.Dataset(f"generated-{users}x{items}", user_ids, item_ids, rows, titles, "generated")
+    return recdata.Dataset(f"generated-{users}x{items}", user_ids, item_ids, rows, titles, "generated", categories)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,6 +376,7 @@ def train_bundle(data, split, opts, out):
         "options": dataclasses.asdict(opts),
         "popular": popular,
         "titles": {i: t for i, t in data.titles.items() if t},
+        "categories": data.categories,
         "torch_version": torch.__version__,
         "created_unix": int(time.time()),
         "train_seconds": round(time.time() - started, 1),

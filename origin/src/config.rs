@@ -59,6 +59,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The feature log (served lists and events on disk; off unless `dir` is set).
     pub feature_log: crate::feature_log::FeatureLogConfig,
+    /// Business rules on the way out (`[rules]`).
+    pub rules: crate::recommend::list_rules::RulesConfig,
     /// A/B variants (`[[variants]]`): none, one bundle for everyone.
     pub variants: Vec<crate::experiment::VariantConfig>,
     /// Salt of the users' assignment to variants: a new salt reshuffles them.
@@ -80,6 +82,7 @@ impl Default for Config {
             serving: ServingConfig::default(),
             cache: CacheConfig::default(),
             feature_log: crate::feature_log::FeatureLogConfig::default(),
+            rules: crate::recommend::list_rules::RulesConfig::default(),
             variants: Vec::new(),
             variant_salt: "cascade".into(),
         }
@@ -224,6 +227,9 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.feature_log.query_sample) {
             return Err(config_error("feature_log.query_sample", "must be within 0..=1"));
+        }
+        if self.rules.seen_window > 10_000 || self.rules.seen_users == 0 {
+            return Err(config_error("rules", "seen_window must be within 0..=10000 and seen_users positive"));
         }
         crate::experiment::validate(&self.variants).map_err(|(field, message)| config_error(&field, message))?;
         Ok(())

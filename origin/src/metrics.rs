@@ -103,6 +103,8 @@ pub struct Metrics {
     pub brownout: IntGauge,
     /// Feature log entries by outcome (`written`, `dropped`).
     pub feature_log: IntCounterVec,
+    /// Items the rules removed, by rule (`cascade_rule_removals_total{rule}`).
+    pub rule_removals: IntCounterVec,
     /// User lists by A/B variant (`cascade_variant_lists_total{variant}`).
     pub variant_lists: IntCounterVec,
 }
@@ -159,7 +161,13 @@ impl Metrics {
             &["variant"],
         )
         .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let rule_removals = IntCounterVec::new(
+            Opts::new("cascade_rule_removals_total", "Items removed from answers by rule"),
+            &["rule"],
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
         Metrics {
+            rule_removals: register(&registry, rule_removals),
             variant_lists: register(&registry, variant_lists),
             feature_log: register(&registry, feature_log),
             cache_lookups: register(&registry, cache_lookups),

@@ -12,4 +12,5 @@ mod origin_failures;
 mod precompute;
 mod quality;
 mod reload;
+mod rules;
 mod variants;

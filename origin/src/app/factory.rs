@@ -16,6 +16,7 @@ use crate::faults::Faults;
 use crate::feature_log::FeatureLog;
 use crate::metrics::Metrics;
 use crate::ranking::{RankError, TorchRanker, pick_device};
+use crate::recommend::list_rules::ListRules;
 use crate::recommend::precomputed::{NoPrecomputed, PrecomputedLists, RedisPrecomputed};
 use crate::recommend::{Components, Recommender};
 use crate::redis::{ShardError, ShardSet};
@@ -75,6 +76,7 @@ pub struct RecommenderFactory {
     faults: Option<Arc<Faults>>,
     brownout: Arc<Brownout>,
     feature_log: Arc<FeatureLog>,
+    rules: Arc<ListRules>,
 }
 
 impl RecommenderFactory {
@@ -83,7 +85,8 @@ impl RecommenderFactory {
         let faults = config.serving.fault_injection.then(|| Arc::new(Faults::default()));
         let brownout = Brownout::new(Duration::from_millis(config.serving.brownout_lag_ms));
         let feature_log = Arc::new(FeatureLog::off());
-        RecommenderFactory { config, metrics, shards, faults, brownout, feature_log }
+        let rules = Arc::new(ListRules::new(&config.rules, Some(metrics.rule_removals.clone())));
+        RecommenderFactory { config, metrics, shards, faults, brownout, feature_log, rules }
     }
 
     /// The same factory, whose recommenders sample query vectors for `feature_log`.
@@ -152,6 +155,7 @@ impl RecommenderFactory {
             faults: self.faults.clone(),
             brownout: Arc::clone(&self.brownout),
             feature_log: Arc::clone(&self.feature_log),
+            rules: Arc::clone(&self.rules),
         };
         let recommender = Recommender::new(
             bundle,

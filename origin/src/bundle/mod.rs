@@ -69,6 +69,9 @@ pub struct Metadata {
     /// What training measured (reported at `/readyz`).
     #[serde(default)]
     pub metrics: serde_json::Value,
+    /// Item → categories (genres, clusters), for the category cap rule.
+    #[serde(default)]
+    pub categories: HashMap<String, Vec<String>>,
     /// How the real-time query is built; absent in older bundles (the session pulls the user).
     #[serde(default)]
     pub query: Option<QuerySpec>,

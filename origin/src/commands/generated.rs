@@ -50,6 +50,7 @@ pub fn write_bundle(generator: &Generator, out: &Path, model_from: Option<&Path>
         metadata["bundle_id"] = serde_json::json!(bundle_id);
         metadata["dataset"] = serde_json::json!(format!("generated: {bundle_id}"));
         metadata["titles"] = serde_json::json!({});
+        metadata["categories"] = serde_json::json!({});
         // Generated vectors have no sequence model or histories: the query is the user's vector,
         // pulled by the session (docs/bundle.md, a bundle without `query`).
         if let Some(fields) = metadata.as_object_mut() {

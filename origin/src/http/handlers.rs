@@ -54,7 +54,9 @@ pub async fn user_recs(
     validate_id("user_id", &user_id)?;
     let query = RecsQuery::parse(query.as_deref().unwrap_or(""))?;
     let arm = state.variants.assign(&user_id);
-    let mut answer = arm.serving.current().user_recs(&user_id, query, &state.caches).await?;
+    let recommender = arm.serving.current();
+    let mut answer = recommender.user_recs(&user_id, query, &state.caches).await?;
+    recommender.remember_shown(&user_id, &answer.list.items);
     if state.variants.is_experiment() {
         state.metrics.variant_lists.with_label_values(&[&arm.name]).inc();
         answer.list.variant = Some(arm.name.clone());

@@ -18,6 +18,7 @@
 //! personal one). Every stage runs inside the request's one deadline.
 
 pub mod fallback;
+pub mod list_rules;
 pub mod precomputed;
 pub mod realtime;
 pub mod segments;
@@ -34,7 +35,7 @@ use serde::Deserialize;
 
 use crate::brownout::Brownout;
 use crate::bundle::Bundle;
-use crate::cache::{ListKey, UserCaches, filter_items};
+use crate::cache::{ListKey, UserCaches};
 use crate::faults::Faults;
 use crate::feature_log::FeatureLog;
 use crate::metrics::Metrics;
@@ -43,6 +44,7 @@ use crate::retrieval::Retriever;
 use crate::store::{ComponentHealth, EmbeddingStore, StoreError};
 use crate::work_queue::WorkQueue;
 use fallback::{Fallback, FallbackReason};
+use list_rules::ListRules;
 use precomputed::PrecomputedLists;
 pub use timings::Timings;
 
@@ -121,6 +123,8 @@ pub struct Components {
     pub brownout: Arc<Brownout>,
     /// Where a sampled share of real-time queries is logged.
     pub feature_log: Arc<FeatureLog>,
+    /// Business rules on the way out (shared by every bundle: the impressions memory survives reloads).
+    pub rules: Arc<ListRules>,
 }
 
 /// The recommender for one bundle: everything the request path needs, shared by all handlers.
@@ -135,6 +139,7 @@ pub struct Recommender {
     faults: Option<Arc<Faults>>,
     brownout: Arc<Brownout>,
     feature_log: Arc<FeatureLog>,
+    rules: Arc<ListRules>,
     metrics: Arc<Metrics>,
     candidates: usize,
     deadline: Duration,
@@ -153,7 +158,8 @@ impl Recommender {
         candidates: usize,
         deadline: Duration,
     ) -> Self {
-        let Components { store, retriever, searches, ranker, precomputed, faults, brownout, feature_log } = components;
+        let Components { store, retriever, searches, ranker, precomputed, faults, brownout, feature_log, rules } =
+            components;
         let popular = segments::popular_list(&bundle);
         let mut recommender = Recommender {
             bundle_id: Arc::from(bundle.id()),
@@ -166,6 +172,7 @@ impl Recommender {
             faults,
             brownout,
             feature_log,
+            rules,
             metrics,
             candidates,
             deadline,
@@ -174,6 +181,16 @@ impl Recommender {
         };
         recommender.segment_lists = recommender.rank_segment_lists().await;
         recommender
+    }
+
+    /// A user's full list as they may see it: the rules applied ([`list_rules`]), cut to `n`.
+    fn finish(&self, items: &[RecItem], user_id: &str, purchased: &HashSet<String>, n: usize) -> Vec<RecItem> {
+        self.rules.finish(items, Some(user_id), purchased, &self.bundle.metadata.categories, n)
+    }
+
+    /// Remembers what `user_id` was shown (the `seen_window` rule).
+    pub fn remember_shown(&self, user_id: &str, items: &[RecItem]) {
+        self.rules.remember(user_id, items);
     }
 
     /// The bundle being served.
@@ -309,7 +326,7 @@ impl Recommender {
         let cached = caches.get(&key).await;
         timings.add("cache", lookup.elapsed());
         if let Some(entry) = cached {
-            let items = filter_items(&entry.items, &view.purchased, query.n);
+            let items = self.finish(&entry.items, user_id, &view.purchased, query.n);
             return Ok(Answer {
                 list: self.list(Some(user_id), query.segment, Source::CacheL1, items, query.n),
                 timings,
@@ -322,7 +339,7 @@ impl Recommender {
         let fallback = match computed {
             Ok(entry) => {
                 timings.add("total", started.elapsed());
-                let items = filter_items(&entry.items, &view.purchased, query.n);
+                let items = self.finish(&entry.items, user_id, &view.purchased, query.n);
                 return Ok(Answer {
                     list: self.list(Some(user_id), query.segment, entry.source, items, query.n),
                     timings,

@@ -127,6 +127,7 @@ async fn harness_over(popular: &[&str], refusal: Option<RankError>, config: Conf
         faults: None,
         brownout: Brownout::new(Duration::from_millis(10)),
         feature_log: Arc::new(crate::feature_log::FeatureLog::off()),
+        rules: Arc::new(crate::recommend::list_rules::ListRules::new(&config.rules, None)),
     };
     let brownout = Arc::clone(&components.brownout);
     let deadline = std::time::Duration::from_millis(config.serving.deadline_ms);

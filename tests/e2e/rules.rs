@@ -1,0 +1,75 @@
+//! Business rules on the real origin (`[rules]`): a user's next list leaves out what they were
+//! just shown (including when it is an L1 hit), no category fills more than its cap, blocked items
+//! never appear, and each removal is counted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::collections::{HashMap, HashSet};
+
+use cascade_e2e::{Origin, TempDir, bundle_dir};
+use cascade_shared::wire::{RecList, Source};
+use serde_json::Value;
+
+const API_KEY: &str = "e2e-internal-key-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seen_items_category_caps_and_blocks_hold_on_every_answer() {
+    let bundle = bundle_dir().unwrap();
+    let metadata: Value = serde_json::from_slice(&std::fs::read(bundle.join("metadata.json")).unwrap()).unwrap();
+    let categories: HashMap<String, Vec<String>> = serde_json::from_value(metadata["categories"].clone()).unwrap();
+    assert!(!categories.is_empty(), "the bundle has item categories");
+    let dir = TempDir::new("cascade-rules").unwrap();
+    let http = reqwest::Client::new();
+    let recs = |origin: &Origin, user: &str| {
+        let (http, url) = (http.clone(), format!("{}/v1/users/{user}/recs?n=10", origin.url));
+        async move { http.get(url).bearer_auth(API_KEY).send().await.unwrap().json::<RecList>().await.unwrap() }
+    };
+    let start = |rules: &str| {
+        let config = dir.path().join(format!("{}.toml", rules.len()));
+        std::fs::write(&config, format!("[serving]\ndeadline_ms = 5000\n[rules]\n{rules}")).unwrap();
+        let bundle = bundle.display().to_string();
+        async move {
+            Origin::start(&[
+                ("CASCADE_BUNDLE", bundle),
+                ("CASCADE_API_KEYS", API_KEY.to_string()),
+                ("CASCADE_CONFIG", config.display().to_string()),
+            ])
+            .await
+            .unwrap()
+        }
+    };
+
+    // Without rules, u1's top item and its category's share.
+    let plain = start("").await;
+    let before = recs(&plain, "u1").await;
+    let blocked = before.items[0].id.clone();
+    drop(plain);
+
+    let origin = start(&format!("seen_window = 100\nmax_per_category = 2\nblock = [{blocked:?}]\n")).await;
+    let first = recs(&origin, "u1").await;
+    let second = recs(&origin, "u1").await;
+    let third = recs(&origin, "u1").await;
+    assert_eq!(first.source, Source::Realtime);
+    assert_eq!(second.source, Source::CacheL1, "the rules apply to cached lists on the way out");
+    for list in [&first, &second, &third] {
+        assert_eq!(list.items.len(), 10, "{list:?}");
+        assert!(list.items.iter().all(|i| i.id != blocked), "blocked {blocked} served");
+        let mut per_category: HashMap<&str, usize> = HashMap::new();
+        for item in &list.items {
+            for category in categories.get(&item.id).into_iter().flatten() {
+                *per_category.entry(category).or_default() += 1;
+            }
+        }
+        assert!(per_category.values().all(|&n| n <= 2), "{per_category:?}");
+    }
+    let ids = |list: &RecList| list.items.iter().map(|i| i.id.clone()).collect::<HashSet<_>>();
+    assert!(ids(&first).is_disjoint(&ids(&second)), "the second list repeats the first");
+    assert!(ids(&third).is_disjoint(&ids(&first)) && ids(&third).is_disjoint(&ids(&second)));
+    // Another user is not affected by u1's impressions.
+    assert!(recs(&origin, "u2").await.items.len() == 10);
+    let metrics = http.get(format!("{}/metrics", origin.url)).send().await.unwrap().text().await.unwrap();
+    for rule in ["seen", "blocked", "category_cap"] {
+        let line = format!("cascade_rule_removals_total{{rule=\"{rule}\"}}");
+        assert!(metrics.contains(&line), "{rule} not counted: {metrics}");
+    }
+}
