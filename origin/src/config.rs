@@ -59,6 +59,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The feature log (served lists and events on disk; off unless `dir` is set).
     pub feature_log: crate::feature_log::FeatureLogConfig,
+    /// The catalogue's live state (`[catalogue]`).
+    pub catalogue: crate::catalogue::CatalogueConfig,
     /// Business rules on the way out (`[rules]`).
     pub rules: crate::recommend::list_rules::RulesConfig,
     /// A/B variants (`[[variants]]`): none, one bundle for everyone.
@@ -82,6 +84,7 @@ impl Default for Config {
             serving: ServingConfig::default(),
             cache: CacheConfig::default(),
             feature_log: crate::feature_log::FeatureLogConfig::default(),
+            catalogue: crate::catalogue::CatalogueConfig::default(),
             rules: crate::recommend::list_rules::RulesConfig::default(),
             variants: Vec::new(),
             variant_salt: "cascade".into(),

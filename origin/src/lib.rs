@@ -17,6 +17,7 @@
 //! | [`store`] | [`store::EmbeddingStore`]: in-process, N Redis shards, or a Redis Cluster |
 //! | [`redis`] | the shard set every Redis user shares, the URL parser, the lean RESP reader |
 //! | [`bundle`] | a model bundle on disk: metadata, embeddings, model path, the query (sequence model), consistency checks |
+//! | [`catalogue`] | items hidden, deleted or expiring, applied on the way out; kept in a file |
 //! | [`feature_log`] | served lists and events as JSON lines, written off the request path |
 //! | [`experiment`] | A/B variant settings and the users' salted-hash assignment |
 //! | [`generate`] | deterministic clustered embeddings for the scale tiers |
@@ -35,6 +36,7 @@ pub mod auth;
 pub mod brownout;
 pub mod bundle;
 pub mod cache;
+pub mod catalogue;
 pub mod commands;
 pub mod config;
 pub mod experiment;

@@ -4,6 +4,7 @@
 
 mod cache;
 mod cache_redis;
+mod catalogue;
 mod edge;
 mod every_hop;
 mod faults;

@@ -11,6 +11,7 @@ use faiss::Index;
 
 use crate::brownout::Brownout;
 use crate::bundle::{Bundle, BundleError, read_embeddings};
+use crate::catalogue::Catalogue;
 use crate::config::Config;
 use crate::faults::Faults;
 use crate::feature_log::FeatureLog;
@@ -52,6 +53,9 @@ pub enum BuildError {
     /// Another reload is in progress.
     #[error("another bundle is being loaded; retry when it is done")]
     Busy,
+    /// The catalogue's file cannot be read.
+    #[error(transparent)]
+    Catalogue(#[from] crate::catalogue::CatalogueError),
     /// The feature log's folder cannot be created.
     #[error("feature log: {0}")]
     FeatureLog(String),
@@ -77,6 +81,7 @@ pub struct RecommenderFactory {
     brownout: Arc<Brownout>,
     feature_log: Arc<FeatureLog>,
     rules: Arc<ListRules>,
+    catalogue: Arc<Catalogue>,
 }
 
 impl RecommenderFactory {
@@ -86,12 +91,25 @@ impl RecommenderFactory {
         let brownout = Brownout::new(Duration::from_millis(config.serving.brownout_lag_ms));
         let feature_log = Arc::new(FeatureLog::off());
         let rules = Arc::new(ListRules::new(&config.rules, Some(metrics.rule_removals.clone())));
-        RecommenderFactory { config, metrics, shards, faults, brownout, feature_log, rules }
+        let catalogue = Arc::new(Catalogue::default());
+        RecommenderFactory { config, metrics, shards, faults, brownout, feature_log, rules, catalogue }
     }
 
     /// The same factory, whose recommenders sample query vectors for `feature_log`.
     pub fn with_feature_log(self, feature_log: Arc<FeatureLog>) -> Self {
         RecommenderFactory { feature_log, ..self }
+    }
+
+    /// The same factory, whose recommenders withhold what `catalogue` hides, deletes or expires.
+    pub fn with_catalogue(self, catalogue: Arc<Catalogue>) -> Self {
+        let rules = ListRules::new(&self.config.rules, Some(self.metrics.rule_removals.clone()))
+            .with_catalogue(Arc::clone(&catalogue));
+        RecommenderFactory { rules: Arc::new(rules), catalogue, ..self }
+    }
+
+    /// The catalogue's live state.
+    pub fn catalogue(&self) -> &Arc<Catalogue> {
+        &self.catalogue
     }
 
     /// Where served lists and events are logged.

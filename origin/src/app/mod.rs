@@ -53,8 +53,10 @@ impl App {
         };
         let feature_log = FeatureLog::start(&config.feature_log, metrics.feature_log.clone())
             .map_err(|e| BuildError::FeatureLog(e.to_string()))?;
+        let catalogue = crate::catalogue::Catalogue::open(&config.catalogue)?;
         let factory = RecommenderFactory::new(config.clone(), Arc::clone(&metrics), shards.clone())
-            .with_feature_log(Arc::new(feature_log));
+            .with_feature_log(Arc::new(feature_log))
+            .with_catalogue(Arc::new(catalogue));
         Ok(App { config, metrics, shards, factory: Arc::new(factory) })
     }
 

@@ -33,6 +33,11 @@ pub struct Swapped {
 }
 
 impl Serving {
+    /// The catalogue's live state.
+    pub fn catalogue(&self) -> &Arc<crate::catalogue::Catalogue> {
+        self.factory.catalogue()
+    }
+
     /// Where served lists and events are logged.
     pub fn feature_log(&self) -> &Arc<crate::feature_log::FeatureLog> {
         self.factory.feature_log()

@@ -5,6 +5,7 @@
 //! [`ApiError::classify`] decides the answer by an exhaustive match. Client errors are answered and
 //! logged at debug; server errors are logged once, here.
 
+use crate::catalogue::CatalogueError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cascade_shared::validate::FieldError;
@@ -45,6 +46,9 @@ pub enum ApiError {
     /// No list at all could be served.
     #[error(transparent)]
     Recommend(#[from] RecommendError),
+    /// A catalogue change was refused or could not be saved.
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
 }
 
 /// How an error is answered.
@@ -71,6 +75,10 @@ impl ApiError {
             ApiError::Reload(BuildError::Busy) => (StatusCode::CONFLICT, "reload_in_progress", true),
             ApiError::Reload(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bundle_rejected", false),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", true),
+            ApiError::Catalogue(CatalogueError::Deleted(_)) => (StatusCode::CONFLICT, "item_deleted", false),
+            ApiError::Catalogue(CatalogueError::Persist { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "catalogue_unavailable", true)
+            }
             ApiError::TimedOut(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout", true),
             ApiError::Events(_) => (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", true),
             ApiError::Recommend(RecommendError::NothingToServe(_)) => {
@@ -97,6 +105,9 @@ impl ApiError {
                 "a store the bundle needs did not answer; the current bundle keeps serving; retry".into()
             }
             ApiError::Reload(BuildError::Task(_)) => "internal error while loading the bundle; see the log".into(),
+            ApiError::Catalogue(CatalogueError::Persist { .. }) => {
+                "the catalogue's state could not be saved; nothing changed; retry".into()
+            }
             other => other.to_string(),
         }
     }

@@ -5,6 +5,7 @@
 //! | `GET /v1/users/{user_id}/recs?n=&page=&device=&country=` | a user's list (signed or bearer) |
 //! | `GET /v1/segments/{segment}/recs?n=` | a segment's list (what the edge caches) |
 //! | `POST /v1/events` | user actions, validated and deduplicated (bearer key only) |
+//! | `PUT/PATCH/DELETE /v1/items/{item_id}` | hide, unhide, expire or delete an item (bearer key only) |
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness with degraded components, Prometheus |
 //! | `POST /admin/bundle` `{"path": …}` | load, check and swap in a model bundle (bearer key only) |
 //! | `POST /admin/tokens` `{"user_id": …}` | a signed-in visitor token for the edge (bearer key only) |
@@ -26,6 +27,7 @@
 //! `tower::ServiceExt::oneshot` (`http/tests.rs`).
 
 pub mod admin;
+pub mod catalogue;
 pub mod error;
 pub mod handlers;
 pub mod middleware;
@@ -117,6 +119,10 @@ pub fn router(state: AppState) -> Router {
         .route_layer(from_fn_with_state(state.clone(), middleware::authenticate));
     let writes = Router::new()
         .route("/v1/events", post(handlers::events))
+        .route(
+            "/v1/items/{item_id}",
+            axum::routing::put(catalogue::put_item).patch(catalogue::patch_item).delete(catalogue::delete_item),
+        )
         .route_layer(from_fn_with_state(state.clone(), middleware::authenticate_internal));
     let api = reads.merge(writes).route_layer(from_fn_with_state(state.clone(), middleware::time_limit));
     let admin = Router::new()

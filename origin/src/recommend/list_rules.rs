@@ -9,6 +9,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use cascade_shared::wire::RecItem;
+
+use crate::catalogue::Catalogue;
 use prometheus::IntCounterVec;
 use serde::Deserialize;
 
@@ -39,6 +41,7 @@ pub struct ListRules {
     block: HashSet<String>,
     seen: Option<moka::sync::Cache<String, Arc<Mutex<VecDeque<String>>>>>,
     removals: Option<IntCounterVec>,
+    catalogue: Arc<Catalogue>,
 }
 
 impl ListRules {
@@ -50,7 +53,13 @@ impl ListRules {
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build()
         });
-        ListRules { config: config.clone(), block: config.block.iter().cloned().collect(), seen, removals }
+        let block = config.block.iter().cloned().collect();
+        ListRules { config: config.clone(), block, seen, removals, catalogue: Arc::new(Catalogue::default()) }
+    }
+
+    /// The same rules, withholding what `catalogue` hides, deletes or expires.
+    pub fn with_catalogue(self, catalogue: Arc<Catalogue>) -> Self {
+        ListRules { catalogue, ..self }
     }
 
     /// No rules but the purchases filter.
@@ -77,11 +86,16 @@ impl ListRules {
         };
         let mut per_category: HashMap<&str, usize> = HashMap::new();
         let mut kept = Vec::with_capacity(n);
+        let now_ms = (!self.catalogue.is_empty()).then(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+        });
         for item in items {
             if kept.len() == n {
                 break;
             }
-            let rule = if purchased.contains(&item.id) {
+            let rule = if let Some(reason) = now_ms.and_then(|now| self.catalogue.withheld(&item.id, now)) {
+                Some(reason)
+            } else if purchased.contains(&item.id) {
                 Some("purchased")
             } else if self.block.contains(&item.id) {
                 Some("blocked")

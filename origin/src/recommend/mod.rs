@@ -272,6 +272,7 @@ impl Recommender {
         };
         let mut timings = Timings::default();
         timings.add("segment", started.elapsed());
+        let items = self.rules.finish(&items, None, &HashSet::new(), &self.bundle.metadata.categories, n);
         Ok(Answer { list: self.list(None, segment, source, items, n), timings, query: None })
     }
 
