@@ -20,11 +20,13 @@ fi
 ORIGIN_PORT=${ORIGIN_PORT:-8080}
 EDGE_PORT=${EDGE_PORT:-8787}
 
+# One bundle per version of the training code: a changed model is retrained, not served stale.
+version=$(cat scripts/train.py scripts/recdata.py | sha256sum | cut -c1-12)
 if [ -n "$movielens" ]; then
-  bundle=$CASCADE_HOME/bundles/movielens
+  bundle=$CASCADE_HOME/bundles/movielens-$version
   train_args=(--movielens "$movielens")
 else
-  bundle=$CASCADE_HOME/bundles/demo
+  bundle=$CASCADE_HOME/bundles/demo-$version
   train_args=()
 fi
 if [ ! -f "$bundle/metadata.json" ]; then
