@@ -234,6 +234,13 @@ impl Config {
         if self.rules.seen_window > 10_000 || self.rules.seen_users == 0 {
             return Err(config_error("rules", "seen_window must be within 0..=10000 and seen_users positive"));
         }
+        for (index, pin) in self.rules.pin.iter().enumerate() {
+            if !(1..=cascade_shared::validate::MAX_N).contains(&pin.position) {
+                return Err(config_error(&format!("rules.pin[{index}].position"), "must be within 1..=100"));
+            }
+            cascade_shared::validate::validate_id("item", &pin.item)
+                .map_err(|e| config_error(&format!("rules.pin[{index}].item"), e.message))?;
+        }
         crate::experiment::validate(&self.variants).map_err(|(field, message)| config_error(&field, message))?;
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Business rules on the real origin (`[rules]`): a user's next list leaves out what they were
 //! just shown (including when it is an L1 hit), no category fills more than its cap, blocked items
-//! never appear, and each removal is counted.
+//! never appear, a pinned item takes its place (over the cap: pins win), and each rule is counted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
@@ -43,9 +43,14 @@ async fn seen_items_category_caps_and_blocks_hold_on_every_answer() {
     let plain = start("").await;
     let before = recs(&plain, "u1").await;
     let blocked = before.items[0].id.clone();
+    let pinned = before.items[9].id.clone();
     drop(plain);
 
-    let origin = start(&format!("seen_window = 100\nmax_per_category = 2\nblock = [{blocked:?}]\n")).await;
+    let rules = format!(
+        "seen_window = 100\nmax_per_category = 2\nblock = [{blocked:?}]\n\
+         [[rules.pin]]\nsegment = \"home\"\nitem = {pinned:?}\nposition = 1\n"
+    );
+    let origin = start(&rules).await;
     let first = recs(&origin, "u1").await;
     let second = recs(&origin, "u1").await;
     let third = recs(&origin, "u1").await;
@@ -54,21 +59,22 @@ async fn seen_items_category_caps_and_blocks_hold_on_every_answer() {
     for list in [&first, &second, &third] {
         assert_eq!(list.items.len(), 10, "{list:?}");
         assert!(list.items.iter().all(|i| i.id != blocked), "blocked {blocked} served");
+        assert_eq!(list.items[0].id, pinned, "pinned first in every home list");
         let mut per_category: HashMap<&str, usize> = HashMap::new();
-        for item in &list.items {
+        for item in list.items.iter().skip(1) {
             for category in categories.get(&item.id).into_iter().flatten() {
                 *per_category.entry(category).or_default() += 1;
             }
         }
         assert!(per_category.values().all(|&n| n <= 2), "{per_category:?}");
     }
-    let ids = |list: &RecList| list.items.iter().map(|i| i.id.clone()).collect::<HashSet<_>>();
+    let ids = |list: &RecList| list.items.iter().skip(1).map(|i| i.id.clone()).collect::<HashSet<_>>();
     assert!(ids(&first).is_disjoint(&ids(&second)), "the second list repeats the first");
     assert!(ids(&third).is_disjoint(&ids(&first)) && ids(&third).is_disjoint(&ids(&second)));
     // Another user is not affected by u1's impressions.
     assert!(recs(&origin, "u2").await.items.len() == 10);
     let metrics = http.get(format!("{}/metrics", origin.url)).send().await.unwrap().text().await.unwrap();
-    for rule in ["seen", "blocked", "category_cap"] {
+    for rule in ["seen", "blocked", "category_cap", "pinned"] {
         let line = format!("cascade_rule_removals_total{{rule=\"{rule}\"}}");
         assert!(metrics.contains(&line), "{rule} not counted: {metrics}");
     }

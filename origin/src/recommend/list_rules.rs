@@ -27,11 +27,27 @@ pub struct RulesConfig {
     pub max_per_category: usize,
     /// Items never shown.
     pub block: Vec<String>,
+    /// Items placed at a fixed position in the lists of a context (`[[rules.pin]]`).
+    pub pin: Vec<Pin>,
+}
+
+/// An item pinned at `position` (from 1) in every list whose segment starts with `segment`
+/// (`home.desktop` matches `home.desktop.us`; `*` matches every segment). A pinned item the user
+/// must not see (withheld, purchased, blocked) is not placed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pin {
+    /// The segment prefix, or `*`.
+    pub segment: String,
+    /// The item.
+    pub item: String,
+    /// Its position, from 1.
+    pub position: usize,
 }
 
 impl Default for RulesConfig {
     fn default() -> Self {
-        RulesConfig { seen_window: 0, seen_users: 100_000, max_per_category: 0, block: Vec::new() }
+        RulesConfig { seen_window: 0, seen_users: 100_000, max_per_category: 0, block: Vec::new(), pin: Vec::new() }
     }
 }
 
@@ -67,14 +83,16 @@ impl ListRules {
         ListRules::new(&RulesConfig::default(), None)
     }
 
-    /// `items` (best first) as `user` may see them: without `purchased`, recently shown or blocked
-    /// items, at most `max_per_category` per category, cut to `n`.
+    /// `items` (best first) as `user` may see them in `segment`: without withheld, purchased,
+    /// recently shown or blocked items, at most `max_per_category` per category, the segment's
+    /// pinned items in their places, cut to `n`.
     pub fn finish(
         &self,
         items: &[RecItem],
         user: Option<&str>,
         purchased: &HashSet<String>,
         categories: &HashMap<String, Vec<String>>,
+        segment: &str,
         n: usize,
     ) -> Vec<RecItem> {
         let shown: HashSet<String> = match (&self.seen, user) {
@@ -125,6 +143,41 @@ impl ListRules {
                 }
             }
         }
+        self.place_pins(kept, purchased, segment, n)
+    }
+
+    fn place_pins(&self, mut kept: Vec<RecItem>, purchased: &HashSet<String>, segment: &str, n: usize) -> Vec<RecItem> {
+        let mut pins: Vec<&Pin> = self
+            .config
+            .pin
+            .iter()
+            .filter(|pin| {
+                pin.segment == "*" || segment == pin.segment || segment.starts_with(&format!("{}.", pin.segment))
+            })
+            .collect();
+        if pins.is_empty() {
+            return kept;
+        }
+        pins.sort_by_key(|pin| pin.position);
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        for pin in pins {
+            let barred = purchased.contains(&pin.item)
+                || self.block.contains(&pin.item)
+                || self.catalogue.withheld(&pin.item, now_ms).is_some();
+            if barred {
+                continue;
+            }
+            let item = match kept.iter().position(|i| i.id == pin.item) {
+                Some(at) => kept.remove(at),
+                None => RecItem { id: pin.item.clone(), score: 0.0, title: None, position: 0 },
+            };
+            kept.insert((pin.position - 1).min(kept.len()), item);
+            if let Some(removals) = &self.removals {
+                removals.with_label_values(&["pinned"]).inc();
+            }
+        }
+        kept.truncate(n);
         kept
     }
 
@@ -160,16 +213,16 @@ mod tests {
         let all = items(&["a", "b", "c", "d", "e", "f", "g"]);
         let bought = HashSet::from(["c".to_string()]);
         let none = HashMap::new();
-        let first = rules.finish(&all, Some("u"), &bought, &none, 2);
+        let first = rules.finish(&all, Some("u"), &bought, &none, "home.desktop.us", 2);
         assert_eq!(ids(&first), ["a", "d"]);
         rules.remember("u", &first);
-        assert_eq!(ids(&rules.finish(&all, Some("u"), &bought, &none, 2)), ["e", "f"]);
+        assert_eq!(ids(&rules.finish(&all, Some("u"), &bought, &none, "home.desktop.us", 2)), ["e", "f"]);
         rules.remember("u", &items(&["e", "f"]));
         // The window holds the last 3 impressions: f, e, d; a is back.
-        assert_eq!(ids(&rules.finish(&all, Some("u"), &bought, &none, 3)), ["a", "g"]);
+        assert_eq!(ids(&rules.finish(&all, Some("u"), &bought, &none, "home.desktop.us", 3)), ["a", "g"]);
         // Another user, and anonymous lists, are not affected.
-        assert_eq!(ids(&rules.finish(&all, Some("v"), &HashSet::new(), &none, 2)), ["a", "c"]);
-        assert_eq!(ids(&rules.finish(&all, None, &HashSet::new(), &none, 2)), ["a", "c"]);
+        assert_eq!(ids(&rules.finish(&all, Some("v"), &HashSet::new(), &none, "home.desktop.us", 2)), ["a", "c"]);
+        assert_eq!(ids(&rules.finish(&all, None, &HashSet::new(), &none, "home.desktop.us", 2)), ["a", "c"]);
     }
 
     #[test]
@@ -186,8 +239,36 @@ mod tests {
         .into_iter()
         .map(|(id, cats)| (id.to_string(), cats.into_iter().map(String::from).collect()))
         .collect();
-        let out = rules.finish(&items(&["a", "b", "c", "d", "e", "f"]), None, &HashSet::new(), &categories, 10);
+        let out = rules.finish(
+            &items(&["a", "b", "c", "d", "e", "f"]),
+            None,
+            &HashSet::new(),
+            &categories,
+            "home.desktop.us",
+            10,
+        );
         assert_eq!(ids(&out), ["a", "d", "e", "f"]);
+    }
+
+    #[test]
+    fn pinned_items_take_their_place_in_matching_segments_unless_barred() {
+        let pin =
+            |segment: &str, item: &str, position: usize| Pin { segment: segment.into(), item: item.into(), position };
+        let config = RulesConfig {
+            block: vec!["x".into()],
+            pin: vec![pin("home", "e", 1), pin("home.desktop", "z", 3), pin("*", "x", 2), pin("search", "b", 1)],
+            ..Default::default()
+        };
+        let rules = ListRules::new(&config, None);
+        let all = items(&["a", "b", "c", "d", "e"]);
+        let none = HashMap::new();
+        // e moves up to 1; z (not in the list) is placed at 3; x is blocked; the search pin does not match.
+        let home = rules.finish(&all, Some("u"), &HashSet::new(), &none, "home.desktop.us", 4);
+        assert_eq!(ids(&home), ["e", "a", "z", "b"]);
+        assert_eq!(ids(&rules.finish(&all, None, &HashSet::new(), &none, "browse.mobile.us", 3)), ["a", "b", "c"]);
+        // A purchased pinned item is not placed.
+        let bought = HashSet::from(["e".to_string()]);
+        assert_eq!(ids(&rules.finish(&all, Some("u"), &bought, &none, "home.mobile.us", 3)), ["a", "b", "c"]);
     }
 
     #[test]
@@ -195,7 +276,14 @@ mod tests {
         let counter = IntCounterVec::new(prometheus::Opts::new("t", "t"), &["rule"]).unwrap();
         let config = RulesConfig { block: vec!["b".into()], ..Default::default() };
         let rules = ListRules::new(&config, Some(counter.clone()));
-        rules.finish(&items(&["a", "b", "c"]), Some("u"), &HashSet::from(["c".into()]), &HashMap::new(), 3);
+        rules.finish(
+            &items(&["a", "b", "c"]),
+            Some("u"),
+            &HashSet::from(["c".into()]),
+            &HashMap::new(),
+            "home.desktop.us",
+            3,
+        );
         assert_eq!(counter.with_label_values(&["blocked"]).get(), 1);
         assert_eq!(counter.with_label_values(&["purchased"]).get(), 1);
     }

@@ -184,8 +184,9 @@ impl Recommender {
     }
 
     /// A user's full list as they may see it: the rules applied ([`list_rules`]), cut to `n`.
-    fn finish(&self, items: &[RecItem], user_id: &str, purchased: &HashSet<String>, n: usize) -> Vec<RecItem> {
-        self.rules.finish(items, Some(user_id), purchased, &self.bundle.metadata.categories, n)
+    fn finish(&self, items: &[RecItem], user_id: &str, purchased: &HashSet<String>, query: RecsQuery) -> Vec<RecItem> {
+        let segment = query.segment.to_string();
+        self.rules.finish(items, Some(user_id), purchased, &self.bundle.metadata.categories, &segment, query.n)
     }
 
     /// Remembers what `user_id` was shown (the `seen_window` rule).
@@ -272,7 +273,8 @@ impl Recommender {
         };
         let mut timings = Timings::default();
         timings.add("segment", started.elapsed());
-        let items = self.rules.finish(&items, None, &HashSet::new(), &self.bundle.metadata.categories, n);
+        let name = segment.to_string();
+        let items = self.rules.finish(&items, None, &HashSet::new(), &self.bundle.metadata.categories, &name, n);
         Ok(Answer { list: self.list(None, segment, source, items, n), timings, query: None })
     }
 
@@ -327,7 +329,7 @@ impl Recommender {
         let cached = caches.get(&key).await;
         timings.add("cache", lookup.elapsed());
         if let Some(entry) = cached {
-            let items = self.finish(&entry.items, user_id, &view.purchased, query.n);
+            let items = self.finish(&entry.items, user_id, &view.purchased, query);
             return Ok(Answer {
                 list: self.list(Some(user_id), query.segment, Source::CacheL1, items, query.n),
                 timings,
@@ -340,7 +342,7 @@ impl Recommender {
         let fallback = match computed {
             Ok(entry) => {
                 timings.add("total", started.elapsed());
-                let items = self.finish(&entry.items, user_id, &view.purchased, query.n);
+                let items = self.finish(&entry.items, user_id, &view.purchased, query);
                 return Ok(Answer {
                     list: self.list(Some(user_id), query.segment, entry.source, items, query.n),
                     timings,
