@@ -51,6 +51,9 @@ async fn seen_items_category_caps_and_blocks_hold_on_every_answer() {
          [[rules.pin]]\nsegment = \"home\"\nitem = {pinned:?}\nposition = 1\n"
     );
     let origin = start(&rules).await;
+    let timing = http.get(format!("{}/v1/users/u3/recs?n=10", origin.url)).bearer_auth(API_KEY).send().await.unwrap();
+    let timing = timing.headers()["server-timing"].to_str().unwrap().to_string();
+    assert!(timing.contains("rules;dur="), "the rules stage is timed: {timing}");
     let first = recs(&origin, "u1").await;
     let second = recs(&origin, "u1").await;
     let third = recs(&origin, "u1").await;

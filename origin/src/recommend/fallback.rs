@@ -81,14 +81,14 @@ impl Recommender {
     ) -> Result<Answer, RecommendError> {
         self.metrics.fallbacks.with_label_values(&[fallback.reason.as_str()]).inc();
         if let Some(precomputed) = &fallback.precomputed {
-            let items = self.finish(precomputed, user_id, purchased, query);
+            let items = self.finish(precomputed, user_id, purchased, query, &mut timings);
             timings.add("total", started.elapsed());
             let list = self.list(Some(user_id), query.segment, Source::Precomputed, items, query.n);
             return Ok(Answer { list, timings, query: None });
         }
         let mut answer = self.segment_recs(query.segment, MAX_N)?;
         answer.list.user_id = Some(user_id.to_string());
-        answer.list.items = self.finish(&answer.list.items, user_id, purchased, query);
+        answer.list.items = self.finish(&answer.list.items, user_id, purchased, query, &mut timings);
         timings.0.extend(answer.timings.0);
         timings.add("total", started.elapsed());
         answer.timings = timings;

@@ -183,10 +183,22 @@ impl Recommender {
         recommender
     }
 
-    /// A user's full list as they may see it: the rules applied ([`list_rules`]), cut to `n`.
-    fn finish(&self, items: &[RecItem], user_id: &str, purchased: &HashSet<String>, query: RecsQuery) -> Vec<RecItem> {
+    /// A user's full list as they may see it: the rules applied ([`list_rules`]), cut to `n`;
+    /// their time is the `rules` stage.
+    fn finish(
+        &self,
+        items: &[RecItem],
+        user_id: &str,
+        purchased: &HashSet<String>,
+        query: RecsQuery,
+        timings: &mut Timings,
+    ) -> Vec<RecItem> {
+        let started = Instant::now();
         let segment = query.segment.to_string();
-        self.rules.finish(items, Some(user_id), purchased, &self.bundle.metadata.categories, &segment, query.n)
+        let kept =
+            self.rules.finish(items, Some(user_id), purchased, &self.bundle.metadata.categories, &segment, query.n);
+        timings.add("rules", started.elapsed());
+        kept
     }
 
     /// Remembers what `user_id` was shown (the `seen_window` rule).
@@ -329,7 +341,7 @@ impl Recommender {
         let cached = caches.get(&key).await;
         timings.add("cache", lookup.elapsed());
         if let Some(entry) = cached {
-            let items = self.finish(&entry.items, user_id, &view.purchased, query);
+            let items = self.finish(&entry.items, user_id, &view.purchased, query, &mut timings);
             return Ok(Answer {
                 list: self.list(Some(user_id), query.segment, Source::CacheL1, items, query.n),
                 timings,
@@ -342,7 +354,7 @@ impl Recommender {
         let fallback = match computed {
             Ok(entry) => {
                 timings.add("total", started.elapsed());
-                let items = self.finish(&entry.items, user_id, &view.purchased, query);
+                let items = self.finish(&entry.items, user_id, &view.purchased, query, &mut timings);
                 return Ok(Answer {
                     list: self.list(Some(user_id), query.segment, entry.source, items, query.n),
                     timings,
