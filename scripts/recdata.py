@@ -31,23 +31,13 @@ class Dataset:
         self.titles = titles or {}
         self.license = license
 
-    def sequences(self, seed):
-        """Per user, items in time order; ties in time broken at random with `seed`."""
-        rng = np.random.default_rng(seed)
-        keys = rng.random(len(self.rows))
+    def ordered(self, seed):
+        """Per user, (items, timestamps) in time order; ties in time broken at random with `seed`."""
+        keys = np.random.default_rng(seed).random(len(self.rows))
         by_user = [[] for _ in self.user_ids]
         for (u, i, t), k in zip(self.rows, keys):
             by_user[u].append((t, k, i))
-        return [[i for (_, _, i) in sorted(rows)] for rows in by_user]
-
-    def timestamps(self, seed):
-        """Per user, the timestamps in the order of `sequences(seed)`."""
-        rng = np.random.default_rng(seed)
-        keys = rng.random(len(self.rows))
-        by_user = [[] for _ in self.user_ids]
-        for (u, i, t), k in zip(self.rows, keys):
-            by_user[u].append((t, k, i))
-        return [[t for (t, _, _) in sorted(rows)] for rows in by_user]
+        return [([i for (_, _, i) in rows], [t for (t, _, _) in rows]) for rows in map(sorted, by_user)]
 
 
 class Split:
@@ -66,9 +56,8 @@ def split(data, which, seed, log_from=None):
     if which not in ("test", "valid"):
         raise ValueError(f"split must be test or valid, not {which}")
     cut = 1 if which == "test" else 2
-    sequences, times = data.sequences(seed), data.timestamps(seed)
     train, held_out, train_times = [], {}, []
-    for u, (seq, ts) in enumerate(zip(sequences, times)):
+    for u, (seq, ts) in enumerate(data.ordered(seed)):
         n = len(seq) if log_from is None else sum(1 for t in ts if t < log_from)
         (seq, extra), (ts, extra_ts) = (seq[:n], seq[n:]), (ts[:n], ts[n:])
         if len(seq) >= 3:

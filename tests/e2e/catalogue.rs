@@ -11,26 +11,15 @@ use serde_json::{Value, json};
 
 const API_KEY: &str = "e2e-internal-key-0123456789";
 
-async fn start(config: &std::path::Path) -> Origin {
-    Origin::start(&[
-        ("CASCADE_BUNDLE", bundle_dir().unwrap().display().to_string()),
-        ("CASCADE_API_KEYS", API_KEY.to_string()),
-        ("CASCADE_CONFIG", config.display().to_string()),
-    ])
-    .await
-    .unwrap()
+async fn start(config: &str) -> Origin {
+    Origin::with_config(&bundle_dir().unwrap(), API_KEY, config).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hidden_expired_and_deleted_items_leave_every_answer_at_once() {
     let dir = TempDir::new("cascade-catalogue").unwrap();
-    let config = dir.path().join("cascade.toml");
     let file = dir.path().join("catalogue.json");
-    std::fs::write(
-        &config,
-        format!("[serving]\ndeadline_ms = 5000\n[catalogue]\nfile = {:?}\n", file.display().to_string()),
-    )
-    .unwrap();
+    let config = format!("[serving]\ndeadline_ms = 5000\n[catalogue]\nfile = {:?}\n", file.display().to_string());
     let origin = start(&config).await;
     let http = reqwest::Client::new();
     let user = |origin: &Origin| {

@@ -27,20 +27,12 @@ fn train(out: &std::path::Path, log: Option<&std::path::Path>) {
     assert!(status.success(), "train.py failed");
 }
 
-async fn origin(bundle: &std::path::Path, dir: &std::path::Path, log: Option<&std::path::Path>) -> Origin {
-    let config = dir.join(format!("{}.toml", bundle.file_name().unwrap().to_string_lossy()));
-    let mut text = "[serving]\ndeadline_ms = 5000\n".to_string();
+async fn origin(bundle: &std::path::Path, log: Option<&std::path::Path>) -> Origin {
+    let mut config = "[serving]\ndeadline_ms = 5000\n".to_string();
     if let Some(log) = log {
-        text.push_str(&format!("[feature_log]\ndir = {:?}\nquery_sample = 1.0\n", log.display().to_string()));
+        config.push_str(&format!("[feature_log]\ndir = {:?}\nquery_sample = 1.0\n", log.display().to_string()));
     }
-    std::fs::write(&config, text).unwrap();
-    Origin::start(&[
-        ("CASCADE_BUNDLE", bundle.display().to_string()),
-        ("CASCADE_API_KEYS", API_KEY.to_string()),
-        ("CASCADE_CONFIG", config.display().to_string()),
-    ])
-    .await
-    .unwrap()
+    Origin::with_config(bundle, API_KEY, &config).await.unwrap()
 }
 
 async fn list(http: &reqwest::Client, origin: &Origin, user: &str, n: usize) -> RecList {
@@ -79,7 +71,7 @@ async fn clicks_logged_by_the_origin_raise_the_clicked_item_in_the_next_bundle()
     let http = reqwest::Client::new();
 
     // Serve and log: half the users are shown a list and click one item none of them was shown.
-    let serving = origin(&before, dir.path(), Some(&log)).await;
+    let serving = origin(&before, Some(&log)).await;
     let target = list(&http, &serving, "u0", 100).await.items.last().unwrap().id.clone();
     for u in 0..CLICKERS {
         let user = format!("u{u}");
@@ -114,8 +106,8 @@ async fn clicks_logged_by_the_origin_raise_the_clicked_item_in_the_next_bundle()
     let metadata: Value = serde_json::from_slice(&std::fs::read(after.join("metadata.json")).unwrap()).unwrap();
     assert_eq!(metadata["feature_log"]["interactions"], CLICKERS, "{}", metadata["feature_log"]);
     assert_eq!(metadata["feature_log"]["events_citing_a_served_list"], CLICKERS);
-    let old = origin(&before, dir.path(), None).await;
-    let new = origin(&after, dir.path(), None).await;
+    let old = origin(&before, None).await;
+    let new = origin(&after, None).await;
     let (was, now) = (positions(&http, &old, &target).await, positions(&http, &new, &target).await);
     let mean = |p: &[usize]| p.iter().sum::<usize>() as f64 / p.len() as f64;
     let top10 = |p: &[usize]| p.iter().filter(|&&p| p <= 10).count();

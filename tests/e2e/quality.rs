@@ -7,11 +7,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
-use cascade_e2e::{Origin, TempDir, bundle_dir};
+use cascade_e2e::{Origin, bundle_dir};
 use cascade_shared::wire::{RecList, Source};
 use serde_json::Value;
 
 const API_KEY: &str = "e2e-internal-key-0123456789";
+/// A debug build under a loaded test run: a deadline that real time always meets, so every answer
+/// compared is the real-time list, not a fallback.
+const PATIENT: &str = "[serving]\ndeadline_ms = 5000\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_origins_top_ten_for_held_out_users_is_the_harnesss() {
@@ -20,18 +23,7 @@ async fn the_origins_top_ten_for_held_out_users_is_the_harnesss() {
     let served = &reference["served"];
     let lists = served["lists"].as_object().expect("reference.json has the served lists (scripts/train.py)");
     assert!(lists.len() >= 20, "only {} users to compare", lists.len());
-    // A debug build under a loaded test run: a deadline that real time always meets, so every answer
-    // below is the real-time list, not a fallback.
-    let dir = TempDir::new("cascade-agreement").unwrap();
-    let config = dir.path().join("cascade.toml");
-    std::fs::write(&config, "[serving]\ndeadline_ms = 5000\n").unwrap();
-    let origin = Origin::start(&[
-        ("CASCADE_BUNDLE", bundle.display().to_string()),
-        ("CASCADE_API_KEYS", API_KEY.to_string()),
-        ("CASCADE_CONFIG", config.display().to_string()),
-    ])
-    .await
-    .unwrap();
+    let origin = Origin::with_config(&bundle, API_KEY, PATIENT).await.unwrap();
     let http = reqwest::Client::new();
     let (page, device) = (served["page"].as_str().unwrap(), served["device"].as_str().unwrap());
     let mut identical = 0;
@@ -70,17 +62,7 @@ async fn the_origins_top_ten_for_held_out_users_is_the_harnesss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_visitor_the_bundle_does_not_know_gets_real_time_lists_from_their_session() {
-    let bundle = bundle_dir().unwrap();
-    let dir = TempDir::new("cascade-new-visitor").unwrap();
-    let config = dir.path().join("cascade.toml");
-    std::fs::write(&config, "[serving]\ndeadline_ms = 5000\n").unwrap();
-    let origin = Origin::start(&[
-        ("CASCADE_BUNDLE", bundle.display().to_string()),
-        ("CASCADE_API_KEYS", API_KEY.to_string()),
-        ("CASCADE_CONFIG", config.display().to_string()),
-    ])
-    .await
-    .unwrap();
+    let origin = Origin::with_config(&bundle_dir().unwrap(), API_KEY, PATIENT).await.unwrap();
     let http = reqwest::Client::new();
     let recs = |url: String| {
         let http = http.clone();

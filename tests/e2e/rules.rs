@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cascade_e2e::{Origin, TempDir, bundle_dir};
+use cascade_e2e::{Origin, bundle_dir};
 use cascade_shared::wire::{RecList, Source};
 use serde_json::Value;
 
@@ -18,25 +18,14 @@ async fn seen_items_category_caps_and_blocks_hold_on_every_answer() {
     let metadata: Value = serde_json::from_slice(&std::fs::read(bundle.join("metadata.json")).unwrap()).unwrap();
     let categories: HashMap<String, Vec<String>> = serde_json::from_value(metadata["categories"].clone()).unwrap();
     assert!(!categories.is_empty(), "the bundle has item categories");
-    let dir = TempDir::new("cascade-rules").unwrap();
     let http = reqwest::Client::new();
     let recs = |origin: &Origin, user: &str| {
         let (http, url) = (http.clone(), format!("{}/v1/users/{user}/recs?n=10", origin.url));
         async move { http.get(url).bearer_auth(API_KEY).send().await.unwrap().json::<RecList>().await.unwrap() }
     };
     let start = |rules: &str| {
-        let config = dir.path().join(format!("{}.toml", rules.len()));
-        std::fs::write(&config, format!("[serving]\ndeadline_ms = 5000\n[rules]\n{rules}")).unwrap();
-        let bundle = bundle.display().to_string();
-        async move {
-            Origin::start(&[
-                ("CASCADE_BUNDLE", bundle),
-                ("CASCADE_API_KEYS", API_KEY.to_string()),
-                ("CASCADE_CONFIG", config.display().to_string()),
-            ])
-            .await
-            .unwrap()
-        }
+        let (bundle, config) = (bundle.clone(), format!("[serving]\ndeadline_ms = 5000\n[rules]\n{rules}"));
+        async move { Origin::with_config(&bundle, API_KEY, &config).await.unwrap() }
     };
 
     // Without rules, u1's top item and its category's share.

@@ -26,22 +26,14 @@ async fn two_variants_split_users_by_weight_and_report_apart() {
     let treatment = dir.path().join("treatment");
     relabel_bundle(&control, &treatment, "variant-b");
     let log = dir.path().join("log");
-    let config = dir.path().join("cascade.toml");
-    let text = format!(
+    let config = format!(
         "variant_salt = \"e2e\"\n[serving]\ndeadline_ms = 5000\n[feature_log]\ndir = {:?}\n\
          [[variants]]\nname = \"control\"\nweight = 0.7\n\
          [[variants]]\nname = \"treatment\"\nweight = 0.3\nbundle = {:?}\n",
         log.display().to_string(),
         treatment.display().to_string()
     );
-    std::fs::write(&config, text).unwrap();
-    let origin = Origin::start(&[
-        ("CASCADE_BUNDLE", control.display().to_string()),
-        ("CASCADE_API_KEYS", API_KEY.to_string()),
-        ("CASCADE_CONFIG", config.display().to_string()),
-    ])
-    .await
-    .unwrap();
+    let origin = Origin::with_config(&control, API_KEY, &config).await.unwrap();
     let http = reqwest::Client::new();
     let recs = |user: String| {
         let (http, url) = (http.clone(), format!("{}/v1/users/{user}/recs?n=10", origin.url));

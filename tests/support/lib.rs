@@ -361,7 +361,24 @@ impl Origin {
 
     /// [`Origin::start`] on `port` (a restart where the last one listened).
     pub async fn start_on(port: u16, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        Self::launch(TempDir::new("cascade-origin")?, port, env).await
+    }
+
+    /// `cascade serve` on `bundle`, accepting the bearer key `api_key`, configured by the TOML
+    /// text `config` (written into the origin's own folder).
+    pub async fn with_config(bundle: &Path, api_key: &str, config: &str) -> anyhow::Result<Self> {
         let dir = TempDir::new("cascade-origin")?;
+        let file = dir.path().join("cascade.toml");
+        std::fs::write(&file, config)?;
+        let env = [
+            ("CASCADE_BUNDLE", bundle.display().to_string()),
+            ("CASCADE_API_KEYS", api_key.to_string()),
+            ("CASCADE_CONFIG", file.display().to_string()),
+        ];
+        Self::launch(dir, free_port()?, &env).await
+    }
+
+    async fn launch(dir: TempDir, port: u16, env: &[(&str, String)]) -> anyhow::Result<Self> {
         let mut command = Command::new(cascade_bin()?);
         command.arg("serve").env("CASCADE_LISTEN", format!("127.0.0.1:{port}")).env("OPENBLAS_NUM_THREADS", "1");
         for (name, value) in env {

@@ -46,10 +46,14 @@ pub async fn patch_item(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     known(&state, &item_id)?;
-    let change = parse(&body)?;
-    let item = state.serving.catalogue().change(&item_id, &change)?;
+    apply(&state, &item_id, &parse(&body)?)
+}
+
+/// Applies a checked change and answers the item's new state.
+fn apply(state: &AppState, item_id: &str, change: &ItemChange) -> Result<Response, ApiError> {
+    let item = state.serving.catalogue().change(item_id, change)?;
     tracing::info!(item_id, hidden = item.hidden, expires_at_ms = item.expires_at_ms, "catalogue item changed");
-    Ok(answer(&item_id, &item))
+    Ok(answer(item_id, &item))
 }
 
 /// `PUT /v1/items/{item_id}` `{"hidden": false, "expires_at_ms": null}`: sets the whole state
@@ -65,9 +69,7 @@ pub async fn put_item(
         hidden: Some(given.hidden.unwrap_or(false)),
         expires_at_ms: Some(given.expires_at_ms.unwrap_or(None)),
     };
-    let item = state.serving.catalogue().change(&item_id, &change)?;
-    tracing::info!(item_id, hidden = item.hidden, expires_at_ms = item.expires_at_ms, "catalogue item set");
-    Ok(answer(&item_id, &item))
+    apply(&state, &item_id, &change)
 }
 
 /// `DELETE /v1/items/{item_id}`: never served again (a later `PUT`/`PATCH` is 409).
