@@ -234,6 +234,18 @@ impl Config {
         if self.rules.seen_window > 10_000 || self.rules.seen_users == 0 {
             return Err(config_error("rules", "seen_window must be within 0..=10000 and seen_users positive"));
         }
+        if !(0.0..=1.0).contains(&self.rules.diversity) {
+            return Err(config_error("rules.diversity", "must be within 0..=1 (0: off)"));
+        }
+        if self.catalogue.max_new_items > 1_000_000 {
+            return Err(config_error(
+                "catalogue.max_new_items",
+                "must be at most 1000000 (new items are scanned, not indexed)",
+            ));
+        }
+        if self.catalogue.fresh_candidates > 1_000 {
+            return Err(config_error("catalogue.fresh_candidates", "must be at most 1000"));
+        }
         for (index, pin) in self.rules.pin.iter().enumerate() {
             if !(1..=cascade_shared::validate::MAX_N).contains(&pin.position) {
                 return Err(config_error(&format!("rules.pin[{index}].position"), "must be within 1..=100"));

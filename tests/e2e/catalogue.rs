@@ -79,3 +79,81 @@ async fn hidden_expired_and_deleted_items_leave_every_answer_at_once() {
     assert_eq!(item(reqwest::Method::PUT, &restarted, &expiring, Some(json!({}))).await.unwrap().status(), 200);
     assert!(ids(&segment(&restarted).await).contains(&expiring));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_item_is_recommended_to_a_user_near_it_as_soon_as_it_is_put() {
+    let bundle = bundle_dir().unwrap();
+    let origin = start("[serving]\ndeadline_ms = 5000\n").await;
+    let http = reqwest::Client::new();
+    let recs = |context: &str| {
+        let (http, url) = (http.clone(), format!("{}/v1/users/u5/recs?n=10&{context}", origin.url));
+        async move { http.get(url).bearer_auth(API_KEY).send().await.unwrap().json::<RecList>().await.unwrap() }
+    };
+    let put = |id: &str, body: Value| {
+        http.put(format!("{}/v1/items/{id}", origin.url)).bearer_auth(API_KEY).json(&body).send()
+    };
+    let items = cascade_shared::embedding::decode_file(&std::fs::read(bundle.join("items.emb")).unwrap()).unwrap();
+    let before = recs("page=home&device=desktop").await;
+    assert_eq!(before.source, Source::Realtime);
+    // A new item with the embedding of the user's top item: it is as near to them as that item.
+    let top = before.items[0].id.clone();
+    let row = items.ids.iter().position(|id| *id == top).unwrap();
+    let embedding = items.row(row).to_vec();
+
+    let started = std::time::Instant::now();
+    let added =
+        put("brand-new-1", json!({"embedding": embedding, "title": "Brand new", "categories": ["new"]})).await.unwrap();
+    assert_eq!(added.status(), 200);
+    let added: Value = added.json().await.unwrap();
+    assert_eq!(
+        (added["served"].as_bool(), added["new_in_bundle"].as_str()),
+        (Some(true), Some(before.model_version.as_str()))
+    );
+    // The next real-time list (another context, so not the cached one) ranks it with its twin.
+    let after = recs("page=browse&device=mobile").await;
+    let elapsed = started.elapsed();
+    assert_eq!(after.source, Source::Realtime);
+    let at = |id: &str| after.items.iter().position(|i| i.id == id);
+    let new_at = at("brand-new-1").unwrap_or_else(|| panic!("the new item is not in {:?}", after.items));
+    assert_eq!(after.items[new_at].title.as_deref(), Some("Brand new"));
+    if let Some(twin) = at(&top) {
+        assert_eq!(after.items[new_at].score, after.items[twin].score, "same features, same score");
+        assert_eq!(new_at, twin + 1, "ties: the bundle's item first");
+    }
+    println!("new item served {elapsed:?} after its PUT, at position {}", new_at + 1);
+
+    // Hidden: gone from the next answer (an L1 hit); unknown fields and wrong shapes are 400.
+    let hide =
+        http.patch(format!("{}/v1/items/brand-new-1", origin.url)).bearer_auth(API_KEY).json(&json!({"hidden": true}));
+    assert_eq!(hide.send().await.unwrap().status(), 200);
+    let hidden = recs("page=browse&device=mobile").await;
+    assert_eq!(hidden.source, Source::CacheL1);
+    assert!(hidden.items.iter().all(|i| i.id != "brand-new-1"));
+    let field = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 400);
+        response.json::<ErrorBody>().await.unwrap().error.field.unwrap()
+    };
+    assert_eq!(field(put("brand-new-2", json!({"embedding": [1.0, 2.0]})).await.unwrap()).await, "embedding");
+    assert_eq!(field(put(&top, json!({"embedding": embedding})).await.unwrap()).await, "embedding");
+    assert_eq!(field(put("brand-new-2", json!({"title": "no embedding"})).await.unwrap()).await, "embedding");
+    let unknown = put("brand-new-2", json!({"hidden": false})).await.unwrap();
+    assert_eq!(unknown.status(), 404, "an unknown item without an embedding");
+    // A batch is applied whole or not at all.
+    let batch = |items: Value| {
+        http.post(format!("{}/v1/items", origin.url)).bearer_auth(API_KEY).json(&json!({"items": items})).send()
+    };
+    let bad = batch(
+        json!([{"item_id": "brand-new-3", "embedding": embedding}, {"item_id": "brand-new-4", "embedding": [1.0]}]),
+    );
+    assert_eq!(field(bad.await.unwrap()).await, "items[1].embedding");
+    assert_eq!(
+        put("brand-new-3", json!({"hidden": true})).await.unwrap().status(),
+        404,
+        "nothing of the batch applied"
+    );
+    let good = batch(
+        json!([{"item_id": "brand-new-3", "embedding": embedding}, {"item_id": "brand-new-4", "embedding": embedding}]),
+    );
+    let good: Value = good.await.unwrap().json().await.unwrap();
+    assert_eq!(good["applied"], 2, "{good}");
+}

@@ -107,6 +107,11 @@ impl RecommenderFactory {
         RecommenderFactory { rules: Arc::new(rules), catalogue, ..self }
     }
 
+    /// The business rules every recommender built here shares.
+    pub fn rules(&self) -> &Arc<ListRules> {
+        &self.rules
+    }
+
     /// The catalogue's live state.
     pub fn catalogue(&self) -> &Arc<Catalogue> {
         &self.catalogue
@@ -182,7 +187,8 @@ impl RecommenderFactory {
             self.config.retrieval.candidates,
             Duration::from_millis(self.config.serving.deadline_ms),
         )
-        .await;
+        .await
+        .with_fresh_candidates(self.config.catalogue.fresh_candidates);
         for (component, description) in recommender.describe() {
             tracing::info!(component, "{description}");
         }

@@ -33,6 +33,11 @@ pub struct Swapped {
 }
 
 impl Serving {
+    /// The business rules every recommender shares.
+    pub fn rules(&self) -> &Arc<crate::recommend::list_rules::ListRules> {
+        self.factory.rules()
+    }
+
     /// The catalogue's live state.
     pub fn catalogue(&self) -> &Arc<crate::catalogue::Catalogue> {
         self.factory.catalogue()

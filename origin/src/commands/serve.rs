@@ -49,15 +49,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: config.serving.max_connections,
     };
     let app = App::new(config)?;
-    let state = build_state(&app).await?;
+    let state = build_state(&app).await?.with_config_file(args.config.clone());
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(address = %listener.local_addr()?, "cascade origin listening");
     let watch = tokio::spawn(watch_health(Arc::clone(&state.serving)));
+    let hangup = tokio::spawn(reload_on_hangup(state.clone()));
     let (lag, on) = (state.metrics.runtime_lag.clone(), state.metrics.brownout.clone());
     let probe = tokio::spawn(Brownout::watch(Arc::downgrade(state.serving.brownout()), lag, on));
     server::serve(listener, router(state), limits, shutdown_signal()).await?;
     watch.abort();
     probe.abort();
+    hangup.abort();
     tracing::info!("stopped");
     Ok(())
 }
@@ -71,6 +73,21 @@ async fn watch_health(serving: Arc<crate::app::Serving>) {
         tick.tick().await;
         let _ = serving.current().health().await;
     }
+}
+
+/// SIGHUP re-reads the configuration file's `[rules]` (as `POST /admin/rules` does).
+async fn reload_on_hangup(state: AppState) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hangup.recv().await.is_some() {
+            if let Err(error) = crate::http::admin::reload_rules_from(state.config_file.as_deref(), &state) {
+                tracing::error!(%error, "SIGHUP: rules not reloaded");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = state;
 }
 
 async fn shutdown_signal() {

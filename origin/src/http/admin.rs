@@ -78,3 +78,23 @@ pub async fn set_faults(State(state): State<AppState>, body: Bytes) -> Result<Re
     tracing::warn!(?settings, "fault injection settings changed");
     Ok(Json(faults.get()).into_response())
 }
+
+/// `POST /admin/rules` (no body): re-reads the configuration file `cascade serve` was started with
+/// and puts its `[rules]` in force from the next list on (SIGHUP does the same). A file that does
+/// not validate is 422 and changes nothing; other sections need a restart to change.
+pub async fn reload_rules(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let rules = reload_rules_from(state.config_file.as_deref(), &state)?;
+    Ok(Json(json!({"rules": rules})).into_response())
+}
+
+/// Reads, checks and applies the rules of the configuration (`file`, else `$CASCADE_CONFIG`).
+pub fn reload_rules_from(
+    file: Option<&std::path::Path>,
+    state: &AppState,
+) -> Result<crate::recommend::list_rules::RulesConfig, ApiError> {
+    let config = crate::config::Config::load(file, &|name| std::env::var(name).ok())?;
+    let rules = state.serving.rules();
+    rules.reload(&config.rules);
+    tracing::info!(rules = ?config.rules, "rules reloaded");
+    Ok(config.rules)
+}

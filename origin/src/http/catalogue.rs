@@ -1,81 +1,204 @@
-//! The catalogue routes (bearer key only): `PUT`, `PATCH` and `DELETE /v1/items/{item_id}`. An item
-//! must be in the bundle being served; the change applies to the next answer of every source.
+//! The catalogue routes (bearer key only): `PUT`, `PATCH` and `DELETE /v1/items/{item_id}`, and
+//! `POST /v1/items` for a batch (bulk import). An item is in a bundle being served, or is added with
+//! its embedding (a new item, retrieved by real-time lists at once); a change applies to the next
+//! answer of every source.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use cascade_shared::validate::{FieldError, validate_id};
+use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
 use super::middleware::unix_now;
-use crate::catalogue::{ItemChange, ItemState, reason};
+use crate::catalogue::{Edit, ItemChange, ItemState, NewItem, present, reason};
 
-/// The item, checked against the bundle.
-fn known(state: &AppState, item_id: &str) -> Result<(), ApiError> {
-    validate_id("item_id", item_id)?;
-    if !state.serving.current().bundle().item_index.contains_key(item_id) {
-        return Err(ApiError::NotFound(format!(
-            "item {item_id:?} is not in the bundle being served (adding new items is not built yet)"
-        )));
-    }
-    Ok(())
+/// Most items in one `POST /v1/items`.
+pub const MAX_ITEMS_PER_BATCH: usize = 500;
+/// Longest title, characters.
+const MAX_TITLE_CHARS: usize = 300;
+/// Most categories per item.
+const MAX_CATEGORIES: usize = 32;
+
+/// A request body: the state fields, and for a new item its embedding and metadata.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemBody {
+    /// In a batch entry: the item (in a single item's body: absent, or the path's).
+    item_id: Option<String>,
+    hidden: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    expires_at_ms: Option<Option<u64>>,
+    embedding: Option<Vec<f32>>,
+    title: Option<String>,
+    categories: Option<Vec<String>>,
+    bundle_id: Option<String>,
 }
 
-fn answer(item_id: &str, item: &ItemState) -> Response {
-    let withheld = reason(item, unix_now().as_millis() as u64);
-    Json(json!({"item_id": item_id, "hidden": item.hidden, "deleted": item.deleted,
-                "expires_at_ms": item.expires_at_ms, "served": withheld.is_none(), "withheld": withheld}))
-    .into_response()
-}
+const SHAPE: &str = "expected {\"hidden\": bool, \"expires_at_ms\": ms or null, and for a new item \
+                     \"embedding\": [numbers], \"title\", \"categories\", \"bundle_id\"}";
 
-fn parse(body: &Bytes) -> Result<ItemChange, ApiError> {
+fn parse(body: &Bytes) -> Result<ItemBody, ApiError> {
     let text = if body.is_empty() { &b"{}"[..] } else { body };
-    serde_json::from_slice(text).map_err(|e| {
-        FieldError::new("body", format!("expected {{\"hidden\": bool, \"expires_at_ms\": ms or null}}: {e}")).into()
-    })
+    serde_json::from_slice(text).map_err(|e| FieldError::new("body", format!("{SHAPE}: {e}")).into())
+}
+
+/// Checks `body` for `item_id` and turns it into an edit: the state change, and the new item when
+/// an embedding is given. `whole` (`PUT`): fields not given are reset.
+fn edit(state: &AppState, item_id: &str, body: ItemBody, whole: bool) -> Result<Edit, ApiError> {
+    validate_id("item_id", item_id)?;
+    if body.item_id.as_ref().is_some_and(|id| id != item_id) {
+        return Err(FieldError::new("item_id", "differs from the item in the path").into());
+    }
+    let control = state.serving.current();
+    let in_bundle = control.bundle().item_index.contains_key(item_id);
+    let change = ItemChange {
+        hidden: if whole { Some(body.hidden.unwrap_or(false)) } else { body.hidden },
+        expires_at_ms: if whole { Some(body.expires_at_ms.unwrap_or(None)) } else { body.expires_at_ms },
+    };
+    let Some(embedding) = body.embedding else {
+        if body.title.is_some() || body.categories.is_some() || body.bundle_id.is_some() {
+            return Err(FieldError::new(
+                "embedding",
+                "a new item's title, categories and bundle come with its embedding",
+            )
+            .into());
+        }
+        let known = in_bundle || state.serving.catalogue().new_item(item_id).is_some() || {
+            let current = state.serving.catalogue().get(item_id);
+            current != ItemState::default()
+        };
+        if !known {
+            return Err(ApiError::NotFound(format!(
+                "item {item_id:?} is not in the bundle being served; add it with its \"embedding\""
+            )));
+        }
+        return Ok((item_id.to_string(), change, None));
+    };
+    if in_bundle {
+        return Err(FieldError::new(
+            "embedding",
+            format!("item {item_id:?} is in the bundle: its embedding comes from training"),
+        )
+        .into());
+    }
+    let bundle_id = body.bundle_id.unwrap_or_else(|| control.bundle().id().to_string());
+    let bundle = std::iter::once(&state.serving)
+        .chain(state.variants.arms().iter().map(|arm| &arm.serving))
+        .map(|serving| serving.current())
+        .find(|recommender| recommender.bundle().id() == bundle_id)
+        .ok_or_else(|| FieldError::new("bundle_id", format!("{bundle_id:?} is not a bundle being served")))?;
+    let dim = bundle.bundle().metadata.dim;
+    if embedding.len() != dim || !embedding.iter().all(|x| x.is_finite()) {
+        return Err(FieldError::new(
+            "embedding",
+            format!("must be {dim} finite numbers (bundle {bundle_id}), got {}", embedding.len()),
+        )
+        .into());
+    }
+    if body.title.as_ref().is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS) {
+        return Err(FieldError::new("title", format!("at most {MAX_TITLE_CHARS} characters")).into());
+    }
+    let categories = body.categories.unwrap_or_default();
+    if categories.len() > MAX_CATEGORIES {
+        return Err(FieldError::new("categories", format!("at most {MAX_CATEGORIES}")).into());
+    }
+    for category in &categories {
+        validate_id("categories", category)?;
+    }
+    let new = NewItem { bundle_id, embedding, title: body.title, categories };
+    Ok((item_id.to_string(), change, Some(new)))
+}
+
+fn answer(item_id: &str, item: &ItemState) -> serde_json::Value {
+    let withheld = reason(item, unix_now().as_millis() as u64);
+    json!({"item_id": item_id, "hidden": item.hidden, "deleted": item.deleted,
+           "expires_at_ms": item.expires_at_ms, "served": withheld.is_none(), "withheld": withheld,
+           "new_in_bundle": item.new.as_ref().map(|new| &new.bundle_id)})
+}
+
+/// Applies checked edits (all or none) and answers the items' new states.
+fn apply(state: &AppState, edits: Vec<Edit>) -> Result<Vec<serde_json::Value>, ApiError> {
+    let ids: Vec<String> = edits.iter().map(|(id, _, _)| id.clone()).collect();
+    let states = state.serving.catalogue().apply(edits)?;
+    let answers = ids.iter().zip(&states).map(|(id, item)| answer(id, item)).collect();
+    for (item_id, item) in ids.iter().zip(&states) {
+        tracing::info!(
+            item_id,
+            hidden = item.hidden,
+            expires_at_ms = item.expires_at_ms,
+            new = item.new.is_some(),
+            "catalogue item changed"
+        );
+    }
+    Ok(answers)
+}
+
+fn one(state: &AppState, edit: Edit) -> Result<Response, ApiError> {
+    let mut answers = apply(state, vec![edit])?;
+    Ok(Json(answers.remove(0)).into_response())
 }
 
 /// `PATCH /v1/items/{item_id}` `{"hidden": true}`, `{"expires_at_ms": 1767225600000}` or
-/// `{"expires_at_ms": null}`: changes the fields given.
+/// `{"expires_at_ms": null}`: changes the fields given (a new item's embedding too).
 pub async fn patch_item(
     State(state): State<AppState>,
     Path(item_id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    known(&state, &item_id)?;
-    apply(&state, &item_id, &parse(&body)?)
+    let edit = edit(&state, &item_id, parse(&body)?, false)?;
+    one(&state, edit)
 }
 
-/// Applies a checked change and answers the item's new state.
-fn apply(state: &AppState, item_id: &str, change: &ItemChange) -> Result<Response, ApiError> {
-    let item = state.serving.catalogue().change(item_id, change)?;
-    tracing::info!(item_id, hidden = item.hidden, expires_at_ms = item.expires_at_ms, "catalogue item changed");
-    Ok(answer(item_id, &item))
-}
-
-/// `PUT /v1/items/{item_id}` `{"hidden": false, "expires_at_ms": null}`: sets the whole state
-/// (fields not given: not hidden, no expiry).
+/// `PUT /v1/items/{item_id}`: sets the whole state (fields not given: not hidden, no expiry); with
+/// an `embedding`, adds (or replaces) a new item.
 pub async fn put_item(
     State(state): State<AppState>,
     Path(item_id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    known(&state, &item_id)?;
-    let given = parse(&body)?;
-    let change = ItemChange {
-        hidden: Some(given.hidden.unwrap_or(false)),
-        expires_at_ms: Some(given.expires_at_ms.unwrap_or(None)),
-    };
-    apply(&state, &item_id, &change)
+    let edit = edit(&state, &item_id, parse(&body)?, true)?;
+    one(&state, edit)
+}
+
+/// `POST /v1/items` `{"items": [{"item_id": "…", …PUT body…}]}`: up to [`MAX_ITEMS_PER_BATCH`]
+/// `PUT`s applied together, all or none (one write of the catalogue's file); `cascade items import`
+/// sends a file in such batches.
+pub async fn put_items(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Batch {
+        items: Vec<ItemBody>,
+    }
+    let batch: Batch = serde_json::from_slice(&body)
+        .map_err(|e| FieldError::new("body", format!("expected {{\"items\": [{{\"item_id\", …}}]}}: {e}")))?;
+    if batch.items.is_empty() || batch.items.len() > MAX_ITEMS_PER_BATCH {
+        return Err(FieldError::new("items", format!("must hold 1..={MAX_ITEMS_PER_BATCH} items")).into());
+    }
+    let edits = batch
+        .items
+        .into_iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            let item_id = entry.item_id.clone().unwrap_or_default();
+            edit(&state, &item_id, entry, true).map_err(|error| match error {
+                ApiError::Invalid(e) => FieldError::new(format!("items[{index}].{}", e.field), e.message).into(),
+                ApiError::NotFound(message) => FieldError::new(format!("items[{index}]"), message).into(),
+                other => other,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let applied = apply(&state, edits)?;
+    Ok(Json(json!({"applied": applied.len(), "items": applied})).into_response())
 }
 
 /// `DELETE /v1/items/{item_id}`: never served again (a later `PUT`/`PATCH` is 409).
 pub async fn delete_item(State(state): State<AppState>, Path(item_id): Path<String>) -> Result<Response, ApiError> {
-    known(&state, &item_id)?;
+    edit(&state, &item_id, ItemBody::default(), false)?;
     let item = state.serving.catalogue().delete(&item_id)?;
     tracing::info!(item_id, "catalogue item deleted");
-    Ok(answer(&item_id, &item))
+    Ok(Json(answer(&item_id, &item)).into_response())
 }

@@ -49,6 +49,9 @@ pub enum ApiError {
     /// A catalogue change was refused or could not be saved.
     #[error(transparent)]
     Catalogue(#[from] CatalogueError),
+    /// The configuration file offered for a reload is wrong (the rules in force stay).
+    #[error("configuration refused, the rules in force stay: {0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// How an error is answered.
@@ -76,9 +79,11 @@ impl ApiError {
             ApiError::Reload(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bundle_rejected", false),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", true),
             ApiError::Catalogue(CatalogueError::Deleted(_)) => (StatusCode::CONFLICT, "item_deleted", false),
+            ApiError::Catalogue(CatalogueError::Full(_)) => (StatusCode::CONFLICT, "catalogue_full", false),
             ApiError::Catalogue(CatalogueError::Persist { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "catalogue_unavailable", true)
             }
+            ApiError::Config(_) => (StatusCode::UNPROCESSABLE_ENTITY, "config_rejected", false),
             ApiError::TimedOut(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout", true),
             ApiError::Events(_) => (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", true),
             ApiError::Recommend(RecommendError::NothingToServe(_)) => {

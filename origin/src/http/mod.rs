@@ -80,6 +80,8 @@ pub struct AppState {
     pub events_budget: Duration,
     /// Longest an API request may run.
     pub request_timeout: Duration,
+    /// The configuration file `cascade serve` read (re-read by `POST /admin/rules`).
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -100,7 +102,13 @@ impl AppState {
             admission: Arc::new(Semaphore::new(settings.max_in_flight)),
             events_budget: Duration::from_millis(settings.events_deadline_ms),
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
+            config_file: None,
         }
+    }
+
+    /// The same state, reloading its rules from `file`.
+    pub fn with_config_file(self, file: Option<std::path::PathBuf>) -> Self {
+        AppState { config_file: file, ..self }
     }
 
     /// The same state, with users split between `variants`.
@@ -123,12 +131,14 @@ pub fn router(state: AppState) -> Router {
             "/v1/items/{item_id}",
             axum::routing::put(catalogue::put_item).patch(catalogue::patch_item).delete(catalogue::delete_item),
         )
+        .route("/v1/items", post(catalogue::put_items))
         .route_layer(from_fn_with_state(state.clone(), middleware::authenticate_internal));
     let api = reads.merge(writes).route_layer(from_fn_with_state(state.clone(), middleware::time_limit));
     let admin = Router::new()
         .route("/admin/bundle", post(admin::load_bundle))
         .route("/admin/tokens", post(admin::issue_token))
         .route("/admin/faults", post(admin::set_faults))
+        .route("/admin/rules", post(admin::reload_rules))
         .route_layer(from_fn_with_state(state.clone(), middleware::authenticate_internal));
     // Admin, health and metrics are added after the admission layer, so it does not cover them:
     // an overloaded origin still answers its load balancer (shedding requests is not being down)

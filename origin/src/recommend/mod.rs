@@ -17,6 +17,7 @@
 //! user whose state cannot be read in time gets the context's segment list (never an unfiltered
 //! personal one). Every stage runs inside the request's one deadline.
 
+pub mod diversity;
 pub mod fallback;
 pub mod list_rules;
 pub mod precomputed;
@@ -44,7 +45,7 @@ use crate::retrieval::Retriever;
 use crate::store::{ComponentHealth, EmbeddingStore, StoreError};
 use crate::work_queue::WorkQueue;
 use fallback::{Fallback, FallbackReason};
-use list_rules::ListRules;
+use list_rules::{ItemFacts, ListRules};
 use precomputed::PrecomputedLists;
 pub use timings::Timings;
 
@@ -142,6 +143,8 @@ pub struct Recommender {
     rules: Arc<ListRules>,
     metrics: Arc<Metrics>,
     candidates: usize,
+    /// New items (from the catalogue) ranked with each real-time list's candidates.
+    fresh_candidates: usize,
     deadline: Duration,
     /// Ranked list per (page, device), [`MAX_N`](cascade_shared::validate::MAX_N) long.
     segment_lists: HashMap<(usize, usize), Vec<RecItem>>,
@@ -175,12 +178,19 @@ impl Recommender {
             rules,
             metrics,
             candidates,
+            fresh_candidates: 0,
             deadline,
             segment_lists: HashMap::new(),
             popular,
         };
         recommender.segment_lists = recommender.rank_segment_lists().await;
         recommender
+    }
+
+    /// The same recommender, ranking the best `k` new items of the catalogue with each real-time
+    /// list's candidates.
+    pub fn with_fresh_candidates(self, k: usize) -> Self {
+        Recommender { fresh_candidates: k, ..self }
     }
 
     /// A user's full list as they may see it: the rules applied ([`list_rules`]), cut to `n`;
@@ -195,10 +205,15 @@ impl Recommender {
     ) -> Vec<RecItem> {
         let started = Instant::now();
         let segment = query.segment.to_string();
-        let kept =
-            self.rules.finish(items, Some(user_id), purchased, &self.bundle.metadata.categories, &segment, query.n);
+        let kept = self.rules.finish(items, Some(user_id), purchased, self.item_facts(), &segment, query.n);
         timings.add("rules", started.elapsed());
         kept
+    }
+
+    /// What the rules know of the bundle's items.
+    fn item_facts(&self) -> ItemFacts<'_> {
+        let embeddings = Some((&self.bundle.items, &self.bundle.item_index));
+        ItemFacts { categories: &self.bundle.metadata.categories, embeddings }
     }
 
     /// Remembers what `user_id` was shown (the `seen_window` rule).
@@ -286,7 +301,7 @@ impl Recommender {
         let mut timings = Timings::default();
         timings.add("segment", started.elapsed());
         let name = segment.to_string();
-        let items = self.rules.finish(&items, None, &HashSet::new(), &self.bundle.metadata.categories, &name, n);
+        let items = self.rules.finish(&items, None, &HashSet::new(), self.item_facts(), &name, n);
         Ok(Answer { list: self.list(None, segment, source, items, n), timings, query: None })
     }
 

@@ -11,6 +11,7 @@ use cascade_shared::wire::RecItem;
 
 use super::fallback::{Fallback, FallbackReason};
 use super::{Recommender, Timings};
+use crate::catalogue::FreshCandidate;
 use crate::ranking::RankError;
 use crate::ranking::features::build_rows;
 use crate::retrieval::Candidate;
@@ -240,11 +241,19 @@ impl Recommender {
             return Err(RealtimeError::Deadline);
         }
 
+        // New items (added through the catalogue since the bundle was trained) are ranked with the
+        // bundle's candidates.
         let stage = Instant::now();
-        let mut features = Vec::with_capacity(rows.len() * self.ranker.input_width());
+        let fresh = self.fresh_candidates(user);
+        if !fresh.is_empty() {
+            timings.add("fresh", stage.elapsed());
+        }
+
+        let stage = Instant::now();
+        let mut features = Vec::with_capacity((rows.len() + fresh.len()) * self.ranker.input_width());
         build_rows(
             user,
-            rows.iter().map(|&r| self.bundle.items.row(r)),
+            rows.iter().map(|&r| self.bundle.items.row(r)).chain(fresh.iter().map(|f| f.embedding.as_slice())),
             query.segment.page,
             query.segment.device,
             &mut features,
@@ -252,7 +261,35 @@ impl Recommender {
         let scores = self.ranker.score(features, deadline).await?;
         timings.add("rank", stage.elapsed());
         self.metrics.stage_seconds.with_label_values(&["rank"]).observe(stage.elapsed().as_secs_f64());
-        Ok(self.top_items(rows.into_iter().zip(scores), MAX_N))
+        if scores.len() != rows.len() + fresh.len() {
+            return Err(RealtimeError::Rank(RankError::Model("fewer scores than rows".into())));
+        }
+        let (bundle_scores, fresh_scores) = scores.split_at(rows.len());
+        let mut items = self.top_items(rows.into_iter().zip(bundle_scores.iter().copied()), MAX_N);
+        if !fresh.is_empty() {
+            let catalogue = self.rules.catalogue();
+            items.extend(fresh.into_iter().zip(fresh_scores).map(|(item, &score)| {
+                let title = catalogue.new_item(&item.id).and_then(|new| new.title);
+                RecItem { id: item.id, score, title, position: 0 }
+            }));
+            // Stable: a new item tied with a bundle item comes after it.
+            items.sort_by(|a, b| b.score.total_cmp(&a.score));
+            items.truncate(MAX_N);
+        }
+        Ok(items)
+    }
+
+    /// The best `fresh_candidates` new items of this bundle for the query `user`.
+    fn fresh_candidates(&self, user: &[f32]) -> Vec<FreshCandidate> {
+        if self.fresh_candidates == 0 {
+            return Vec::new();
+        }
+        let index = self.rules.catalogue().fresh();
+        if index.len(&self.bundle_id) == 0 {
+            return Vec::new();
+        }
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        index.top(&self.bundle_id, user, self.fresh_candidates, now_ms as u64)
     }
 }
 

@@ -1,0 +1,156 @@
+//! New items (added with their embedding through the catalogue, not in any bundle yet) as a
+//! candidate source: the real-time path scores the query against every new item of its bundle by
+//! exact inner product and ranks the best few with the FAISS candidates.
+//!
+//! Why a scan and not FAISS `add_with_ids`: the index is shared by every request and rebuilt only
+//! with a bundle; a scan over a flat matrix of at most `max_new_items` (10,000 by default) rows
+//! costs about as much as one small FAISS probe (64 dimensions × 10,000 rows ≈ 0.3 ms on one core,
+//! `benches/fresh_items.rs`), needs no lock on the index, and disappears at the next retrain, which
+//! takes the items in. Each new item belongs to the bundle whose embedding space it was given in;
+//! it is retrieved only by that bundle.
+
+use std::collections::HashMap;
+
+use super::{ItemState, reason};
+
+/// A new item's serving facts, as stored in the catalogue.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewItem {
+    /// The bundle whose embedding space `embedding` is in.
+    pub bundle_id: String,
+    /// The item's embedding (the bundle's `dim` values).
+    pub embedding: Vec<f32>,
+    /// Its title, shown in lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Its categories (for the category cap).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
+}
+
+/// The new items of one bundle as one row-major matrix.
+#[derive(Debug, Default)]
+struct Block {
+    ids: Vec<String>,
+    /// Unix ms from which each row is not served (hidden or deleted: 0; none: `u64::MAX`).
+    served_until: Vec<u64>,
+    matrix: Vec<f32>,
+    dim: usize,
+}
+
+/// A new item found for a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FreshCandidate {
+    /// The item.
+    pub id: String,
+    /// Its embedding.
+    pub embedding: Vec<f32>,
+    /// Inner product with the query.
+    pub similarity: f32,
+}
+
+/// Every new item, grouped by bundle, rebuilt whenever a new item changes.
+#[derive(Debug, Default)]
+pub struct FreshIndex {
+    blocks: HashMap<String, Block>,
+}
+
+impl FreshIndex {
+    /// The index of the new items in `items`.
+    pub fn build(items: &HashMap<String, ItemState>) -> Self {
+        let mut blocks: HashMap<String, Block> = HashMap::new();
+        let mut ids: Vec<(&String, &ItemState)> = items.iter().filter(|(_, s)| s.new.is_some()).collect();
+        ids.sort_by(|a, b| a.0.cmp(b.0));
+        for (id, state) in ids {
+            let Some(new) = &state.new else { continue };
+            let block = blocks.entry(new.bundle_id.clone()).or_default();
+            block.dim = new.embedding.len();
+            block.ids.push(id.clone());
+            block.served_until.push(match (reason(state, 0), state.expires_at_ms) {
+                (Some(_), _) => 0,
+                (None, Some(at)) => at,
+                (None, None) => u64::MAX,
+            });
+            block.matrix.extend_from_slice(&new.embedding);
+        }
+        FreshIndex { blocks }
+    }
+
+    /// How many new items `bundle_id` can retrieve.
+    pub fn len(&self, bundle_id: &str) -> usize {
+        self.blocks.get(bundle_id).map_or(0, |b| b.ids.len())
+    }
+
+    /// The `k` served new items of `bundle_id` with the largest inner product with `query`, best
+    /// first (ties: by id).
+    pub fn top(&self, bundle_id: &str, query: &[f32], k: usize, now_ms: u64) -> Vec<FreshCandidate> {
+        let Some(block) = self.blocks.get(bundle_id) else { return Vec::new() };
+        if k == 0 || block.dim != query.len() || block.dim == 0 {
+            return Vec::new();
+        }
+        let mut scored: Vec<(f32, usize)> = block
+            .matrix
+            .chunks_exact(block.dim)
+            .enumerate()
+            .filter(|(row, _)| block.served_until[*row] > now_ms)
+            .map(|(row, item)| (query.iter().zip(item).map(|(q, i)| q * i).sum::<f32>(), row))
+            .collect();
+        let by_score = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        if scored.len() > k {
+            scored.select_nth_unstable_by(k - 1, by_score);
+            scored.truncate(k);
+        }
+        scored.sort_by(by_score);
+        scored
+            .into_iter()
+            .map(|(similarity, row)| FreshCandidate {
+                id: block.ids[row].clone(),
+                embedding: block.matrix[row * block.dim..(row + 1) * block.dim].to_vec(),
+                similarity,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_item(bundle: &str, embedding: &[f32]) -> ItemState {
+        ItemState {
+            new: Some(NewItem {
+                bundle_id: bundle.into(),
+                embedding: embedding.to_vec(),
+                title: None,
+                categories: vec![],
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_best_served_new_items_of_the_query_bundle_come_first() {
+        let mut items = HashMap::from([
+            ("a".to_string(), new_item("b1", &[1.0, 0.0])),
+            ("b".to_string(), new_item("b1", &[0.0, 1.0])),
+            ("c".to_string(), new_item("b1", &[2.0, 0.0])),
+            ("d".to_string(), new_item("b2", &[9.0, 9.0])),
+            ("e".to_string(), ItemState { hidden: true, ..new_item("b1", &[5.0, 0.0]) }),
+            ("f".to_string(), ItemState { expires_at_ms: Some(100), ..new_item("b1", &[4.0, 0.0]) }),
+            ("g".to_string(), ItemState { hidden: true, ..Default::default() }),
+        ]);
+        let index = FreshIndex::build(&items);
+        assert_eq!((index.len("b1"), index.len("b2"), index.len("b3")), (5, 1, 0));
+        let ids = |found: Vec<FreshCandidate>| found.into_iter().map(|c| c.id).collect::<Vec<_>>();
+        assert_eq!(ids(index.top("b1", &[1.0, 0.0], 2, 50)), ["f", "c"]);
+        // Expired at 100, hidden always.
+        assert_eq!(ids(index.top("b1", &[1.0, 0.0], 2, 100)), ["c", "a"]);
+        assert_eq!(ids(index.top("b1", &[0.0, 1.0], 10, 100)), ["b", "a", "c"]);
+        assert!(index.top("b1", &[1.0, 0.0, 0.0], 3, 0).is_empty(), "another width is not compared");
+        assert!(index.top("b3", &[1.0, 0.0], 3, 0).is_empty());
+        items.remove("c");
+        let found = FreshIndex::build(&items).top("b1", &[1.0, 0.0], 1, 100);
+        assert_eq!((found[0].id.as_str(), found[0].similarity, &found[0].embedding[..]), ("a", 1.0, &[1.0, 0.0][..]));
+    }
+}
