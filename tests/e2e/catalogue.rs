@@ -157,3 +157,51 @@ async fn a_new_item_is_recommended_to_a_user_near_it_as_soon_as_it_is_put() {
     let good: Value = good.await.unwrap().json().await.unwrap();
     assert_eq!(good["applied"], 2, "{good}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cascade_items_import_sends_a_file_in_batches_and_names_a_bad_line() {
+    let bundle = bundle_dir().unwrap();
+    let origin = start("").await;
+    let items = cascade_shared::embedding::decode_file(&std::fs::read(bundle.join("items.emb")).unwrap()).unwrap();
+    let dir = TempDir::new("cascade-import").unwrap();
+    let import = |lines: Vec<Value>, name: &str| {
+        let file = dir.path().join(name);
+        let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+        std::fs::write(&file, text.join("\n") + "\n").unwrap();
+        std::process::Command::new(cascade_e2e::cascade_bin().unwrap())
+            .args(["--json", "items", "import", &file.display().to_string(), "--origin", &origin.url, "--batch", "2"])
+            .env("CASCADE_API_KEY", API_KEY)
+            .output()
+            .unwrap()
+    };
+    // Five new items and one state change, in batches of two.
+    let mut lines: Vec<Value> =
+        (0..5).map(|i| json!({"item_id": format!("imported-{i}"), "embedding": items.row(i), "title": format!("Imported {i}")})).collect();
+    lines.push(json!({"item_id": items.ids[0], "hidden": true}));
+    let done = import(lines, "good.jsonl");
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let report: Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!((report["applied"].as_u64(), report["batches"].as_u64()), (Some(6), Some(3)), "{report}");
+    let http = reqwest::Client::new();
+    let state = |id: String| {
+        let request = http.patch(format!("{}/v1/items/{id}", origin.url)).bearer_auth(API_KEY).json(&json!({}));
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    assert!(state("imported-4".into()).await["new_in_bundle"].is_string());
+    assert_eq!(state(items.ids[0].clone()).await["withheld"], "hidden");
+
+    // Line 3 has a wrong embedding: the first batch is applied, the second refused, the line named.
+    let bad = vec![
+        json!({"item_id": "later-0", "embedding": items.row(0)}),
+        json!({"item_id": "later-1", "embedding": items.row(1)}),
+        json!({"item_id": "later-2", "embedding": [1.0]}),
+        json!({"item_id": "later-3", "embedding": items.row(3)}),
+    ];
+    let refused = import(bad, "bad.jsonl");
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("line 3") && message.contains("2 items applied"), "{message}");
+    assert!(state("later-1".into()).await["new_in_bundle"].is_string());
+    let unknown = http.patch(format!("{}/v1/items/later-3", origin.url)).bearer_auth(API_KEY).json(&json!({}));
+    assert_eq!(unknown.send().await.unwrap().status(), 404, "the refused batch is not applied");
+}

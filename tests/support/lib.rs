@@ -396,6 +396,11 @@ impl Origin {
         Ok(Origin { url, process, _dir: dir })
     }
 
+    /// The configuration file [`Origin::with_config`] wrote (rewrite it, then reload).
+    pub fn config_file(&self) -> PathBuf {
+        self._dir.path().join("cascade.toml")
+    }
+
     /// The origin's log so far.
     pub fn output(&self) -> String {
         self.process.output()

@@ -32,7 +32,7 @@ pub struct CatalogueConfig {
 
 impl Default for CatalogueConfig {
     fn default() -> Self {
-        CatalogueConfig { file: None, max_new_items: 10_000, fresh_candidates: 20 }
+        CatalogueConfig { file: None, max_new_items: 2_000, fresh_candidates: 20 }
     }
 }
 

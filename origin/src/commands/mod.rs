@@ -4,6 +4,7 @@
 
 pub mod generated;
 pub mod index;
+pub mod items;
 pub mod keys;
 pub mod load;
 pub mod plan;
@@ -30,6 +31,9 @@ pub enum Command {
     /// FAISS index tools.
     #[command(subcommand)]
     Index(index::IndexCommand),
+    /// The item catalogue of a running origin.
+    #[command(subcommand)]
+    Items(items::ItemsCommand),
     /// Memory and shard counts for a deployment.
     Plan(plan::PlanArgs),
     /// Print the visitor-token key derived from CASCADE_SECRET (for the site's login service).
@@ -55,6 +59,7 @@ impl Command {
             Command::Precompute(args) => report(precompute::run(args).await?),
             Command::Reshard(args) => report(reshard::run(args).await?),
             Command::Report(args) => report(report::run(&args)?),
+            Command::Items(items::ItemsCommand::Import(args)) => report(items::import(args).await?),
             Command::Index(index::IndexCommand::Build(args)) => {
                 let built = tokio::task::spawn_blocking(move || index::build(&args.bundle, &args.factory)).await??;
                 report(built)

@@ -12,6 +12,7 @@ use cascade_shared::wire::RecItem;
 use super::fallback::{Fallback, FallbackReason};
 use super::{Recommender, Timings};
 use crate::catalogue::FreshCandidate;
+use crate::catalogue::fresh::dot;
 use crate::ranking::RankError;
 use crate::ranking::features::build_rows;
 use crate::retrieval::Candidate;
@@ -216,8 +217,11 @@ impl Recommender {
         deadline: Instant,
         timings: &mut Timings,
     ) -> Result<Vec<RecItem>, RealtimeError> {
-        let rows: Vec<usize> = match precomputed_rows {
-            Some(rows) if !rows.is_empty() => rows.into_iter().filter(|&row| !is_seen(seen, row)).collect(),
+        let (mut candidates, scored) = match precomputed_rows {
+            Some(rows) if !rows.is_empty() => {
+                let rows = rows.into_iter().filter(|&row| !is_seen(seen, row));
+                (rows.map(|row| Candidate { row, similarity: 0.0 }).collect(), false)
+            }
             _ => {
                 let stage = Instant::now();
                 let retriever = Arc::clone(&self.retriever);
@@ -234,20 +238,21 @@ impl Recommender {
                 let candidates = candidates.map_err(|e| RealtimeError::Retrieve(e.to_string()))?;
                 timings.add("retrieve", stage.elapsed());
                 self.metrics.stage_seconds.with_label_values(&["retrieve"]).observe(stage.elapsed().as_secs_f64());
-                unseen(candidates, seen, self.candidates).iter().map(|c| c.row).collect()
+                (unseen(candidates, seen, self.candidates), true)
             }
         };
         if Instant::now() >= deadline {
             return Err(RealtimeError::Deadline);
         }
 
-        // New items (added through the catalogue since the bundle was trained) are ranked with the
-        // bundle's candidates.
+        // New items (added through the catalogue since the bundle was trained) compete for the
+        // candidate slots by the same inner product FAISS ranks by.
         let stage = Instant::now();
-        let fresh = self.fresh_candidates(user);
+        let fresh = self.admit_fresh(user, &mut candidates, scored);
         if !fresh.is_empty() {
             timings.add("fresh", stage.elapsed());
         }
+        let rows: Vec<usize> = candidates.into_iter().map(|c| c.row).collect();
 
         let stage = Instant::now();
         let mut features = Vec::with_capacity((rows.len() + fresh.len()) * self.ranker.input_width());
@@ -279,8 +284,11 @@ impl Recommender {
         Ok(items)
     }
 
-    /// The best `fresh_candidates` new items of this bundle for the query `user`.
-    fn fresh_candidates(&self, user: &[f32]) -> Vec<FreshCandidate> {
+    /// The new items of this bundle that make the query's candidates, as if they were in the index:
+    /// each of the best `fresh_candidates` takes a slot when there is one free (fewer candidates
+    /// than `candidates`) or when it is nearer the query than the weakest candidate, which leaves.
+    /// `scored`: the candidates carry their inner product (FAISS's); else it is computed here.
+    fn admit_fresh(&self, user: &[f32], candidates: &mut Vec<Candidate>, scored: bool) -> Vec<FreshCandidate> {
         if self.fresh_candidates == 0 {
             return Vec::new();
         }
@@ -288,8 +296,25 @@ impl Recommender {
         if index.len(&self.bundle_id) == 0 {
             return Vec::new();
         }
+        if !scored {
+            for candidate in candidates.iter_mut() {
+                candidate.similarity = dot(user, self.bundle.items.row(candidate.row));
+            }
+            candidates.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+        }
+        let slots = candidates.len().max(self.candidates);
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        index.top(&self.bundle_id, user, self.fresh_candidates, now_ms as u64)
+        let mut admitted = Vec::new();
+        for item in index.top(&self.bundle_id, user, self.fresh_candidates.min(slots), now_ms as u64) {
+            if candidates.len() + admitted.len() >= slots {
+                match candidates.last() {
+                    Some(weakest) if item.similarity > weakest.similarity => candidates.pop(),
+                    _ => break,
+                };
+            }
+            admitted.push(item);
+        }
+        admitted
     }
 }
 
