@@ -135,7 +135,13 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     Ok(response)
 }
 
-async fn handle(req: Request, config: EdgeConfig, limits: Limits, ctx: Context, request_id: &str) -> Result<Response> {
+async fn handle(
+    mut req: Request,
+    config: EdgeConfig,
+    limits: Limits,
+    ctx: Context,
+    request_id: &str,
+) -> Result<Response> {
     let url = req.url()?;
     let method = req.method().to_string();
     let country = req.cf().and_then(|cf| cf.country());
@@ -180,6 +186,21 @@ async fn handle(req: Request, config: EdgeConfig, limits: Limits, ctx: Context, 
             });
             json_response(200, body.to_string())
         }
+        Route::Events => {
+            let token = cascade_shared::token::from_headers(
+                header(&req, "authorization").as_deref(),
+                header(&req, "cookie").as_deref(),
+            )
+            .map(str::to_string);
+            let Some(token) = token else {
+                return refusal(&Refusal::Unauthorized(
+                    "POST /events needs a user token (Authorization: Bearer, or the cascade_token cookie)".into(),
+                ));
+            };
+            let body = req.bytes().await?;
+            let visitor = Visitor { token: &token, limiter: limits.signed_in.as_ref() };
+            forward_events(&config, visitor, &body, request_id).await
+        }
         Route::Recs { segment, n } => {
             let token = cascade_shared::token::from_headers(
                 header(&req, "authorization").as_deref(),
@@ -201,6 +222,34 @@ async fn handle(req: Request, config: EdgeConfig, limits: Limits, ctx: Context, 
 struct Visitor<'a> {
     token: &'a str,
     limiter: Option<&'a RateLimiter>,
+}
+
+/// A signed-in visitor's events, checked and forwarded signed to the origin, whose answer (202, or
+/// its JSON error) is passed on; never stored.
+async fn forward_events(config: &EdgeConfig, caller: Visitor<'_>, body: &[u8], request_id: &str) -> Result<Response> {
+    let now = Date::now().as_millis();
+    let user_id = match visitor(config, caller.token, now / 1000) {
+        Ok(user_id) => user_id,
+        Err(refused) => return refusal(&refused),
+    };
+    if let Err(refused) = check_limit(caller.limiter, format!("user:{user_id}")).await {
+        return refusal(&refused);
+    }
+    let batch = match crate::events::visitor_batch(body, &user_id, now) {
+        Ok(batch) => batch,
+        Err(invalid) => return refusal(&Refusal::Invalid(invalid)),
+    };
+    let request = crate::events::events_request(config, batch, now / 1000, request_id);
+    let mut response = match fetch_origin(config, &request).await {
+        Ok((status, body)) => json_response(status, String::from_utf8_lossy(&body).into_owned())?,
+        Err(failure) => {
+            worker::console_error!("events for {user_id}: origin {failure}");
+            let (status, body) = crate::respond::events_failure_response(&failure);
+            json_response(status, body)?
+        }
+    };
+    response.headers_mut().set("cache-control", "no-store")?;
+    Ok(response)
 }
 
 /// A signed-in visitor's own list, never stored in the shared cache; if the origin fails, their
@@ -333,22 +382,36 @@ async fn store(key: &str, segment: &SegmentKey, config: &EdgeConfig, body: Vec<u
 
 /// One origin GET with the configured budget: aborted when it runs out. Returns a 200's body.
 async fn call_origin(config: &EdgeConfig, origin: &OriginRequest) -> std::result::Result<Vec<u8>, OriginFailure> {
+    match fetch_origin(config, origin).await? {
+        (200, body) => Ok(body),
+        (status, _) => Err(OriginFailure::Status(status)),
+    }
+}
+
+/// One origin call (its method and body) with the configured budget: aborted when it runs out.
+/// Returns the status and body, whatever the status.
+async fn fetch_origin(
+    config: &EdgeConfig,
+    origin: &OriginRequest,
+) -> std::result::Result<(u16, Vec<u8>), OriginFailure> {
     let unreachable = |e: worker::Error| OriginFailure::Unreachable(e.to_string());
     let headers = Headers::new();
     for (name, value) in &origin.headers {
         headers.set(name, value).map_err(unreachable)?;
     }
     let mut init = RequestInit::new();
-    init.with_method(Method::Get).with_headers(headers);
+    let method = if origin.method == "POST" { Method::Post } else { Method::Get };
+    init.with_method(method).with_headers(headers);
+    if let Some(body) = &origin.body {
+        init.with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
+    }
     let request = Request::new_with_init(&origin.url, &init).map_err(unreachable)?;
     let controller = AbortController::default();
     let signal = controller.signal();
     let call = async move {
         let mut response = Fetch::Request(request).send_with_signal(&signal).await.map_err(unreachable)?;
-        if response.status_code() != 200 {
-            return Err(OriginFailure::Status(response.status_code()));
-        }
-        response.bytes().await.map_err(unreachable)
+        let status = response.status_code();
+        response.bytes().await.map(|body| (status, body)).map_err(unreachable)
     };
     let budget = Delay::from(Duration::from_millis(u64::from(config.origin_timeout_ms)));
     futures_util::pin_mut!(call, budget);

@@ -7,8 +7,8 @@
 //! any stored copy is served. The edge caches one full list per segment
 //! ([`cascade_shared::validate::MAX_N`] items) and cuts it to the requested `n`, so `n` never
 //! multiplies cache entries. Visitors with a user token (`cascade_shared::token`) get their own
-//! list from the origin, never stored. `GET /` is a demo page; `POST /admin/purge` deletes a
-//! segment's entry.
+//! list from the origin, never stored, and may `POST /events` (clicks, views), forwarded signed to
+//! the origin. `GET /` is a demo page; `POST /admin/purge` deletes a segment's entry.
 //!
 //! | module | owns |
 //! |---|---|
@@ -16,6 +16,7 @@
 //! | [`route`] | what a request is: route, segment, refusals, visitor tokens, admin auth |
 //! | [`segment_cache`] | cache key, freshness, and the HIT / STALE / MISS / stale-on-error decision |
 //! | [`origin`] | signed origin requests, origin failures, cutting a list to `n` |
+//! | [`events`] | a signed-in visitor's events: checked, given the token's user, forwarded signed with the body's digest |
 //! | [`cors`] | which browser origins may read the answers |
 //! | [`respond`] | status and JSON body of refusals and origin failures |
 //! | `glue` (wasm32 only) | the `worker` crate: the fetch handler, Cache API, outbound fetch with abort, `wait_until` |
@@ -24,6 +25,7 @@
 
 pub mod config;
 pub mod cors;
+pub mod events;
 pub mod origin;
 pub mod respond;
 pub mod route;

@@ -11,27 +11,49 @@ use crate::config::EdgeConfig;
 /// A signed request to the origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginRequest {
+    /// `GET` (lists) or `POST` (a visitor's events).
+    pub method: &'static str,
     /// Full URL.
     pub url: String,
     /// Headers to send (signature, timestamp, request id).
     pub headers: Vec<(String, String)>,
+    /// The body, for a `POST` (JSON).
+    pub body: Option<Vec<u8>>,
 }
 
-fn signed(config: &EdgeConfig, path: String, query: String, now_secs: u64, request_id: &str) -> OriginRequest {
-    let signature = sign(&config.keys.edge_requests, "GET", &path, &query, now_secs);
+impl OriginRequest {
+    /// The same request with a JSON body.
+    pub fn with_body(mut self, body: Vec<u8>) -> Self {
+        self.headers.push(("content-type".into(), "application/json".into()));
+        OriginRequest { body: Some(body), ..self }
+    }
+}
+
+/// A request to the origin signed at `now_secs` (method, path, query and time).
+pub fn signed(
+    config: &EdgeConfig,
+    method: &'static str,
+    path: String,
+    query: String,
+    now_secs: u64,
+    request_id: &str,
+) -> OriginRequest {
+    let signature = sign(&config.keys.edge_requests, method, &path, &query, now_secs);
     OriginRequest {
+        method,
         url: format!("{}{path}?{query}", config.origin_url),
         headers: vec![
             (TIMESTAMP_HEADER.to_string(), now_secs.to_string()),
             (SIGNATURE_HEADER.to_string(), signature),
             ("x-request-id".to_string(), request_id.to_string()),
         ],
+        body: None,
     }
 }
 
 /// The origin call for a segment's full list, signed at `now_secs`.
 pub fn segment_request(config: &EdgeConfig, segment: &SegmentKey, now_secs: u64, request_id: &str) -> OriginRequest {
-    signed(config, format!("/v1/segments/{segment}/recs"), format!("n={MAX_N}"), now_secs, request_id)
+    signed(config, "GET", format!("/v1/segments/{segment}/recs"), format!("n={MAX_N}"), now_secs, request_id)
 }
 
 /// The origin call for a signed-in visitor's own list in their segment's context.
@@ -49,7 +71,7 @@ pub fn user_request(
         segment.device.as_str(),
         segment.country.as_str()
     );
-    signed(config, format!("/v1/users/{user_id}/recs"), query, now_secs, request_id)
+    signed(config, "GET", format!("/v1/users/{user_id}/recs"), query, now_secs, request_id)
 }
 
 /// Cuts a stored full list to `n` items; the bytes must be a [`RecList`].

@@ -20,6 +20,17 @@ pub fn origin_failure_response(failure: &OriginFailure) -> (u16, String) {
     (status, ErrorBody::new(code, message, None).to_json())
 }
 
+/// Status and JSON body when a visitor's events could not reach the origin: 503, nothing recorded.
+pub fn events_failure_response(failure: &OriginFailure) -> (u16, String) {
+    let code = match failure {
+        OriginFailure::Timeout(_) => "origin_timeout",
+        OriginFailure::Unreachable(_) => "origin_unavailable",
+        OriginFailure::Status(_) | OriginFailure::BadBody(_) => "origin_error",
+    };
+    let message = format!("the origin {failure}; the events were not recorded; retry");
+    (503, ErrorBody::new(code, message, None).to_json())
+}
+
 /// Status and JSON body for a refusal.
 pub fn refusal_response(refusal: &Refusal) -> (u16, String) {
     match refusal {
@@ -29,7 +40,9 @@ pub fn refusal_response(refusal: &Refusal) -> (u16, String) {
         Refusal::NotFound => {
             (404, ErrorBody::new("not_found", "no such route; try GET /recs?page=&device=&n=", None).to_json())
         }
-        Refusal::MethodNotAllowed => (405, ErrorBody::new("method_not_allowed", "use GET", None).to_json()),
+        Refusal::MethodNotAllowed => {
+            (405, ErrorBody::new("method_not_allowed", "use GET (POST for /events and /admin/purge)", None).to_json())
+        }
         Refusal::UriTooLong => {
             (414, ErrorBody::new("uri_too_long", format!("URL longer than {MAX_URL_LEN} bytes"), None).to_json())
         }
@@ -62,5 +75,8 @@ mod tests {
         let (status, body) = origin_failure_response(&OriginFailure::Status(500));
         assert_eq!(status, 503);
         assert!(body.contains("\"code\":\"origin_error\"") && body.contains("no copy"), "{body}");
+        let (status, body) = events_failure_response(&OriginFailure::Timeout(1500));
+        assert_eq!(status, 503);
+        assert!(body.contains("origin_timeout") && body.contains("not recorded"), "{body}");
     }
 }

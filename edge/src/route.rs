@@ -25,6 +25,8 @@ pub enum Route {
         /// The segment to purge.
         segment: SegmentKey,
     },
+    /// `POST /events`: a signed-in visitor's events, forwarded to the origin.
+    Events,
     /// The demo page at `/`.
     Demo,
     /// A CORS preflight.
@@ -105,9 +107,10 @@ pub fn route(facts: &RequestFacts<'_>) -> Result<Route, Refusal> {
                 SegmentKey::parse(raw).map_err(|e| Refusal::Invalid(FieldError::new("segment", e.to_string())))?;
             Ok(Route::Purge { segment })
         }
+        ("POST", "/events") => Ok(Route::Events),
         ("GET" | "HEAD", "/") => Ok(Route::Demo),
         ("GET", "/healthz") => Ok(Route::Health),
-        (_, "/recs" | "/healthz" | "/" | "/admin/purge") => Err(Refusal::MethodNotAllowed),
+        (_, "/recs" | "/healthz" | "/" | "/admin/purge" | "/events") => Err(Refusal::MethodNotAllowed),
         _ => Err(Refusal::NotFound),
     }
 }

@@ -111,6 +111,18 @@ pub fn sign(secret: &[u8], method: &str, path: &str, query: &str, timestamp: u64
     hex::encode(mac(secret, &canonical_request(method, path, query, timestamp)).finalize().into_bytes())
 }
 
+/// The query parameter that carries a signed request's body digest ([`body_digest`]).
+pub const BODY_DIGEST_PARAM: &str = "body_sha256";
+
+/// Lowercase hex SHA-256 of a request body. A signature covers method, path, query and time, not
+/// a body: a signed request with a body (the edge forwarding a visitor's events) carries this in
+/// its query as `body_sha256=…`, so the signature covers the body too, and the verifier compares it
+/// with the body it received.
+pub fn body_digest(body: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(Sha256::digest(body))
+}
+
 /// Whether two secrets (bearer keys, admin tokens) are equal, in time that depends only on their
 /// lengths, never on where they first differ. The one comparison both the edge and the origin use.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

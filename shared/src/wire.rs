@@ -147,6 +147,14 @@ pub enum EventKind {
 impl EventKind {
     /// Every kind, for error messages.
     pub const ALL: [&'static str; 6] = ["view", "click", "add_to_cart", "purchase", "rate", "profile_update"];
+    /// The kinds a browser may report through the edge (a purchase, a rating or a profile change
+    /// comes from the site's own backend, with a bearer key).
+    pub const FROM_VISITORS: [&'static str; 3] = ["view", "click", "add_to_cart"];
+
+    /// Whether a browser may report this kind through the edge.
+    pub fn from_visitors(self) -> bool {
+        matches!(self, EventKind::View | EventKind::Click | EventKind::AddToCart)
+    }
 }
 
 /// One user action, as `POST /v1/events` takes it.

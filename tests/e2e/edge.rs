@@ -267,7 +267,7 @@ async fn signed_in_visitors_get_their_own_lists_and_the_demo_page_renders_in_chr
 }
 
 /// Runs headless Chromium on `url` with `extra` flags; returns its stdout.
-fn chromium(url: &str, extra: &[&str]) -> String {
+pub(crate) fn chromium(url: &str, extra: &[&str]) -> String {
     let profile = TempDir::new("cascade-chromium").unwrap();
     let output = std::process::Command::new("chromium")
         .args([

@@ -6,6 +6,7 @@ mod cache;
 mod cache_redis;
 mod catalogue;
 mod edge;
+mod edge_events;
 mod every_hop;
 mod faults;
 mod feature_log;

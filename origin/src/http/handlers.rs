@@ -16,6 +16,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::middleware::unix_now;
 use super::server_timing;
+use crate::auth::Caller;
 use crate::feature_log::{Entry, LoggedItem, Served};
 use crate::recommend::Answer;
 
@@ -80,6 +81,8 @@ pub async fn segment_recs(
 /// `POST /v1/events`: a JSON batch, validated whole before any event is applied.
 pub async fn events(
     State(state): State<AppState>,
+    caller: Option<axum::Extension<Caller>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -96,8 +99,15 @@ pub async fn events(
     if !is_json {
         return Err(FieldError::new("content-type", "must be application/json").into());
     }
+    let from_edge = caller.is_some_and(|axum::Extension(caller)| caller == Caller::Edge);
+    if from_edge {
+        check_body_digest(uri.query().unwrap_or(""), &body)?;
+    }
     let received_ms = unix_now().as_millis() as u64;
     let events = parse_events(&body, received_ms)?;
+    if from_edge {
+        check_visitor_kinds(&events)?;
+    }
     let accepted = state.caches.apply_events(&events, state.events_budget).await?;
     let log = state.serving.feature_log();
     if log.is_on() {
@@ -108,6 +118,30 @@ pub async fn events(
         }
     }
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+/// A visitor's events forwarded by the edge: the signed query carries the body's digest, so the
+/// signature covers the body.
+fn check_body_digest(query: &str, body: &[u8]) -> Result<(), ApiError> {
+    use cascade_shared::signing::{BODY_DIGEST_PARAM, body_digest};
+    let digest = QueryParams::parse(query).ok().and_then(|params| params.get(BODY_DIGEST_PARAM).map(str::to_string));
+    if digest.as_deref() == Some(body_digest(body).as_str()) {
+        Ok(())
+    } else {
+        Err(crate::auth::AuthError::InternalOnly("an events body without its signed digest (body_sha256)").into())
+    }
+}
+
+/// The edge forwards only the kinds a browser may report.
+fn check_visitor_kinds(events: &[cascade_shared::wire::Event]) -> Result<(), ApiError> {
+    match events.iter().position(|event| !event.kind.from_visitors()) {
+        None => Ok(()),
+        Some(index) => Err(FieldError::new(
+            format!("events[{index}].kind"),
+            format!("the edge forwards only {}", cascade_shared::wire::EventKind::FROM_VISITORS.join(", ")),
+        )
+        .into()),
+    }
 }
 
 /// `GET /healthz`: the process is up.

@@ -99,9 +99,15 @@ fn caller(state: &AppState, request: &Request) -> Result<Caller, AuthError> {
 }
 
 /// API routes take the edge (signed) and internal callers (bearer key).
-pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+///
+/// The caller is left in the request's extensions for the handler (`POST /v1/events` takes the
+/// edge only with a body digest).
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     match caller(&state, &request) {
-        Ok(_) => next.run(request).await,
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
         Err(error) => ApiError::from(error).into_response(),
     }
 }

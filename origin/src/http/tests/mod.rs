@@ -249,24 +249,37 @@ async fn credentials_are_checked_and_admin_routes_refuse_edge_signatures() {
     assert_eq!(send(&h.state, wrong_key.unwrap()).await.0, StatusCode::UNAUTHORIZED);
 
     let now = super::middleware::unix_now().as_secs();
-    let signed = |method: &str, path: &str| {
-        let signature =
-            sign(&cascade_shared::signing::Keys::derive(SECRET.as_bytes()).edge_requests, method, path, "", now);
+    let signed_with = |method: &str, path: &str, query: &str, body: &'static str| {
+        let key = cascade_shared::signing::Keys::derive(SECRET.as_bytes()).edge_requests;
+        let signature = sign(&key, method, path, query, now);
+        let uri = if query.is_empty() { path.to_string() } else { format!("{path}?{query}") };
         Request::builder()
             .method(method)
-            .uri(path)
+            .uri(uri)
             .header(TIMESTAMP_HEADER, now.to_string())
             .header(SIGNATURE_HEADER, signature)
-            .body(Body::from("{}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
             .unwrap()
     };
+    let signed = |method: &str, path: &str| signed_with(method, path, "", "{}");
     assert_eq!(send(&h.state, signed("GET", "/v1/users/u1/recs")).await.0, StatusCode::OK);
-    // A signature does not cover a body: routes that take one need a bearer key.
+    // A signature does not cover a body: routes that take one need a bearer key, or for events
+    // (the edge forwarding a visitor's) the body's digest in the signed query.
     for path in ["/admin/bundle", "/v1/events"] {
         let (status, _, body) = send(&h.state, signed("POST", path)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
         assert!(body["error"]["message"].as_str().unwrap().contains("bearer key"), "{path}: {body}");
     }
+    let click = r#"{"events": [{"user_id": "u1", "kind": "click", "item_id": "i1"}]}"#;
+    let purchase = r#"{"events": [{"user_id": "u1", "kind": "purchase", "item_id": "i1"}]}"#;
+    let digest = |body: &str| format!("body_sha256={}", cascade_shared::signing::body_digest(body.as_bytes()));
+    let (status, _, body) = send(&h.state, signed_with("POST", "/v1/events", &digest(click), click)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, _, body) = send(&h.state, signed_with("POST", "/v1/events", &digest(click), purchase)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "another body than the digest's: {body}");
+    let (status, _, body) = send(&h.state, signed_with("POST", "/v1/events", &digest(purchase), purchase)).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("events[0].kind")), "{body}");
 }
 
 #[tokio::test]

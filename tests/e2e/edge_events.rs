@@ -1,0 +1,109 @@
+//! The feedback loop through the edge: a signed-in visitor's click goes to the Worker's
+//! `POST /events` (checked, given the token's user, forwarded signed with the body's digest, never
+//! cached), the origin records it, and the visitor's next list shows its effect (with the seen-items
+//! rule, none of the items just shown). Driven through the API, then on the demo page in headless
+//! Chromium, with a screenshot.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::collections::HashSet;
+
+use cascade_e2e::{Edge, Origin, TempDir, bundle_dir, repo_root};
+use serde_json::{Value, json};
+
+use crate::edge::chromium;
+
+const SECRET: &str = "edge-events-secret-0123456789";
+const API_KEY: &str = "edge-events-internal-key-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitors_click_goes_through_the_edge_and_their_next_list_shows_it() {
+    let dir = TempDir::new("cascade-edge-events").unwrap();
+    let config = dir.path().join("cascade.toml");
+    std::fs::write(&config, "[rules]\nseen_window = 50\n").unwrap();
+    let origin = Origin::start(&[
+        ("CASCADE_BUNDLE", bundle_dir().unwrap().display().to_string()),
+        ("CASCADE_SECRET", SECRET.to_string()),
+        ("CASCADE_API_KEYS", API_KEY.to_string()),
+        ("CASCADE_CONFIG", config.display().to_string()),
+    ])
+    .await
+    .unwrap();
+    let edge = Edge::start(&origin.url, SECRET, &[]).await.unwrap();
+    let http = reqwest::Client::new();
+    let token_for = |user: &str| {
+        let request = http
+            .post(format!("{}/admin/tokens", origin.url))
+            .bearer_auth(API_KEY)
+            .json(&json!({"user_id": user, "ttl_secs": 600}));
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string() }
+    };
+    let events = format!("{}/events", edge.url);
+    let post = |token: Option<&str>, body: Value| {
+        let mut request = http.post(&events).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+
+    // Through the API: a click is accepted (202, never cached); mistakes are refused at the edge.
+    let token = token_for("u4").await;
+    let list: Value = http
+        .get(format!("{}/recs?page=home&device=desktop&n=5", edge.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (rec_id, first) = (list["rec_id"].as_str().unwrap(), list["items"][0]["id"].as_str().unwrap());
+    let click = json!({"events": [{"kind": "click", "item_id": first, "rec_id": rec_id, "position": 1}]});
+    let accepted = post(Some(&token), click.clone()).await.unwrap();
+    assert_eq!(accepted.status(), 202);
+    assert_eq!(accepted.headers()["cache-control"], "no-store");
+    assert_eq!(accepted.json::<Value>().await.unwrap()["accepted"], 1);
+    let status_and_field = |response: reqwest::Response| async move {
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        (status, body["error"]["field"].as_str().map(str::to_string))
+    };
+    assert_eq!(status_and_field(post(None, click.clone()).await.unwrap()).await, (401, None));
+    let forged = cascade_shared::token::issue(b"not-the-secret-0123456789", "u4", u64::MAX / 2);
+    assert_eq!(status_and_field(post(Some(&forged), click).await.unwrap()).await.0, 401);
+    let purchase = json!({"events": [{"kind": "purchase", "item_id": first}]});
+    assert_eq!(
+        status_and_field(post(Some(&token), purchase).await.unwrap()).await,
+        (400, Some("events[0].kind".into()))
+    );
+    let someone_else = json!({"kind": "click", "item_id": first, "user_id": "u5"});
+    let refused = status_and_field(post(Some(&token), someone_else).await.unwrap()).await;
+    assert_eq!(refused, (400, Some("events[0].user_id".into())));
+    assert_eq!(http.get(&events).send().await.unwrap().status(), 405);
+
+    // On the demo page, in a real browser: the visitor's first item is clicked; the click goes
+    // through the edge, and the next list holds none of the items just shown.
+    let page = format!("{}/#token={}&click=1", edge.url, token_for("u6").await);
+    let dom = chromium(&page, &["--dump-dom"]);
+    assert!(dom.contains(r#"data-state="clicked""#), "{dom}");
+    let attribute = |text: &str, name: &str| {
+        let start = text.find(&format!("{name}=\"")).unwrap_or_else(|| panic!("no {name} in {text}")) + name.len() + 2;
+        text[start..].split('"').next().unwrap().to_string()
+    };
+    let clicked = attribute(&dom, "data-clicked");
+    let shown: HashSet<String> = attribute(&dom, "data-list-ids").split(',').map(String::from).collect();
+    assert!(shown.contains(&clicked) && shown.len() == 10, "{shown:?}");
+    let recs = dom.split(r#"<ol id="recs""#).nth(1).unwrap().split("</ol>").next().unwrap();
+    let next: HashSet<String> =
+        recs.split("<li data-id=\"").skip(1).map(|li| li.split('"').next().unwrap().into()).collect();
+    assert_eq!(next.len(), 10, "{recs}");
+    assert!(next.is_disjoint(&shown), "the next list repeats what was just shown: {next:?} / {shown:?}");
+    assert_eq!(attribute(recs, "data-source"), "realtime", "{recs}");
+    assert_eq!(attribute(recs, "data-rec-id").len(), 26);
+    let shots = repo_root().join("target/cascade-test");
+    std::fs::create_dir_all(&shots).unwrap();
+    let png = shots.join("edge-demo-click.png");
+    chromium(&page, &[&format!("--screenshot={}", png.display()), "--window-size=900,900"]);
+    assert!(std::fs::metadata(&png).unwrap().len() > 5_000, "screenshot saved at {}", png.display());
+}
