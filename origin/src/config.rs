@@ -59,6 +59,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The feature log (served lists and events on disk; off unless `dir` is set).
     pub feature_log: crate::feature_log::FeatureLogConfig,
+    /// Purging the edge's segment lists when an item is withheld (`[edge]`).
+    pub edge: crate::edge_purge::EdgeConfig,
     /// The catalogue's live state (`[catalogue]`).
     pub catalogue: crate::catalogue::CatalogueConfig,
     /// Business rules on the way out (`[rules]`).
@@ -85,6 +87,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             feature_log: crate::feature_log::FeatureLogConfig::default(),
             catalogue: crate::catalogue::CatalogueConfig::default(),
+            edge: crate::edge_purge::EdgeConfig::default(),
             rules: crate::recommend::list_rules::RulesConfig::default(),
             variants: Vec::new(),
             variant_salt: "cascade".into(),
@@ -146,6 +149,9 @@ impl Config {
         }
         if let Some(v) = env(env_names::REDIS_CLUSTER) {
             config.redis.cluster = split_list(&v);
+        }
+        if let Some(v) = env(env_names::EDGE_PURGE_TOKEN) {
+            config.edge.purge_token = Some(v);
         }
         if let Some(v) = env(env_names::FEATURE_LOG) {
             config.feature_log.dir = (!v.is_empty()).then(|| PathBuf::from(v));
@@ -233,6 +239,14 @@ impl Config {
         }
         if self.rules.seen_window > 10_000 || self.rules.seen_users == 0 {
             return Err(config_error("rules", "seen_window must be within 0..=10000 and seen_users positive"));
+        }
+        if let Some(url) = &self.edge.purge_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(config_error("edge.purge_url", "must be an http(s) URL (the Worker's)"));
+            }
+            if self.edge.purge_token.as_deref().is_none_or(str::is_empty) {
+                return Err(config_error("edge.purge_token", "required with purge_url (or CASCADE_EDGE_PURGE_TOKEN)"));
+            }
         }
         if !(0.0..=1.0).contains(&self.rules.diversity) {
             return Err(config_error("rules.diversity", "must be within 0..=1 (0: off)"));

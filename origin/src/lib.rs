@@ -17,7 +17,8 @@
 //! | [`store`] | [`store::EmbeddingStore`]: in-process, N Redis shards, or a Redis Cluster |
 //! | [`redis`] | the shard set every Redis user shares, the URL parser, the lean RESP reader |
 //! | [`bundle`] | a model bundle on disk: metadata, embeddings, model path, the query (sequence model), consistency checks |
-//! | [`catalogue`] | items hidden, deleted or expiring, applied on the way out; kept in a file |
+//! | [`catalogue`] | items hidden, deleted or expiring, applied on the way out; new items with embeddings; kept in a file |
+//! | [`edge_purge`] | purging the edge's stored segment lists that held an item the catalogue withholds |
 //! | [`feature_log`] | served lists and events as JSON lines, written off the request path |
 //! | [`experiment`] | A/B variant settings and the users' salted-hash assignment |
 //! | [`generate`] | deterministic clustered embeddings for the scale tiers |
@@ -39,6 +40,7 @@ pub mod cache;
 pub mod catalogue;
 pub mod commands;
 pub mod config;
+pub mod edge_purge;
 pub mod experiment;
 pub mod faults;
 pub mod feature_log;

@@ -105,6 +105,8 @@ pub struct Metrics {
     pub feature_log: IntCounterVec,
     /// Items the rules removed, by rule (`cascade_rule_removals_total{rule}`).
     pub rule_removals: IntCounterVec,
+    /// Edge purges by outcome (`cascade_edge_purges_total{outcome}`).
+    pub edge_purges: IntCounterVec,
     /// User lists by A/B variant (`cascade_variant_lists_total{variant}`).
     pub variant_lists: IntCounterVec,
 }
@@ -166,7 +168,13 @@ impl Metrics {
             &["rule"],
         )
         .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let edge_purges = IntCounterVec::new(
+            Opts::new("cascade_edge_purges_total", "Edge segment-list purges by outcome (purged, not_cached, failed)"),
+            &["outcome"],
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
         Metrics {
+            edge_purges: register(&registry, edge_purges),
             rule_removals: register(&registry, rule_removals),
             variant_lists: register(&registry, variant_lists),
             feature_log: register(&registry, feature_log),

@@ -29,6 +29,20 @@ pub const LOG: &str = "CASCADE_LOG";
 /// `text` or `json`.
 pub const LOG_FORMAT: &str = "CASCADE_LOG_FORMAT";
 
+/// The Worker's `ADMIN_TOKEN`, for the origin's edge purges (`[edge] purge_token`).
+pub const EDGE_PURGE_TOKEN: &str = "CASCADE_EDGE_PURGE_TOKEN";
+
 /// Every variable, for `--help` and the docs.
-pub const ALL: &[&str] =
-    &[CONFIG_FILE, SECRET, MODE, LISTEN, BUNDLE, REDIS_SHARDS, REDIS_CLUSTER, API_KEYS, LOG, LOG_FORMAT];
+pub const ALL: &[&str] = &[
+    CONFIG_FILE,
+    SECRET,
+    MODE,
+    LISTEN,
+    BUNDLE,
+    REDIS_SHARDS,
+    REDIS_CLUSTER,
+    API_KEYS,
+    LOG,
+    LOG_FORMAT,
+    EDGE_PURGE_TOKEN,
+];

@@ -2,13 +2,14 @@
 //! `POST /events` (checked, given the token's user, forwarded signed with the body's digest, never
 //! cached), the origin records it, and the visitor's next list shows its effect (with the seen-items
 //! rule, none of the items just shown). Driven through the API, then on the demo page in headless
-//! Chromium, with a screenshot.
+//! Chromium, with a screenshot. And the catalogue's reach to the edge: an item hidden at the origin
+//! leaves the edge's stored segment list at once (the origin purges the segments that held it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use std::collections::HashSet;
 
-use cascade_e2e::{Edge, Origin, TempDir, bundle_dir, repo_root};
+use cascade_e2e::{Edge, Origin, TempDir, bundle_dir, free_port, repo_root};
 use serde_json::{Value, json};
 
 use crate::edge::chromium;
@@ -106,4 +107,60 @@ async fn a_visitors_click_goes_through_the_edge_and_their_next_list_shows_it() {
     let png = shots.join("edge-demo-click.png");
     chromium(&page, &[&format!("--screenshot={}", png.display()), "--window-size=900,900"]);
     assert!(std::fs::metadata(&png).unwrap().len() > 5_000, "screenshot saved at {}", png.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_hidden_at_the_origin_leaves_the_edges_stored_list_at_once() {
+    const ADMIN_TOKEN: &str = "edge-events-admin-token-0123456789";
+    // The edge first (it needs the origin's address, the origin the edge's).
+    let port = free_port().unwrap();
+    let edge = Edge::start(&format!("http://127.0.0.1:{port}"), SECRET, &[("ADMIN_TOKEN", ADMIN_TOKEN)]).await.unwrap();
+    let dir = TempDir::new("cascade-edge-purge").unwrap();
+    let config = dir.path().join("cascade.toml");
+    std::fs::write(&config, format!("[edge]\npurge_url = {:?}\n", edge.url)).unwrap();
+    let origin = Origin::start_on(
+        port,
+        &[
+            ("CASCADE_BUNDLE", bundle_dir().unwrap().display().to_string()),
+            ("CASCADE_SECRET", SECRET.to_string()),
+            ("CASCADE_API_KEYS", API_KEY.to_string()),
+            ("CASCADE_CONFIG", config.display().to_string()),
+            ("CASCADE_EDGE_PURGE_TOKEN", ADMIN_TOKEN.to_string()),
+        ],
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let recs = format!("{}/recs?page=browse&device=mobile&n=10", edge.url);
+    let get = || {
+        let request = http.get(&recs);
+        async move {
+            let response = request.send().await.unwrap();
+            let cache = response.headers()["x-cache"].to_str().unwrap().to_string();
+            let body: Value = response.json().await.unwrap();
+            let ids: Vec<String> =
+                body["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().into()).collect();
+            (cache, ids)
+        }
+    };
+    assert_eq!(get().await.0, "MISS");
+    let (cache, stored) = get().await;
+    assert_eq!(cache, "HIT");
+    let hidden = stored[0].clone();
+    let patch =
+        http.patch(format!("{}/v1/items/{hidden}", origin.url)).bearer_auth(API_KEY).json(&json!({"hidden": true}));
+    assert_eq!(patch.send().await.unwrap().status(), 200);
+    // The purge runs in the background: the next requests are a MISS, without the item.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (cache, ids) = loop {
+        let (cache, ids) = get().await;
+        if !ids.contains(&hidden) || std::time::Instant::now() > deadline {
+            break (cache, ids);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(!ids.contains(&hidden), "the edge still serves {hidden}: {ids:?}");
+    assert_eq!(cache, "MISS", "the stored entry was purged, not waited out");
+    let metrics = http.get(format!("{}/metrics", origin.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("cascade_edge_purges_total{outcome=\"purged\"} 1"), "{metrics}");
 }

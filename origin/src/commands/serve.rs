@@ -34,7 +34,8 @@ pub async fn build_state(app: &App) -> anyhow::Result<AppState> {
         Arc::clone(&app.metrics),
         &app.config.serving,
     );
-    Ok(state.with_variants(variants))
+    let purger = crate::edge_purge::EdgePurge::new(&app.config.edge, app.metrics.edge_purges.clone());
+    Ok(state.with_variants(variants).with_edge_purge(purger))
 }
 
 /// Runs the server until SIGINT or SIGTERM.

@@ -120,11 +120,23 @@ fn answer(item_id: &str, item: &ItemState) -> serde_json::Value {
            "new_in_bundle": item.new.as_ref().map(|new| &new.bundle_id)})
 }
 
+/// Purges the edge's segment lists that held `item_id` when it is no longer served.
+fn purge_if_withheld(state: &AppState, item_id: &str, item: &ItemState) {
+    if let Some(purger) = &state.edge_purge
+        && reason(item, unix_now().as_millis() as u64).is_some()
+    {
+        purger.withheld(item_id);
+    }
+}
+
 /// Applies checked edits (all or none) and answers the items' new states.
 fn apply(state: &AppState, edits: Vec<Edit>) -> Result<Vec<serde_json::Value>, ApiError> {
     let ids: Vec<String> = edits.iter().map(|(id, _, _)| id.clone()).collect();
     let states = state.serving.catalogue().apply(edits)?;
     let answers = ids.iter().zip(&states).map(|(id, item)| answer(id, item)).collect();
+    for (item_id, item) in ids.iter().zip(&states) {
+        purge_if_withheld(state, item_id, item);
+    }
     for (item_id, item) in ids.iter().zip(&states) {
         tracing::info!(
             item_id,
@@ -200,5 +212,6 @@ pub async fn delete_item(State(state): State<AppState>, Path(item_id): Path<Stri
     edit(&state, &item_id, ItemBody::default(), false)?;
     let item = state.serving.catalogue().delete(&item_id)?;
     tracing::info!(item_id, "catalogue item deleted");
+    purge_if_withheld(&state, &item_id, &item);
     Ok(Json(answer(&item_id, &item)).into_response())
 }

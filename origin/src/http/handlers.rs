@@ -68,6 +68,7 @@ pub async fn user_recs(
 /// `GET /v1/segments/{segment}/recs?n=`.
 pub async fn segment_recs(
     State(state): State<AppState>,
+    caller: Option<axum::Extension<Caller>>,
     Path(segment): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -75,6 +76,10 @@ pub async fn segment_recs(
     let params = QueryParams::parse(query.as_deref().unwrap_or(""))?;
     let n = parse_n(params.get("n"))?;
     let answer = state.serving.current().segment_recs(segment, n)?;
+    // The edge stores this list: remember what it holds, to purge it if one of them is withheld.
+    if let (Some(purger), Some(axum::Extension(Caller::Edge))) = (&state.edge_purge, caller) {
+        purger.served(&answer.list.segment, &answer.list.items);
+    }
     Ok(recs_response(&state, answer, "public, max-age=60"))
 }
 

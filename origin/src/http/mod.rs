@@ -82,6 +82,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// The configuration file `cascade serve` read (re-read by `POST /admin/rules`).
     pub config_file: Option<std::path::PathBuf>,
+    /// Purges the edge's segment lists that held an item the catalogue withholds (`[edge]`).
+    pub edge_purge: Option<Arc<crate::edge_purge::EdgePurge>>,
 }
 
 impl AppState {
@@ -103,7 +105,13 @@ impl AppState {
             events_budget: Duration::from_millis(settings.events_deadline_ms),
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
             config_file: None,
+            edge_purge: None,
         }
+    }
+
+    /// The same state, purging the edge's segment lists through `purger`.
+    pub fn with_edge_purge(self, purger: Option<Arc<crate::edge_purge::EdgePurge>>) -> Self {
+        AppState { edge_purge: purger, ..self }
     }
 
     /// The same state, reloading its rules from `file`.
