@@ -77,6 +77,19 @@ pub fn l2_key(bundle: &str, user_id: &str, segment: &str, generation: u64) -> St
 /// empty (a restarted cache node) or holds another bundle from one whose users are simply new.
 pub const MARKERS_KEY: &str = "cascade:markers";
 
+/// The id the catalogue's keys are sharded by: they live on the shard that owns `catalogue`.
+pub const CATALOGUE_SHARD_ID: &str = "catalogue";
+
+/// The hash of every catalogue item's state (item id → JSON), shared by the origin processes.
+pub fn catalogue_state_key() -> String {
+    format!("cascade:catalogue:state:{CATALOGUE_SHARD_ID}")
+}
+
+/// The catalogue's version: every change bumps it; each origin polls it.
+pub fn catalogue_version_key() -> String {
+    format!("cascade:catalogue:version:{CATALOGUE_SHARD_ID}")
+}
+
 /// Whether a key belongs to one shard rather than to an id (the markers): never moved by a reshard.
 pub fn is_shard_local(key: &str) -> bool {
     key == MARKERS_KEY
@@ -93,9 +106,11 @@ pub fn is_volatile(key: &str) -> bool {
 pub fn shard_id_of(key: &str) -> Option<&str> {
     let parts: Vec<&str> = key.strip_prefix("cascade:")?.split(':').collect();
     match parts.as_slice() {
-        ["emb", "u" | "i", _, id] | ["recs", _, id] | ["gen" | "bought" | "recent", id] | ["l2", _, id, _, _] => {
-            Some(id)
-        }
+        ["emb", "u" | "i", _, id]
+        | ["recs", _, id]
+        | ["gen" | "bought" | "recent", id]
+        | ["l2", _, id, _, _]
+        | ["catalogue", "state" | "version", id] => Some(id),
         _ => None,
     }
 }
@@ -123,6 +138,9 @@ mod tests {
         for foreign in ["other:emb:u:b:1", "cascade:emb:x:b:1", "cascade:gen", "cascade:l2:b:u:s"] {
             assert_eq!(shard_id_of(foreign), None, "{foreign}");
         }
+        // The catalogue's two keys move together, with the id `catalogue`.
+        assert_eq!(shard_id_of(&catalogue_state_key()), Some(CATALOGUE_SHARD_ID));
+        assert_eq!(shard_id_of(&catalogue_version_key()), Some(CATALOGUE_SHARD_ID));
     }
 
     #[test]

@@ -54,6 +54,14 @@ impl App {
         let feature_log = FeatureLog::start(&config.feature_log, metrics.feature_log.clone())
             .map_err(|e| BuildError::FeatureLog(e.to_string()))?;
         let catalogue = crate::catalogue::Catalogue::open(&config.catalogue)?;
+        // Without a file, and with Redis shards, the catalogue is shared through Redis.
+        let catalogue = match (&config.catalogue.file, &shards) {
+            (None, Some(shards)) => {
+                let store = Arc::new(crate::catalogue::redis_store::RedisCatalogueStore::new(Arc::clone(shards)));
+                crate::catalogue::Catalogue::shared(&config.catalogue, store)
+            }
+            _ => catalogue,
+        };
         let factory = RecommenderFactory::new(config.clone(), Arc::clone(&metrics), shards.clone())
             .with_feature_log(Arc::new(feature_log))
             .with_catalogue(Arc::new(catalogue));

@@ -2,16 +2,22 @@
 //! `PUT/PATCH/DELETE /v1/items/{id}` and applied on the way out of every answer
 //! (`recommend::list_rules`), so no cache is flushed and no bundle retrained.
 //!
-//! Kept in memory and, with `[catalogue] file`, in a JSON file rewritten atomically (temporary
-//! file, then rename) on every change and read at start: the state survives a restart. An item
+//! Kept in memory, and persisted: with `[catalogue] file`, in a JSON file rewritten atomically
+//! (temporary file, then rename) on every change and read at start; else, when the origin has Redis
+//! shards, in Redis ([`redis_store`]), where every origin process sees every change within a
+//! second ([`Catalogue::refresh`], polled by `cascade serve`); else in memory only. An item
 //! that is not in the bundle can be added with its embedding ([`fresh`]): real-time lists retrieve
 //! it at once, without a retrain.
 
 pub mod fresh;
+pub mod redis_store;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +90,9 @@ pub enum CatalogueError {
     /// A deleted item cannot be changed.
     #[error("item {0:?} is deleted")]
     Deleted(String),
+    /// The shared store (Redis) did not answer; the change is not applied.
+    #[error("catalogue store: {0}")]
+    Unavailable(String),
     /// Adding the item would pass `max_new_items`.
     #[error("the catalogue holds its most new items ({0}, [catalogue] max_new_items); delete some or retrain")]
     Full(usize),
@@ -102,13 +111,37 @@ pub fn reason(state: &ItemState, now_ms: u64) -> Option<&'static str> {
     }
 }
 
+/// Where the catalogue is shared between origin processes (Redis): every item's state, and a
+/// version that every change bumps.
+#[async_trait]
+pub trait CatalogueStore: Send + Sync {
+    /// The version and every item's state.
+    async fn load(&self) -> Result<(u64, HashMap<String, ItemState>), CatalogueError>;
+    /// The version (cheap: polled).
+    async fn version(&self) -> Result<u64, CatalogueError>;
+    /// Writes the changed items (`None`: back to the default state, removed), bumping the version,
+    /// all or nothing.
+    async fn save(&self, changed: &[(String, Option<ItemState>)]) -> Result<(), CatalogueError>;
+}
+
 /// The live state of every item that has one.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Catalogue {
     items: RwLock<HashMap<String, ItemState>>,
     fresh: RwLock<Arc<FreshIndex>>,
     file: Option<PathBuf>,
+    store: Option<Arc<dyn CatalogueStore>>,
+    /// The store's version the items were loaded at (0: never).
+    version: AtomicU64,
+    /// One change (or reload) at a time in this process.
+    writer: tokio::sync::Mutex<()>,
     max_new_items: usize,
+}
+
+impl std::fmt::Debug for Catalogue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalogue").field("file", &self.file).field("shared", &self.store.is_some()).finish()
+    }
 }
 
 /// One item's change in a batch: the change, and the new item's facts when it is added.
@@ -126,13 +159,54 @@ impl Catalogue {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
             Err(error) => return Err(CatalogueError::Persist { path: file.clone(), message: error.to_string() }),
         };
-        let fresh = RwLock::new(Arc::new(FreshIndex::build(&items)));
-        Ok(Catalogue {
-            items: RwLock::new(items),
-            fresh,
-            file: Some(file.clone()),
-            max_new_items: config.max_new_items,
-        })
+        let catalogue =
+            Catalogue { file: Some(file.clone()), max_new_items: config.max_new_items, ..Catalogue::default() };
+        catalogue.replace(items);
+        Ok(catalogue)
+    }
+
+    /// The state shared in `store`, empty until the first [`Catalogue::refresh`] (`cascade serve`
+    /// refreshes before it listens).
+    pub fn shared(config: &CatalogueConfig, store: Arc<dyn CatalogueStore>) -> Self {
+        Catalogue { store: Some(store), max_new_items: config.max_new_items, ..Catalogue::default() }
+    }
+
+    /// Whether the state is shared between processes (and should be watched).
+    pub fn is_shared(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Reloads the shared state when another process changed it (the store's version moved).
+    /// Returns whether it reloaded.
+    pub async fn refresh(&self) -> Result<bool, CatalogueError> {
+        let Some(store) = &self.store else { return Ok(false) };
+        let _writer = self.writer.lock().await;
+        let version = store.version().await?;
+        if version == self.version.load(Ordering::Acquire) && version != 0 {
+            return Ok(false);
+        }
+        let (version, items) = store.load().await?;
+        self.replace(items);
+        self.version.store(version, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Polls the shared store every `every` (`cascade serve` runs this).
+    pub async fn watch(self: Arc<Self>, every: std::time::Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(error) = self.refresh().await {
+                tracing::warn!(%error, "catalogue store unreachable; serving the last state loaded");
+            }
+        }
+    }
+
+    fn replace(&self, items: HashMap<String, ItemState>) {
+        let index = Arc::new(FreshIndex::build(&items));
+        *self.fresh.write().unwrap_or_else(std::sync::PoisonError::into_inner) = index;
+        *self.items.write().unwrap_or_else(std::sync::PoisonError::into_inner) = items;
     }
 
     /// The new items, as the real-time path searches them.
@@ -162,20 +236,21 @@ impl Catalogue {
     }
 
     /// Applies `change` to `id` (persisted first when there is a file); returns the new state.
-    pub fn change(&self, id: &str, change: &ItemChange) -> Result<ItemState, CatalogueError> {
-        self.apply(vec![(id.to_string(), change.clone(), None)]).map(|mut states| states.remove(0))
+    pub async fn change(&self, id: &str, change: &ItemChange) -> Result<ItemState, CatalogueError> {
+        self.apply(vec![(id.to_string(), change.clone(), None)]).await.map(|mut states| states.remove(0))
     }
 
     /// Deletes `id` for good (a new item's embedding is dropped).
-    pub fn delete(&self, id: &str) -> Result<ItemState, CatalogueError> {
+    pub async fn delete(&self, id: &str) -> Result<ItemState, CatalogueError> {
         let deleted = ItemState { deleted: true, ..ItemState::default() };
         self.update(vec![(id.to_string(), Box::new(move |_: &ItemState| Ok(deleted)) as Box<Change>)])
+            .await
             .map(|mut states| states.remove(0))
     }
 
     /// Applies every edit, in order, or none of them (one write of the file); returns the items'
     /// new states. An edit with a [`NewItem`] adds or replaces that item's embedding and metadata.
-    pub fn apply(&self, edits: Vec<Edit>) -> Result<Vec<ItemState>, CatalogueError> {
+    pub async fn apply(&self, edits: Vec<Edit>) -> Result<Vec<ItemState>, CatalogueError> {
         let changes = edits
             .into_iter()
             .map(|(id, change, new)| {
@@ -198,14 +273,17 @@ impl Catalogue {
                 (id, edit)
             })
             .collect();
-        self.update(changes)
+        self.update(changes).await
     }
 
-    fn update(&self, edits: Vec<(String, Box<Change>)>) -> Result<Vec<ItemState>, CatalogueError> {
-        let mut items = self.items.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut next = items.clone();
+    /// Plans the edits on a copy, persists the copy (file or store), then swaps it in: readers
+    /// never wait for the write, and a failed write changes nothing.
+    async fn update(&self, edits: Vec<(String, Box<Change>)>) -> Result<Vec<ItemState>, CatalogueError> {
+        let _writer = self.writer.lock().await;
+        let mut next = self.items.read().map(|items| items.clone()).unwrap_or_default();
         let mut states = Vec::with_capacity(edits.len());
         let mut fresh_changed = false;
+        let mut changed: Vec<(String, Option<ItemState>)> = Vec::new();
         for (id, edit) in edits {
             let before = next.get(&id).cloned().unwrap_or_default();
             let state = edit(&before).map_err(|error| match error {
@@ -221,10 +299,17 @@ impl Catalogue {
             }
             if state == ItemState::default() {
                 next.remove(&id);
+                changed.push((id, None));
             } else {
-                next.insert(id, state.clone());
+                next.insert(id.clone(), state.clone());
+                changed.push((id, Some(state.clone())));
             }
             states.push(state);
+        }
+        if let Some(store) = &self.store {
+            // Reloaded by the next refresh (this process's own change included): the version
+            // cannot be taken as this change's, another process may have written in between.
+            store.save(&changed).await?;
         }
         if let Some(file) = &self.file {
             let persist = |e: std::io::Error| CatalogueError::Persist { path: file.clone(), message: e.to_string() };
@@ -237,7 +322,7 @@ impl Catalogue {
             let index = Arc::new(FreshIndex::build(&next));
             *self.fresh.write().unwrap_or_else(std::sync::PoisonError::into_inner) = index;
         }
-        *items = next;
+        *self.items.write().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
         Ok(states)
     }
 }
@@ -246,71 +331,4 @@ impl Catalogue {
 type Change = dyn FnOnce(&ItemState) -> Result<ItemState, CatalogueError> + Send;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn change(json: &str) -> ItemChange {
-        serde_json::from_str(json).unwrap()
-    }
-
-    #[test]
-    fn hidden_expired_and_deleted_items_are_withheld_and_survive_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = CatalogueConfig { file: Some(dir.path().join("catalogue.json")), ..Default::default() };
-        let catalogue = Catalogue::open(&config).unwrap();
-        assert!(catalogue.is_empty());
-        catalogue.change("a", &change(r#"{"hidden": true}"#)).unwrap();
-        catalogue.change("b", &change(r#"{"expires_at_ms": 1000}"#)).unwrap();
-        catalogue.delete("c").unwrap();
-        assert_eq!(catalogue.withheld("a", 0), Some("hidden"));
-        assert_eq!((catalogue.withheld("b", 999), catalogue.withheld("b", 1000)), (None, Some("expired")));
-        assert_eq!(catalogue.withheld("c", 0), Some("deleted"));
-        assert_eq!(catalogue.withheld("d", 0), None);
-
-        let reopened = Catalogue::open(&config).unwrap();
-        assert_eq!(reopened.withheld("a", 0), Some("hidden"));
-        assert_eq!(reopened.withheld("c", 0), Some("deleted"));
-        // Unhide; clear an expiry with null; a deleted item cannot come back.
-        reopened.change("a", &change(r#"{"hidden": false}"#)).unwrap();
-        reopened.change("b", &change(r#"{"expires_at_ms": null}"#)).unwrap();
-        assert_eq!((reopened.withheld("a", 0), reopened.withheld("b", 5000)), (None, None));
-        assert!(matches!(reopened.change("c", &change(r#"{"hidden": false}"#)), Err(CatalogueError::Deleted(_))));
-        // Items back to the default state leave the file.
-        let stored: HashMap<String, ItemState> =
-            serde_json::from_slice(&std::fs::read(dir.path().join("catalogue.json")).unwrap()).unwrap();
-        assert_eq!(stored.keys().collect::<Vec<_>>(), ["c"]);
-    }
-
-    #[test]
-    fn new_items_are_searchable_at_once_bounded_in_number_and_survive_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let config =
-            CatalogueConfig { file: Some(dir.path().join("catalogue.json")), max_new_items: 2, ..Default::default() };
-        let catalogue = Catalogue::open(&config).unwrap();
-        let new = |x: f32| NewItem { bundle_id: "b".into(), embedding: vec![x, 0.0], title: None, categories: vec![] };
-        let add = |id: &str, x: f32| (id.to_string(), ItemChange::default(), Some(new(x)));
-        catalogue.apply(vec![add("n1", 1.0), add("n2", 2.0)]).unwrap();
-        let top = |c: &Catalogue| c.fresh().top("b", &[1.0, 0.0], 5, 0).into_iter().map(|f| f.id).collect::<Vec<_>>();
-        assert_eq!(top(&catalogue), ["n2", "n1"]);
-        // A third is refused, and the whole batch with it; replacing an embedding is not an addition.
-        assert!(matches!(catalogue.apply(vec![add("n1", 3.0), add("n3", 9.0)]), Err(CatalogueError::Full(2))));
-        assert_eq!(top(&catalogue), ["n2", "n1"], "nothing of a refused batch is applied");
-        catalogue.apply(vec![add("n1", 3.0)]).unwrap();
-        assert_eq!(top(&Catalogue::open(&config).unwrap()), ["n1", "n2"], "read back at start");
-        // Hidden: not retrieved; deleted: its embedding is dropped and the slot freed.
-        catalogue.change("n1", &change(r#"{"hidden": true}"#)).unwrap();
-        assert_eq!(top(&catalogue), ["n2"]);
-        catalogue.delete("n2").unwrap();
-        assert!(catalogue.new_item("n2").is_none() && catalogue.withheld("n2", 0) == Some("deleted"));
-        catalogue.apply(vec![add("n3", 1.0)]).unwrap();
-        assert_eq!(top(&catalogue), ["n3"]);
-    }
-
-    #[test]
-    fn unknown_fields_in_a_change_are_refused() {
-        assert!(serde_json::from_str::<ItemChange>(r#"{"hiden": true}"#).is_err());
-        assert!(serde_json::from_str::<ItemChange>(r#"{"hidden": "yes"}"#).is_err());
-        let none = change("{}");
-        assert!(none.hidden.is_none() && none.expires_at_ms.is_none());
-    }
-}
+mod tests;

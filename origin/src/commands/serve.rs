@@ -23,6 +23,9 @@ pub struct ServeArgs {
 /// The HTTP state for an app: its recommender, caches and credentials.
 pub async fn build_state(app: &App) -> anyhow::Result<AppState> {
     let serving = Arc::new(app.serving().await?);
+    if let Err(error) = serving.catalogue().refresh().await {
+        tracing::error!(%error, "catalogue store unreachable at start; hidden items are served until it answers");
+    }
     let variants = app.variants(Arc::clone(&serving)).await?;
     for arm in variants.arms().iter().filter(|arm| !arm.name.is_empty()) {
         tracing::info!(variant = %arm.name, weight = arm.weight, bundle = arm.serving.current().bundle().id(), "variant");
@@ -55,12 +58,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "cascade origin listening");
     let watch = tokio::spawn(watch_health(Arc::clone(&state.serving)));
     let hangup = tokio::spawn(reload_on_hangup(state.clone()));
+    // A catalogue shared through Redis: other processes' changes within a second.
+    let catalogue = Arc::clone(state.serving.catalogue());
+    let shared = catalogue.is_shared().then(|| tokio::spawn(catalogue.watch(Duration::from_secs(1))));
     let (lag, on) = (state.metrics.runtime_lag.clone(), state.metrics.brownout.clone());
     let probe = tokio::spawn(Brownout::watch(Arc::downgrade(state.serving.brownout()), lag, on));
     server::serve(listener, router(state), limits, shutdown_signal()).await?;
     watch.abort();
     probe.abort();
     hangup.abort();
+    if let Some(shared) = shared {
+        shared.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

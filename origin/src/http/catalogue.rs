@@ -130,9 +130,9 @@ fn purge_if_withheld(state: &AppState, item_id: &str, item: &ItemState) {
 }
 
 /// Applies checked edits (all or none) and answers the items' new states.
-fn apply(state: &AppState, edits: Vec<Edit>) -> Result<Vec<serde_json::Value>, ApiError> {
+async fn apply(state: &AppState, edits: Vec<Edit>) -> Result<Vec<serde_json::Value>, ApiError> {
     let ids: Vec<String> = edits.iter().map(|(id, _, _)| id.clone()).collect();
-    let states = state.serving.catalogue().apply(edits)?;
+    let states = state.serving.catalogue().apply(edits).await?;
     let answers = ids.iter().zip(&states).map(|(id, item)| answer(id, item)).collect();
     for (item_id, item) in ids.iter().zip(&states) {
         purge_if_withheld(state, item_id, item);
@@ -149,8 +149,8 @@ fn apply(state: &AppState, edits: Vec<Edit>) -> Result<Vec<serde_json::Value>, A
     Ok(answers)
 }
 
-fn one(state: &AppState, edit: Edit) -> Result<Response, ApiError> {
-    let mut answers = apply(state, vec![edit])?;
+async fn one(state: &AppState, edit: Edit) -> Result<Response, ApiError> {
+    let mut answers = apply(state, vec![edit]).await?;
     Ok(Json(answers.remove(0)).into_response())
 }
 
@@ -162,7 +162,7 @@ pub async fn patch_item(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let edit = edit(&state, &item_id, parse(&body)?, false)?;
-    one(&state, edit)
+    one(&state, edit).await
 }
 
 /// `PUT /v1/items/{item_id}`: sets the whole state (fields not given: not hidden, no expiry); with
@@ -173,7 +173,7 @@ pub async fn put_item(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let edit = edit(&state, &item_id, parse(&body)?, true)?;
-    one(&state, edit)
+    one(&state, edit).await
 }
 
 /// `POST /v1/items` `{"items": [{"item_id": "…", …PUT body…}]}`: up to [`MAX_ITEMS_PER_BATCH`]
@@ -203,14 +203,14 @@ pub async fn put_items(State(state): State<AppState>, body: Bytes) -> Result<Res
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let applied = apply(&state, edits)?;
+    let applied = apply(&state, edits).await?;
     Ok(Json(json!({"applied": applied.len(), "items": applied})).into_response())
 }
 
 /// `DELETE /v1/items/{item_id}`: never served again (a later `PUT`/`PATCH` is 409).
 pub async fn delete_item(State(state): State<AppState>, Path(item_id): Path<String>) -> Result<Response, ApiError> {
     edit(&state, &item_id, ItemBody::default(), false)?;
-    let item = state.serving.catalogue().delete(&item_id)?;
+    let item = state.serving.catalogue().delete(&item_id).await?;
     tracing::info!(item_id, "catalogue item deleted");
     purge_if_withheld(&state, &item_id, &item);
     Ok(Json(answer(&item_id, &item)).into_response())

@@ -80,7 +80,7 @@ impl ApiError {
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", true),
             ApiError::Catalogue(CatalogueError::Deleted(_)) => (StatusCode::CONFLICT, "item_deleted", false),
             ApiError::Catalogue(CatalogueError::Full(_)) => (StatusCode::CONFLICT, "catalogue_full", false),
-            ApiError::Catalogue(CatalogueError::Persist { .. }) => {
+            ApiError::Catalogue(CatalogueError::Persist { .. } | CatalogueError::Unavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "catalogue_unavailable", true)
             }
             ApiError::Config(_) => (StatusCode::UNPROCESSABLE_ENTITY, "config_rejected", false),
@@ -110,7 +110,7 @@ impl ApiError {
                 "a store the bundle needs did not answer; the current bundle keeps serving; retry".into()
             }
             ApiError::Reload(BuildError::Task(_)) => "internal error while loading the bundle; see the log".into(),
-            ApiError::Catalogue(CatalogueError::Persist { .. }) => {
+            ApiError::Catalogue(CatalogueError::Persist { .. } | CatalogueError::Unavailable(_)) => {
                 "the catalogue's state could not be saved; nothing changed; retry".into()
             }
             other => other.to_string(),

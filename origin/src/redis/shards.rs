@@ -125,10 +125,20 @@ impl ShardSet {
         pipeline: &redis::Pipeline,
         budget: Option<Duration>,
     ) -> Result<(), ShardError> {
+        self.pipeline_query(index, pipeline, budget).await
+    }
+
+    /// [`ShardSet::pipeline`], returning the replies of the commands not ignored.
+    pub async fn pipeline_query<T: redis::FromRedisValue>(
+        &self,
+        index: usize,
+        pipeline: &redis::Pipeline,
+        budget: Option<Duration>,
+    ) -> Result<T, ShardError> {
         let mut connection = self.connection(index).await?;
         let budget = budget.unwrap_or(self.timeout);
-        match tokio::time::timeout(budget, pipeline.query_async::<()>(&mut connection)).await {
-            Ok(Ok(())) => Ok(()),
+        match tokio::time::timeout(budget, pipeline.query_async::<T>(&mut connection)).await {
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(ShardError { shard: index, message: e.to_string() }),
             Err(_) => Err(ShardError { shard: index, message: format!("no answer within {budget:?}") }),
         }
