@@ -1,6 +1,8 @@
 //! Edge HIT benchmark: segment lists served by the Worker under `wrangler dev` from the Cache API,
 //! against the origin serving the same list itself, at concurrency 32, in one run; plus the Worker
 //! bundle's size. A `/healthz` loop on the same Worker gives the floor of `wrangler dev` itself.
+//! And the purge generations' cost: the same HITs from a second Worker that reads them from KV on
+//! every request (`GENERATION_CACHE_SECS=0`) against the default (kept 5 s in the isolate).
 //!
 //!     scripts/bench.sh    (or: cargo bench -p cascade-e2e --bench edge)
 //!
@@ -16,6 +18,11 @@ use serde_json::json;
 const SECRET: &str = "bench-edge-secret-0123456789";
 const API_KEY: &str = "bench-internal-key-0123456789";
 const CONCURRENCY: usize = 32;
+
+/// The one segment every measured request asks for.
+fn hit_path() -> String {
+    "/recs?page=home&device=desktop&country=us&n=20".to_string()
+}
 
 fn gzip_size(path: &std::path::Path) -> anyhow::Result<u64> {
     let out = std::process::Command::new("gzip").args(["-9", "-c"]).arg(path).output()?;
@@ -38,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::new();
 
     // One segment, warmed: every measured request is a HIT.
-    let edge_paths = Arc::new(vec!["/recs?page=home&device=desktop&country=us&n=20".to_string()]);
+    let edge_paths = Arc::new(vec![hit_path()]);
     let warm = client.get(format!("{}{}", edge.url, edge_paths[0])).send().await?;
     anyhow::ensure!(warm.status() == 200, "edge warm-up failed: {}", edge.output());
     let body_bytes = warm.bytes().await?.len();
@@ -53,6 +60,14 @@ async fn main() -> anyhow::Result<()> {
     let hit_over_floor = edge_hits["requests_per_sec"].as_f64().unwrap_or(0.0)
         / edge_floor["requests_per_sec"].as_f64().unwrap_or(f64::NAN);
     let origin_direct = closed_loop(&origin.url, origin_paths, API_KEY, CONCURRENCY, seconds).await?;
+    // The purge generations read from KV on every request, against the isolate's copy.
+    let uncached = Edge::start(&origin.url, SECRET, &[("GENERATION_CACHE_SECS", "0")]).await?;
+    let warm = client.get(format!("{}{}", uncached.url, hit_path())).send().await?;
+    anyhow::ensure!(warm.status() == 200, "edge warm-up failed: {}", uncached.output());
+    closed_loop(&uncached.url, Arc::new(vec![hit_path()]), "", CONCURRENCY, 1).await?;
+    let kv_every_request = closed_loop(&uncached.url, Arc::new(vec![hit_path()]), "", CONCURRENCY, seconds).await?;
+    let cached_over_uncached = edge_hits["requests_per_sec"].as_f64().unwrap_or(0.0)
+        / kv_every_request["requests_per_sec"].as_f64().unwrap_or(f64::NAN);
     let ratio = edge_hits["requests_per_sec"].as_f64().unwrap_or(0.0)
         / origin_direct["requests_per_sec"].as_f64().unwrap_or(f64::NAN);
 
@@ -70,6 +85,8 @@ async fn main() -> anyhow::Result<()> {
         "edge_hit_over_floor_ratio": hit_over_floor,
         "origin_segment_direct": origin_direct,
         "edge_over_origin_ratio": ratio,
+        "edge_hit_kv_generations_every_request": kv_every_request,
+        "generations_cached_over_every_request_ratio": cached_over_uncached,
         "bundle": {
             "wasm_bytes": wasm_bytes,
             "wasm_gzip_bytes": wasm_gzip,

@@ -8,6 +8,8 @@ pub const DEFAULT_FRESH_SECS: u32 = 300;
 pub const DEFAULT_STALE_SECS: u32 = 3_600;
 /// The origin call's budget when `ORIGIN_TIMEOUT_MS` is not set; the call is aborted after it.
 pub const DEFAULT_ORIGIN_TIMEOUT_MS: u32 = 1_500;
+/// Default seconds an isolate keeps the purge generations it read from KV.
+pub const DEFAULT_GENERATION_CACHE_SECS: u32 = 5;
 /// The Worker's settings, from wrangler vars and secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EdgeConfig {
@@ -27,6 +29,9 @@ pub struct EdgeConfig {
     pub cors_origins: Vec<String>,
     /// Bearer token of the admin routes (secret `ADMIN_TOKEN`); unset disables them.
     pub admin_token: Option<String>,
+    /// Seconds an isolate keeps the purge generations it read from KV (`GENERATION_CACHE_SECS`;
+    /// 0: read on every request).
+    pub generation_cache_secs: u32,
 }
 
 fn bounded(
@@ -90,6 +95,7 @@ impl EdgeConfig {
             origin_timeout_ms: bounded(&lookup, "ORIGIN_TIMEOUT_MS", DEFAULT_ORIGIN_TIMEOUT_MS, 50..=30_000)?,
             cors_origins,
             admin_token,
+            generation_cache_secs: bounded(&lookup, "GENERATION_CACHE_SECS", DEFAULT_GENERATION_CACHE_SECS, 0..=300)?,
         })
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use cascade_shared::segment::SegmentKey;
 use cascade_shared::validate::{MAX_N, is_valid_request_id};
 use futures_util::future::{Either, select};
+use worker::kv::KvStore;
 use worker::{
     AbortController, Cache, Context, Date, Delay, Env, Fetch, Headers, Method, RateLimiter, Request, RequestInit,
     Response, Result, event,
@@ -23,6 +24,7 @@ use worker::{
 
 use crate::config::EdgeConfig;
 use crate::cors::cors_headers;
+use crate::generations::{self, GenerationCache};
 use crate::origin::{self, OriginFailure, OriginRequest, checked};
 use crate::respond::refusal_response;
 use crate::route::{self, Refusal, RequestFacts, Route, check_admin, visitor};
@@ -34,6 +36,43 @@ thread_local! {
     /// Cache keys with a background refresh in flight in this isolate: concurrent STALE answers
     /// for one key start one refresh, not one each.
     static REVALIDATING: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+    /// The purge generations this isolate read from KV, kept a few seconds.
+    static GENERATIONS: RefCell<GenerationCache> = RefCell::new(GenerationCache::default());
+}
+
+/// The KV namespace of purge generations; absent: keys carry none and a purge is local.
+const GENERATIONS_BINDING: &str = "CASCADE_KV";
+
+/// A generation from this isolate's cache, else from KV (a KV error counts as none, logged, and is
+/// not cached: the next request asks again).
+async fn generation(config: &EdgeConfig, kv: &KvStore, key: &str, now_ms: u64) -> Option<String> {
+    if let Some(cached) = GENERATIONS.with(|cache| cache.borrow().get(config, key, now_ms)) {
+        return cached;
+    }
+    match kv.get(key).text().await {
+        Ok(value) => {
+            GENERATIONS.with(|cache| cache.borrow_mut().put(key, value.clone(), now_ms));
+            value
+        }
+        Err(error) => {
+            worker::console_error!("KV read of {key} failed: {error}");
+            None
+        }
+    }
+}
+
+/// The Cache API key of `segment`'s stored list: with KV, at the current purge generations.
+async fn segment_key(config: &EdgeConfig, kv: Option<&KvStore>, cache_origin: &str, segment: &SegmentKey) -> String {
+    let base = segment_cache::cache_key(cache_origin, segment);
+    let Some(kv) = kv else { return base };
+    let now = Date::now().as_millis();
+    let segment_generation = generations::segment_generation_key(segment);
+    let (all, one) = futures_util::future::join(
+        generation(config, kv, generations::ALL_SEGMENTS, now),
+        generation(config, kv, &segment_generation, now),
+    )
+    .await;
+    generations::versioned_key(&base, all.as_deref(), one.as_deref())
 }
 
 fn json_response(status: u16, body: String) -> Result<Response> {
@@ -111,7 +150,10 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
             let cors = cors_headers(&config, browser_origin.as_deref(), preflight);
             let response = match &cors {
                 Err(refused) => refusal(refused),
-                Ok(_) => handle(req, config, Limits::from_env(&env), ctx, &request_id).await,
+                Ok(_) => {
+                    let kv = env.kv(GENERATIONS_BINDING).ok();
+                    handle(req, config, Limits::from_env(&env), kv, ctx, &request_id).await
+                }
             };
             (response, cors.unwrap_or_default())
         }
@@ -139,6 +181,7 @@ async fn handle(
     mut req: Request,
     config: EdgeConfig,
     limits: Limits,
+    kv: Option<KvStore>,
     ctx: Context,
     request_id: &str,
 ) -> Result<Response> {
@@ -176,15 +219,7 @@ async fn handle(
             if let Err(refused) = check_admin(&config, header(&req, "authorization").as_deref()) {
                 return refusal(&refused);
             }
-            let key = segment_cache::cache_key(&cache_origin, &segment);
-            let purged = matches!(Cache::default().delete(&key, false).await?, worker::CacheDeletionOutcome::Success);
-            worker::console_log!("purge {segment}: {}", if purged { "deleted" } else { "not cached" });
-            let body = serde_json::json!({
-                "segment": segment.to_string(),
-                "purged": purged,
-                "scope": "this data centre; purge tag cascade-segment-<segment> for the whole zone",
-            });
-            json_response(200, body.to_string())
+            purge(&config, kv.as_ref(), &cache_origin, segment.as_ref()).await
         }
         Route::Events => {
             let token = cascade_shared::token::from_headers(
@@ -210,9 +245,12 @@ async fn handle(
             match token {
                 Some(token) => {
                     let visitor = Visitor { token: &token, limiter: limits.signed_in.as_ref() };
-                    personal(&config, &ctx, &cache_origin, visitor, segment, n, request_id).await
+                    personal(&config, &ctx, kv.as_ref(), &cache_origin, visitor, segment, n, request_id).await
                 }
-                None => segment_list(&config, &ctx, &cache_origin, segment, n, request_id).await,
+                None => {
+                    let key = segment_key(&config, kv.as_ref(), &cache_origin, &segment).await;
+                    segment_list(&config, &ctx, key, segment, n, request_id).await
+                }
             }
         }
     }
@@ -222,6 +260,54 @@ async fn handle(
 struct Visitor<'a> {
     token: &'a str,
     limiter: Option<&'a RateLimiter>,
+}
+
+/// `POST /admin/purge` (auth and rate limit checked): with KV, a new generation for the segment
+/// (or for all of them), which every data centre's next lookup folds into its key; and the
+/// segment's entry deleted here at once. Without KV, the local delete only.
+async fn purge(
+    config: &EdgeConfig,
+    kv: Option<&KvStore>,
+    cache_origin: &str,
+    segment: Option<&SegmentKey>,
+) -> Result<Response> {
+    let name = segment.map_or_else(|| "*".to_string(), SegmentKey::to_string);
+    let deleted = match segment {
+        Some(segment) => {
+            let key = segment_key(config, kv, cache_origin, segment).await;
+            matches!(Cache::default().delete(&key, false).await?, worker::CacheDeletionOutcome::Success)
+        }
+        None => false,
+    };
+    let generation = match kv {
+        Some(kv) => {
+            let now = Date::now().as_millis();
+            let key =
+                segment.map_or_else(|| generations::ALL_SEGMENTS.to_string(), generations::segment_generation_key);
+            kv.put(&key, now.to_string())?.execute().await?;
+            GENERATIONS.with(|cache| cache.borrow_mut().put(&key, Some(now.to_string()), now));
+            Some(now)
+        }
+        None if segment.is_none() => {
+            let message = "segment=* needs the CASCADE_KV binding (purge generations); purge one segment at a time";
+            return refusal(&Refusal::Invalid(cascade_shared::validate::FieldError::new("segment", message)));
+        }
+        None => None,
+    };
+    worker::console_log!("purge {name}: deleted here {deleted}, generation {generation:?}");
+    let scope = if generation.is_some() {
+        "every data centre: a new generation in KV (within its propagation time); this one at once"
+    } else {
+        "this data centre only (no CASCADE_KV binding); purge tag cascade-segment-<segment> for the zone"
+    };
+    let body = serde_json::json!({
+        "segment": name,
+        "purged": deleted || generation.is_some(),
+        "deleted_here": deleted,
+        "generation": generation,
+        "scope": scope,
+    });
+    json_response(200, body.to_string())
 }
 
 /// A signed-in visitor's events, checked and forwarded signed to the origin, whose answer (202, or
@@ -254,9 +340,11 @@ async fn forward_events(config: &EdgeConfig, caller: Visitor<'_>, body: &[u8], r
 
 /// A signed-in visitor's own list, never stored in the shared cache; if the origin fails, their
 /// segment's list.
+#[allow(clippy::too_many_arguments)] // the request's parts, each used once
 async fn personal(
     config: &EdgeConfig,
     ctx: &Context,
+    kv: Option<&KvStore>,
     cache_origin: &str,
     caller: Visitor<'_>,
     segment: SegmentKey,
@@ -281,7 +369,8 @@ async fn personal(
         }
         Err(failure) => {
             worker::console_error!("personal list for {user_id} failed ({failure}); serving segment {segment}");
-            segment_list(config, ctx, cache_origin, segment, n, request_id).await?
+            let key = segment_key(config, kv, cache_origin, &segment).await;
+            segment_list(config, ctx, key, segment, n, request_id).await?
         }
     };
     response.headers_mut().set("cache-control", "private, no-store")?;
@@ -292,13 +381,12 @@ async fn personal(
 async fn segment_list(
     config: &EdgeConfig,
     ctx: &Context,
-    cache_origin: &str,
+    key: String,
     segment: SegmentKey,
     n: usize,
     request_id: &str,
 ) -> Result<Response> {
     let cache = Cache::default();
-    let key = segment_cache::cache_key(cache_origin, &segment);
     let stored = match cache.get(&key, false).await? {
         Some(mut entry) => {
             let stored_at = entry.headers().get(STORED_AT_HEADER).ok().flatten();

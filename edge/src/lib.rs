@@ -15,6 +15,7 @@
 //! | [`config`] | the Worker's vars and secrets, validated; errors name the variable |
 //! | [`route`] | what a request is: route, segment, refusals, visitor tokens, admin auth |
 //! | [`segment_cache`] | cache key, freshness, and the HIT / STALE / MISS / stale-on-error decision |
+//! | [`generations`] | purge generations in Workers KV folded into the cache key: a purge reaches every data centre |
 //! | [`origin`] | signed origin requests, origin failures, cutting a list to `n` |
 //! | [`events`] | a signed-in visitor's events: checked, given the token's user, forwarded signed with the body's digest |
 //! | [`cors`] | which browser origins may read the answers |
@@ -26,6 +27,7 @@
 pub mod config;
 pub mod cors;
 pub mod events;
+pub mod generations;
 pub mod origin;
 pub mod respond;
 pub mod route;

@@ -20,10 +20,11 @@ pub enum Route {
         /// Items wanted.
         n: usize,
     },
-    /// `POST /admin/purge?segment=…`: delete a segment's stored list in this data centre.
+    /// `POST /admin/purge?segment=…` (or `segment=*`): a new purge generation for a segment (or
+    /// for all), and the segment's stored list deleted in this data centre.
     Purge {
-        /// The segment to purge.
-        segment: SegmentKey,
+        /// The segment to purge; `None`: every segment.
+        segment: Option<SegmentKey>,
     },
     /// `POST /events`: a signed-in visitor's events, forwarded to the origin.
     Events,
@@ -101,11 +102,14 @@ pub fn route(facts: &RequestFacts<'_>) -> Result<Route, Refusal> {
         ("POST", "/admin/purge") => {
             let params = QueryParams::parse(facts.query).map_err(Refusal::Invalid)?;
             let raw = params.get("segment").ok_or_else(|| {
-                Refusal::Invalid(FieldError::new("segment", "required, e.g. segment=home.desktop.us"))
+                Refusal::Invalid(FieldError::new("segment", "required, e.g. segment=home.desktop.us, or * for all"))
             })?;
+            if raw == "*" {
+                return Ok(Route::Purge { segment: None });
+            }
             let segment =
                 SegmentKey::parse(raw).map_err(|e| Refusal::Invalid(FieldError::new("segment", e.to_string())))?;
-            Ok(Route::Purge { segment })
+            Ok(Route::Purge { segment: Some(segment) })
         }
         ("POST", "/events") => Ok(Route::Events),
         ("GET" | "HEAD", "/") => Ok(Route::Demo),
@@ -223,8 +227,9 @@ mod tests {
         let purge = |query| route(&RequestFacts { method: "POST", path: "/admin/purge", query, ..Default::default() });
         assert_eq!(
             purge("segment=home.mobile.de"),
-            Ok(Route::Purge { segment: SegmentKey::parse("home.mobile.de").unwrap() })
+            Ok(Route::Purge { segment: Some(SegmentKey::parse("home.mobile.de").unwrap()) })
         );
+        assert_eq!(purge("segment=*"), Ok(Route::Purge { segment: None }));
         assert!(matches!(purge(""), Err(Refusal::Invalid(e)) if e.field == "segment"));
         assert!(matches!(purge("segment=cart.fridge.usa"), Err(Refusal::Invalid(e)) if e.field == "segment"));
     }

@@ -7,9 +7,10 @@
 //! gets a fresh list. Counted as `cascade_edge_purges_total{outcome}` (`purged`, `not_cached`,
 //! `failed`).
 //!
-//! Scope: the Worker's purge deletes the entry in the data centre that answers the call (the Cache
-//! API is per data centre). Across a zone, purge by the entry's `Cache-Tag` through Cloudflare's
-//! API; the edge's stored lists also drop the item on their next refresh (`SEGMENT_TTL_SECS`).
+//! Scope: with its `CASCADE_KV` binding the Worker's purge writes a purge generation that every
+//! data centre folds into its cache key (`edge/src/generations.rs`); without it, the purge deletes
+//! the entry in the data centre that answers the call. Either way the edge's stored lists also drop
+//! the item on their next refresh.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

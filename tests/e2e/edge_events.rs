@@ -164,3 +164,68 @@ async fn an_item_hidden_at_the_origin_leaves_the_edges_stored_list_at_once() {
     let metrics = http.get(format!("{}/metrics", origin.url)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("cascade_edge_purges_total{outcome=\"purged\"} 1"), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_at_one_edge_reaches_another_through_the_kv_generation() {
+    const ADMIN_TOKEN: &str = "edge-kv-admin-token-0123456789";
+    let origin = Origin::start(&[
+        ("CASCADE_BUNDLE", bundle_dir().unwrap().display().to_string()),
+        ("CASCADE_SECRET", SECRET.to_string()),
+        ("CASCADE_API_KEYS", API_KEY.to_string()),
+    ])
+    .await
+    .unwrap();
+    // Two `wrangler dev` instances sharing one KV namespace (one --persist-to folder), as two data
+    // centres share Workers KV; generations read at most 1 s ago.
+    let state = TempDir::new("cascade-edge-kv").unwrap();
+    let vars = [("ADMIN_TOKEN", ADMIN_TOKEN), ("GENERATION_CACHE_SECS", "1")];
+    let one = Edge::start_sharing(state.path(), &origin.url, SECRET, &vars).await.unwrap();
+    let two = Edge::start_sharing(state.path(), &origin.url, SECRET, &vars).await.unwrap();
+    let http = reqwest::Client::new();
+    let cache_state = |edge: &Edge, segment: &str| {
+        let request = http.get(format!("{}/recs?page={segment}&device=tablet&n=5", edge.url));
+        async move { request.send().await.unwrap().headers()["x-cache"].to_str().unwrap().to_string() }
+    };
+    let purge = |edge: &Edge, segment: &str| {
+        let request = http.post(format!("{}/admin/purge?segment={segment}", edge.url)).bearer_auth(ADMIN_TOKEN);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    // Both edges hold both segments.
+    for edge in [&one, &two] {
+        for page in ["home", "detail"] {
+            if cache_state(edge, page).await != "HIT" {
+                assert_eq!(cache_state(edge, page).await, "HIT");
+            }
+        }
+    }
+    // A purge of one segment at the first edge (named as the edge names it: the country comes from
+    // the runtime): the second misses that segment, not the other.
+    let list: Value =
+        http.get(format!("{}/recs?page=home&device=tablet&n=5", one.url)).send().await.unwrap().json().await.unwrap();
+    let purged = purge(&one, list["segment"].as_str().unwrap()).await;
+    assert!(purged["generation"].is_u64(), "{purged}");
+    let until_miss = |edge: &Edge, page: &'static str| {
+        let edge_url = edge.url.clone();
+        let http = http.clone();
+        async move {
+            let started = std::time::Instant::now();
+            loop {
+                let response = http.get(format!("{edge_url}/recs?page={page}&device=tablet&n=5")).send().await.unwrap();
+                if response.headers()["x-cache"] == "MISS" {
+                    return started.elapsed();
+                }
+                assert!(started.elapsed() < std::time::Duration::from_secs(15), "no MISS at {edge_url} for {page}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(cache_state(&one, "home").await, "MISS", "the edge that took the purge misses at once");
+    let reached = until_miss(&two, "home").await;
+    println!("a purge at one edge reached another in {reached:?}");
+    assert_eq!(cache_state(&two, "detail").await, "HIT", "another segment is untouched");
+    // segment=* at the second edge: every segment misses at the first.
+    let all = purge(&two, "*").await;
+    assert_eq!(all["segment"], "*", "{all}");
+    until_miss(&one, "detail").await;
+    until_miss(&one, "home").await;
+}

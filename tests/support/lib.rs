@@ -440,13 +440,34 @@ impl Edge {
         secret: &str,
         extra_vars: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::launch(environment, origin_url, secret, extra_vars, None).await
+    }
+
+    /// [`Edge::start`] keeping its local state (KV, Cache API) in `state`: two instances given one
+    /// folder share their KV namespace, as two data centres share Workers KV.
+    pub async fn start_sharing(
+        state: &Path,
+        origin_url: &str,
+        secret: &str,
+        extra_vars: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::launch(None, origin_url, secret, extra_vars, Some(state)).await
+    }
+
+    async fn launch(
+        environment: Option<&str>,
+        origin_url: &str,
+        secret: &str,
+        extra_vars: &[(&str, &str)],
+        state: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let dir = TempDir::new("cascade-edge")?;
         let port = free_port()?;
         let mut command = Command::new("wrangler");
         command
             .current_dir(repo_root())
             .args(["dev", "--port", &port.to_string(), "--ip", "127.0.0.1", "--persist-to"])
-            .arg(dir.path().join("state"))
+            .arg(state.map_or_else(|| dir.path().join("state"), Path::to_path_buf))
             .args(["--var", &format!("ORIGIN_URL:{origin_url}"), "--var", &format!("ORIGIN_SECRET:{secret}")])
             .args(["--log-level", "warn", "--show-interactive-dev-session=false"])
             .env("CI", "true");
