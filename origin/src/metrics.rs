@@ -89,6 +89,8 @@ pub struct Metrics {
     pub stage_seconds: HistogramVec,
     /// `cascade_requests_in_flight`.
     pub in_flight: IntGauge,
+    /// `cascade_requests_shed_total`: refused by admission control (503 `overloaded`).
+    pub shed: prometheus::IntCounter,
     /// `cascade_cache_lookups_total{layer,result}`: cache hits and misses per layer.
     pub cache_lookups: IntCounterVec,
     /// `cascade_pipeline_runs_total`: real-time pipeline runs (coalesced misses count once).
@@ -173,7 +175,13 @@ impl Metrics {
             &["outcome"],
         )
         .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let shed = prometheus::IntCounter::new(
+            "cascade_requests_shed_total",
+            "Requests refused by admission control (503 overloaded; not in cascade_http_requests_total)",
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
         Metrics {
+            shed: register(&registry, shed),
             edge_purges: register(&registry, edge_purges),
             rule_removals: register(&registry, rule_removals),
             variant_lists: register(&registry, variant_lists),

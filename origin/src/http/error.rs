@@ -118,6 +118,21 @@ impl ApiError {
     }
 }
 
+/// The answer to a request shed by admission control, its body built once: under a flood the
+/// refusals are what the origin spends its CPU on, so a refusal formats, logs and labels nothing
+/// (`cascade_requests_shed_total` counts them; `middleware::shed` logs a summary once a second).
+pub fn shed_response() -> Response {
+    static BODY: std::sync::LazyLock<axum::body::Bytes> = std::sync::LazyLock::new(|| {
+        axum::body::Bytes::from(ErrorBody::new("overloaded", ApiError::Overloaded.to_string(), None).to_json())
+    });
+    let mut response = Response::new(axum::body::Body::from(BODY.clone()));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let Classified { status, code, retry } = self.classify();

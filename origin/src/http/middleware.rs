@@ -1,5 +1,5 @@
-//! The middleware every request passes: request id, logging span and request metrics
-//! ([`observe`]), admission control ([`admit`]), the request timeout ([`time_limit`]), and credentials ([`authenticate`],
+//! The middleware every request passes: admission control ([`shed`]), request id, logging span
+//! and request metrics ([`observe`]), the request timeout ([`time_limit`]), and credentials ([`authenticate`],
 //! [`authenticate_internal`]).
 //!
 //! The request id is kept when it passes `cascade_shared::validate::is_valid_request_id` (the rule
@@ -59,15 +59,42 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     response
 }
 
-/// Admission control: a permit per request, or 503 at once.
-pub async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Whether a path skips admission control: health checks (shedding load is not being down: a load
+/// balancer must not eject every origin at once), metrics, and the operator's admin routes (a
+/// reload or a fault switch is what an overload may need).
+fn bypasses_admission(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics") || path.starts_with("/admin/")
+}
+
+/// Admission control, the outermost layer: a permit per API request, or a prebuilt 503 with
+/// `Retry-After` at once. A refusal gets no request id, span, log line or labelled metric: under a
+/// 3x flood the refusals were most of the origin's work (README, "Failure behaviour"). Counted in
+/// `cascade_requests_shed_total`, summarised in the log at most once a second.
+pub async fn shed(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if bypasses_admission(request.uri().path()) {
+        return next.run(request).await;
+    }
     let Ok(_permit) = state.admission.clone().try_acquire_owned() else {
-        return ApiError::Overloaded.into_response();
+        state.metrics.shed.inc();
+        log_shedding(state.metrics.shed.get());
+        return super::error::shed_response();
     };
     state.metrics.in_flight.inc();
     let response = next.run(request).await;
     state.metrics.in_flight.dec();
     response
+}
+
+/// One warning a second while shedding, with the count since the last one.
+fn log_shedding(total: u64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
+    static LAST_TOTAL: AtomicU64 = AtomicU64::new(0);
+    let second = unix_now().as_secs();
+    if LAST_SECOND.load(Ordering::Relaxed) != second && LAST_SECOND.swap(second, Ordering::Relaxed) != second {
+        let since = total - LAST_TOTAL.swap(total, Ordering::Relaxed).min(total);
+        tracing::warn!(refused = since, "shedding load: requests refused with 503 overloaded");
+    }
 }
 
 /// API requests end within `serving.request_timeout_ms` (503 `timeout`, retry): a handler stuck

@@ -149,18 +149,19 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/faults", post(admin::set_faults))
         .route("/admin/rules", post(admin::reload_rules))
         .route_layer(from_fn_with_state(state.clone(), middleware::authenticate_internal));
-    // Admin, health and metrics are added after the admission layer, so it does not cover them:
-    // an overloaded origin still answers its load balancer (shedding requests is not being down)
-    // and its operator (a reload or a fault switch is what an overload may need; found by the
-    // fault suite, whose knob could not be turned off while the origin shed load).
+    // Admission control is the outermost layer, so a shed request costs no request id, span or
+    // metric label; admin, health and metrics bypass it by path: an overloaded origin still
+    // answers its load balancer (shedding requests is not being down) and its operator (a reload
+    // or a fault switch is what an overload may need; found by the fault suite, whose knob could
+    // not be turned off while the origin shed load).
     Router::new()
         .merge(api)
         .fallback(handlers::not_found)
-        .layer(from_fn_with_state(state.clone(), middleware::admit))
         .merge(admin)
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
         .layer(from_fn_with_state(state.clone(), middleware::observe))
+        .layer(from_fn_with_state(state.clone(), middleware::shed))
         .with_state(state)
 }

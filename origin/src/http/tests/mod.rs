@@ -301,6 +301,7 @@ async fn a_full_origin_answers_503_with_retry_after_at_once() {
     let (status, headers, body) = get(&h.state, "/v1/users/u1/recs").await;
     assert_eq!((status, error_code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "overloaded"));
     assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert!(h.state.metrics.render().contains("cascade_requests_shed_total 1"), "counted");
     // Shedding load is not being down: a load balancer must not eject every origin at once.
     for probe in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(get(&h.state, probe).await.0, StatusCode::OK, "{probe} bypasses admission");
