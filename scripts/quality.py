@@ -197,10 +197,47 @@ BASELINES = {
 # Cascade
 # ---------------------------------------------------------------------------------------------
 
-def cascade(split, data, seed, quick, overrides, page=0, device=0):
+def mmr_order(scores, vectors, lam):
+    """The origin's diversity re-rank (origin/src/recommend/diversity.rs), the same arithmetic:
+    greedy (1 - lam) * relevance - lam * (largest cosine similarity to an item placed), relevance
+    the scores scaled to 0..1 over the pool; ties by position."""
+    scores = np.asarray(scores, dtype=np.float64)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = np.where(norms > 0, vectors / np.where(norms > 0, norms, 1.0), 0.0)
+    span = scores.max() - scores.min()
+    relevance = (scores - scores.min()) / (span if span > 0 else 1.0)
+    closest = np.zeros(len(scores))
+    placed = np.zeros(len(scores), dtype=bool)
+    order = []
+    for _ in range(len(scores)):
+        gain = np.where(placed, -np.inf, (1 - lam) * relevance - lam * closest)
+        best = int(np.argmax(gain))  # the first of equal gains: the lower position
+        placed[best] = True
+        order.append(best)
+        closest = np.maximum(closest, unit @ unit[best])
+    return order
+
+
+def intra_list_similarity(lists, vectors):
+    """Mean pairwise cosine similarity of the items in each list, averaged over lists."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = vectors / np.where(norms > 0, norms, 1.0)
+    values = []
+    for ranked in lists.values():
+        v = unit[ranked]
+        sims = v @ v.T
+        n = len(ranked)
+        if n > 1:
+            values.append((sims.sum() - np.trace(sims)) / (n * (n - 1)))
+    return float(np.mean(values)) if values else 0.0
+
+
+def cascade(split, data, seed, quick, overrides, diversity=(), page=0, device=0):
     """Trains a bundle on the split with scripts/train.py and scores what the origin serves from it
     (`train.Served`: same query, same exclusions, same candidates, same ranker). Returns the ranked
-    item indices per held-out user and the training time."""
+    item indices per held-out user (under "cascade", and under "cascade+mmr<λ>" re-ranked as the
+    origin's `[rules] diversity = λ` does, over the first 2K), the training time, and each list
+    set's intra-list similarity."""
     import train
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,8 +247,21 @@ def cascade(split, data, seed, quick, overrides, page=0, device=0):
         seconds = time.time() - started
         served = train.Served(pathlib.Path(tmp))
         index = {item: k for k, item in enumerate(data.item_ids)}
-        lists = {u: [index[i] for i, _ in served.top(data.user_ids[u], page, device, K)] for u in split.held_out}
-    return lists, seconds
+        pool = 2 * K if diversity else K
+        tops = {u: served.top(data.user_ids[u], page, device, pool) for u in split.held_out}
+        variants = {"cascade": {u: [index[i] for i, _ in top[:K]] for u, top in tops.items()}}
+        for lam in diversity:
+            lists = {}
+            for u, top in tops.items():
+                rows = [served.item_index[i] for i, _ in top]
+                order = mmr_order([score for _, score in top], served.items[rows], lam)
+                lists[u] = [index[top[j][0]] for j in order[:K]]
+            variants[f"cascade+mmr{lam:g}"] = lists
+        vectors = np.zeros((len(data.item_ids), served.items.shape[1]), dtype=np.float32)
+        for item, row in served.item_index.items():
+            vectors[index[item]] = served.items[row]
+        similarity = {name: intra_list_similarity(lists, vectors) for name, lists in variants.items()}
+    return variants, seconds, similarity
 
 
 def lists_scorer(lists, n_items):
@@ -231,6 +281,8 @@ def lists_scorer(lists, n_items):
 
 def summarise(runs):
     out = {}
+    if all("ils" in r for r in runs):
+        out["ils"] = round(float(np.mean([r["ils"] for r in runs])), 4)
     for key in ("hr10", "ndcg10", "coverage"):
         values = np.array([r[key] for r in runs])
         out[key] = round(float(values.mean()), 4)
@@ -240,7 +292,7 @@ def summarise(runs):
     return out
 
 
-def run_dataset(name, seeds, methods, quick, which, overrides):
+def run_dataset(name, seeds, methods, quick, which, overrides, diversity=()):
     data = recdata.find(name)
     n_items = len(data.item_ids)
     log(f"{name}: {len(data.user_ids)} users, {n_items} items, {len(data.rows)} interactions")
@@ -250,17 +302,20 @@ def run_dataset(name, seeds, methods, quick, which, overrides):
     for method in methods:
         started = time.time()
         if method == "cascade":
-            runs, train_seconds = [], []
+            runs, train_seconds = {}, []
             for seed in range(seeds):
                 test = recdata.split(data, which, seed)
-                lists, seconds = cascade(test, data, seed, quick, overrides)
-                metrics, _ = evaluate(test, n_items, lists_scorer(lists, n_items))
-                runs.append(metrics)
+                variants, seconds, similarity = cascade(test, data, seed, quick, overrides, diversity)
                 train_seconds.append(seconds)
-                log(f"{name} cascade seed {seed}: HR@10 {metrics['hr10']:.4f} NDCG@10 {metrics['ndcg10']:.4f} "
-                    f"(trained in {seconds:.0f} s)")
-            result["methods"]["cascade"] = summarise(runs)
-            result["methods"]["cascade"]["train_seconds"] = round(float(np.mean(train_seconds)), 1)
+                for variant, lists in variants.items():
+                    metrics, _ = evaluate(test, n_items, lists_scorer(lists, n_items))
+                    metrics["ils"] = similarity[variant]
+                    runs.setdefault(variant, []).append(metrics)
+                    log(f"{name} {variant} seed {seed}: HR@10 {metrics['hr10']:.4f} NDCG@10 {metrics['ndcg10']:.4f} "
+                        f"intra-list similarity {metrics['ils']:.3f} (trained in {seconds:.0f} s)")
+            for variant, variant_runs in runs.items():
+                result["methods"][variant] = summarise(variant_runs)
+                result["methods"][variant]["train_seconds"] = round(float(np.mean(train_seconds)), 1)
             continue
         fit, grid = BASELINES[method]
         best, best_params = None, grid[0]
@@ -288,10 +343,11 @@ def table(report):
     for name, ds in report["datasets"].items():
         lines.append(f"\n{name} ({ds['users']} users, {ds['items']} items), {report['split']} split, "
                      f"mean ± std over {report['seeds']} seeds")
-        lines.append(f"{'method':<12} {'HR@10':>16} {'NDCG@10':>16} {'coverage':>9}")
+        lines.append(f"{'method':<16} {'HR@10':>16} {'NDCG@10':>16} {'coverage':>9} {'ILS':>6}")
         for method, m in ds["methods"].items():
-            lines.append(f"{method:<12} {m['hr10']:>8.4f} ± {m['hr10_std']:<5.4f} "
-                         f"{m['ndcg10']:>8.4f} ± {m['ndcg10_std']:<5.4f} {m['coverage']:>9.3f}")
+            ils = f"{m['ils']:>6.3f}" if "ils" in m else f"{'':>6}"
+            lines.append(f"{method:<16} {m['hr10']:>8.4f} ± {m['hr10_std']:<5.4f} "
+                         f"{m['ndcg10']:>8.4f} ± {m['ndcg10_std']:<5.4f} {m['coverage']:>9.3f} {ils}")
     return "\n".join(lines)
 
 
@@ -307,8 +363,17 @@ def main():
                     help="a training option for Cascade (scripts/train.py's Options), e.g. --set epochs=4")
     ap.add_argument("--must-beat", default="", metavar="METHODS",
                     help="exit 1 unless Cascade's mean HR@10 and NDCG@10 beat these methods' on every dataset")
+    ap.add_argument("--diversity", default="", metavar="LAMBDAS",
+                    help="also score Cascade's lists re-ranked as [rules] diversity = λ does, e.g. 0.3,0.7 "
+                         "(methods cascade+mmr<λ>; every Cascade row gets its intra-list similarity, ILS)")
     ap.add_argument("--out", default=str(ROOT / "target" / "cascade-bench" / "quality.json"))
     args = ap.parse_args()
+    try:
+        diversity = [float(v) for v in args.diversity.split(",") if v]
+    except ValueError:
+        ap.error(f"--diversity {args.diversity!r}: expected numbers within 0..1, e.g. 0.3,0.7")
+    if any(not 0.0 <= lam <= 1.0 for lam in diversity):
+        ap.error("--diversity: every λ must be within 0..1")
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
     methods = [m for m in args.methods.split(",") if m]
@@ -325,7 +390,8 @@ def main():
     report = {"protocol": "held-out last, random tie-break, full ranking, cold held-out = miss",
               "seeds": args.seeds, "quick": args.quick, "split": args.split, "cascade_options": overrides, "datasets": {}}
     for name in args.datasets.split(","):
-        report["datasets"][name] = run_dataset(name, args.seeds, methods, args.quick, args.split, overrides)
+        report["datasets"][name] = run_dataset(name, args.seeds, methods, args.quick, args.split, overrides,
+                                               diversity)
     report["seconds"] = round(time.time() - started, 1)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
