@@ -11,6 +11,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
+use std::rc::Rc;
 use std::time::Duration;
 
 use cascade_shared::segment::SegmentKey;
@@ -28,7 +29,7 @@ use crate::generations::{self, GenerationCache};
 use crate::origin::{self, OriginFailure, OriginRequest, checked};
 use crate::respond::refusal_response;
 use crate::route::{self, Refusal, RequestFacts, Route, check_admin, visitor};
-use crate::segment_cache::{self, OnLookup, STORED_AT_HEADER};
+use crate::segment_cache::{self, CUT_HEADER, Entry, IsolateCache, OnLookup, STORED_AT_HEADER};
 
 const DEMO_PAGE: &str = include_str!("demo.html");
 
@@ -38,6 +39,8 @@ thread_local! {
     static REVALIDATING: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
     /// The purge generations this isolate read from KV, kept a few seconds.
     static GENERATIONS: RefCell<GenerationCache> = RefCell::new(GenerationCache::default());
+    /// The segment lists this isolate read or stored, kept as long as the generations.
+    static ENTRIES: RefCell<IsolateCache> = RefCell::new(IsolateCache::default());
 }
 
 /// The KV namespace of purge generations; absent: keys carry none and a purge is local.
@@ -134,10 +137,22 @@ fn header(req: &Request, name: &str) -> Option<String> {
     req.headers().get(name).ok().flatten()
 }
 
+/// The Worker's settings, read and checked once per isolate (vars and secrets change only with a
+/// new deployment, which starts new isolates): reading eight bindings and deriving the keys on every
+/// request was part of what a HIT cost beyond the runtime's floor. A configuration that does not
+/// validate is not kept, so every request reports it.
 fn config(env: &Env) -> std::result::Result<EdgeConfig, String> {
-    EdgeConfig::from_lookup(|name| {
+    thread_local! {
+        static CONFIG: RefCell<Option<EdgeConfig>> = const { RefCell::new(None) };
+    }
+    if let Some(config) = CONFIG.with(|cached| cached.borrow().clone()) {
+        return Ok(config);
+    }
+    let config = EdgeConfig::from_lookup(|name| {
         env.secret(name).ok().map(|v| v.to_string()).or_else(|| env.var(name).ok().map(|v| v.to_string()))
-    })
+    })?;
+    CONFIG.with(|cached| *cached.borrow_mut() = Some(config.clone()));
+    Ok(config)
 }
 
 #[event(fetch)]
@@ -275,6 +290,7 @@ async fn purge(
     let deleted = match segment {
         Some(segment) => {
             let key = segment_key(config, kv, cache_origin, segment).await;
+            ENTRIES.with(|entries| entries.borrow_mut().remove(&key));
             matches!(Cache::default().delete(&key, false).await?, worker::CacheDeletionOutcome::Success)
         }
         None => false,
@@ -387,14 +403,21 @@ async fn segment_list(
     request_id: &str,
 ) -> Result<Response> {
     let cache = Cache::default();
-    let stored = match cache.get(&key, false).await? {
-        Some(mut entry) => {
-            let stored_at = entry.headers().get(STORED_AT_HEADER).ok().flatten();
-            Some((stored_at, entry.bytes().await?))
-        }
-        None => None,
+    let (now, ttl_ms) = (Date::now().as_millis(), u64::from(config.generation_cache_secs) * 1000);
+    let stored = match ENTRIES.with(|entries| entries.borrow().get(&key, now, ttl_ms)) {
+        Some(entry) => Some(entry),
+        None => match cache.get(&key, false).await? {
+            Some(mut response) => {
+                let stored_at = response.headers().get(STORED_AT_HEADER).ok().flatten();
+                let cut = response.headers().get(CUT_HEADER).ok().flatten();
+                let entry = Rc::new(Entry { stored_at, cut, body: response.bytes().await? });
+                ENTRIES.with(|entries| entries.borrow_mut().put(&key, Rc::clone(&entry), now, ttl_ms));
+                Some(entry)
+            }
+            None => None,
+        },
     };
-    let lookup = stored.as_ref().map(|(at, body)| (at.as_deref(), body.as_slice()));
+    let lookup = stored.as_ref().map(|entry| entry.stored());
     match segment_cache::on_lookup(config, lookup, Date::now().as_millis(), n) {
         OnLookup::Serve { list, state, revalidate } => {
             if revalidate {
@@ -404,6 +427,7 @@ async fn segment_list(
         }
         OnLookup::Fetch { delete_stored: true } => {
             // An unreadable entry is dropped and refetched.
+            ENTRIES.with(|entries| entries.borrow_mut().remove(&key));
             let _ = cache.delete(&key, false).await;
         }
         OnLookup::Fetch { delete_stored: false } => {}
@@ -412,7 +436,7 @@ async fn segment_list(
     if let Err(failure) = &fetched {
         worker::console_error!("segment {segment}: origin {failure}");
     }
-    let stored_body = stored.as_ref().map(|(_, body)| body.as_slice());
+    let stored_body = stored.as_ref().map(|entry| entry.body.as_slice());
     match segment_cache::after_fetch(fetched.as_deref(), stored_body, n) {
         Ok((list, state)) => answer(list, state.as_str(), state.max_age(config)),
         Err((status, body)) => json_response(status, body),
@@ -464,7 +488,15 @@ async fn store(key: &str, segment: &SegmentKey, config: &EdgeConfig, body: Vec<u
     headers.set("content-type", "application/json")?;
     headers.set("cache-control", &segment_cache::stored_cache_control(config))?;
     headers.set("cache-tag", &segment_cache::cache_tags(segment))?;
-    headers.set(STORED_AT_HEADER, &Date::now().as_millis().to_string())?;
+    let now = Date::now().as_millis();
+    headers.set(STORED_AT_HEADER, &now.to_string())?;
+    let cut = segment_cache::cut_index(&body);
+    if let Some(index) = &cut {
+        headers.set(CUT_HEADER, index)?;
+    }
+    let entry = Rc::new(Entry { stored_at: Some(now.to_string()), cut, body: body.clone() });
+    let ttl_ms = u64::from(config.generation_cache_secs) * 1000;
+    ENTRIES.with(|entries| entries.borrow_mut().put(key, entry, now, ttl_ms));
     Cache::default().put(key, Response::from_bytes(body)?.with_headers(headers)).await
 }
 

@@ -11,6 +11,118 @@ use crate::respond::origin_failure_response;
 /// Header on a stored entry: when it was fetched from the origin, Unix milliseconds.
 pub const STORED_AT_HEADER: &str = "x-cascade-stored-at";
 
+/// Header on a stored entry: where its items array closes and where each item ends, as byte
+/// offsets (`close,end1,end2,…`), so a HIT cuts the list to `n` by splicing bytes instead of
+/// parsing and re-serialising 100 items ([`cut_index`], [`cut_by_index`]).
+pub const CUT_HEADER: &str = "x-cascade-cut";
+
+/// A stored entry as the Cache API returned it.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored<'a> {
+    /// [`STORED_AT_HEADER`].
+    pub stored_at: Option<&'a str>,
+    /// [`CUT_HEADER`].
+    pub cut: Option<&'a str>,
+    /// The full list.
+    pub body: &'a [u8],
+}
+
+/// A stored entry as this isolate keeps it in memory ([`IsolateCache`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// [`STORED_AT_HEADER`].
+    pub stored_at: Option<String>,
+    /// [`CUT_HEADER`].
+    pub cut: Option<String>,
+    /// The full list.
+    pub body: Vec<u8>,
+}
+
+impl Entry {
+    /// The entry as [`on_lookup`] reads it.
+    pub fn stored(&self) -> Stored<'_> {
+        Stored { stored_at: self.stored_at.as_deref(), cut: self.cut.as_deref(), body: &self.body }
+    }
+}
+
+/// Most entries an isolate keeps (one per segment it served; a list is about 10 KB).
+pub const ISOLATE_ENTRIES: usize = 512;
+
+/// The stored entries this isolate read or wrote, each kept for `GENERATION_CACHE_SECS` (the
+/// same bound as the purge generations, so a purge reaches each isolate within it): a HIT answered
+/// from here skips the Cache API round trip, most of what a HIT cost beyond the Worker's floor
+/// under `wrangler dev`. Freshness is still decided by the entry's stored-at time.
+#[derive(Debug, Default)]
+pub struct IsolateCache {
+    entries: std::collections::HashMap<String, (std::rc::Rc<Entry>, u64)>,
+}
+
+impl IsolateCache {
+    /// The entry for `key` if this isolate has held it less than `ttl_ms`.
+    pub fn get(&self, key: &str, now_ms: u64, ttl_ms: u64) -> Option<std::rc::Rc<Entry>> {
+        let (entry, kept_at) = self.entries.get(key)?;
+        (now_ms.saturating_sub(*kept_at) < ttl_ms).then(|| std::rc::Rc::clone(entry))
+    }
+
+    /// Keeps `entry` for `key` from `now_ms`.
+    pub fn put(&mut self, key: &str, entry: std::rc::Rc<Entry>, now_ms: u64, ttl_ms: u64) {
+        if ttl_ms == 0 {
+            return;
+        }
+        if self.entries.len() >= ISOLATE_ENTRIES && !self.entries.contains_key(key) {
+            self.entries.retain(|_, (_, kept_at)| now_ms.saturating_sub(*kept_at) < ttl_ms);
+            if self.entries.len() >= ISOLATE_ENTRIES {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(key.to_string(), (entry, now_ms));
+    }
+
+    /// Forgets `key` (purged, or unreadable).
+    pub fn remove(&mut self, key: &str) {
+        self.entries.remove(key);
+    }
+}
+
+/// The [`CUT_HEADER`] value for a full list body; `None` when it is not a list with items.
+pub fn cut_index(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow)]
+        items: Vec<&'a serde_json::value::RawValue>,
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    let probe: Probe<'_> = serde_json::from_str(text).ok()?;
+    let base = text.as_ptr() as usize;
+    // Each item is a slice of `text` (borrowed, never copied): its end is an offset into the body.
+    let ends: Vec<usize> = probe.items.iter().map(|raw| raw.get().as_ptr() as usize - base + raw.get().len()).collect();
+    let last = *ends.last()?;
+    let close = last + text.get(last..)?.find(']')?;
+    let mut index = close.to_string();
+    for end in ends {
+        index.push(',');
+        index.push_str(&end.to_string());
+    }
+    Some(index)
+}
+
+/// `body` cut to its first `n` items by the [`cut_index`] `index`; `None` when the index does not
+/// fit the body (then the caller parses it).
+pub fn cut_by_index(body: &[u8], index: &str, n: usize) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut offsets = index.split(',').map(|part| part.parse::<usize>().ok());
+    let close = offsets.next()??;
+    let ends: Vec<usize> = offsets.collect::<Option<_>>()?;
+    let fits = text.as_bytes().get(close) == Some(&b']')
+        && ends.windows(2).all(|w| w[0] < w[1])
+        && ends.last().is_some_and(|&last| last <= close);
+    if !fits || n == 0 {
+        return None;
+    }
+    let Some(&end) = ends.get(n - 1) else { return Some(text.to_string()) };
+    Some(format!("{}{}", text.get(..end)?, text.get(close..)?))
+}
+
 /// The Cache API key for a segment: a URL on the Worker's own host (so a zone purge can reach
 /// it), one per segment and list-format version.
 pub fn cache_key(request_origin: &str, segment: &SegmentKey) -> String {
@@ -104,15 +216,16 @@ pub enum OnLookup {
     },
 }
 
-/// Decides from the stored entry (its stored-at header and body), if any.
-pub fn on_lookup(config: &EdgeConfig, stored: Option<(Option<&str>, &[u8])>, now_ms: u64, n: usize) -> OnLookup {
-    let Some((stored_at, body)) = stored else { return OnLookup::Fetch { delete_stored: false } };
+/// Decides from the stored entry, if any. A list stored with its [`CUT_HEADER`] is cut without a
+/// parse (it was checked when it was stored); one without is parsed and checked.
+pub fn on_lookup(config: &EdgeConfig, stored: Option<Stored<'_>>, now_ms: u64, n: usize) -> OnLookup {
+    let Some(Stored { stored_at, cut, body }) = stored else { return OnLookup::Fetch { delete_stored: false } };
     let (state, revalidate) = match freshness(config, stored_at, now_ms) {
         Freshness::Fresh => (CacheState::Hit, false),
         Freshness::Stale => (CacheState::Stale, true),
         Freshness::Expired => return OnLookup::Fetch { delete_stored: false },
     };
-    match checked(body, n) {
+    match cut.and_then(|index| cut_by_index(body, index, n)).map_or_else(|| checked(body, n), Ok) {
         Ok(list) => OnLookup::Serve { list, state, revalidate },
         Err(_) => OnLookup::Fetch { delete_stored: true },
     }
@@ -138,6 +251,7 @@ pub fn after_fetch(
 mod tests {
     use super::*;
     use crate::config::tests::config;
+    use crate::origin::cut_list;
 
     #[test]
     fn freshness_windows() {
@@ -157,7 +271,9 @@ mod tests {
     #[test]
     fn lookups_serve_fresh_and_stale_and_fetch_the_rest() {
         let c = config(&[("SEGMENT_FRESH_SECS", "2"), ("SEGMENT_STALE_SECS", "10")]);
-        let stored = |at: &'static str, body: &'static str| Some((Some(at), body.as_bytes()));
+        let stored = |at: &'static str, body: &'static str| {
+            Some(Stored { stored_at: Some(at), cut: None, body: body.as_bytes() })
+        };
         let OnLookup::Serve { list, state, revalidate } = on_lookup(&c, stored("1000", LIST), 1_500, 1) else {
             panic!("a fresh entry is served")
         };
@@ -170,6 +286,47 @@ mod tests {
         assert_eq!(on_lookup(&c, stored("1000", "garbage"), 1_500, 1), OnLookup::Fetch { delete_stored: true });
         assert_eq!(on_lookup(&c, None, 1_500, 1), OnLookup::Fetch { delete_stored: false });
         assert_eq!(CacheState::Stale.max_age(&c), 0);
+    }
+
+    #[test]
+    fn a_stored_list_is_cut_by_its_index_exactly_as_a_parse_would() {
+        let list = r#"{"segment":"home.desktop.zz","source":"segment","model_version":"b","items":[{"id":"a","score":0.5,"title":"x]"},{"id":"b","score":0.25},{"id":"c","score":0.1}],"rec_id":"01J0000000000000000000000A"}"#;
+        let index = cut_index(list.as_bytes()).unwrap();
+        for n in 1..=4 {
+            let cut = cut_by_index(list.as_bytes(), &index, n).unwrap();
+            let parsed: cascade_shared::wire::RecList = serde_json::from_str(&cut).unwrap();
+            let expected: cascade_shared::wire::RecList =
+                serde_json::from_slice(&cut_list(list.as_bytes(), n).unwrap()).unwrap();
+            assert_eq!(parsed, expected, "n = {n}: {cut}");
+        }
+        // An index that does not fit the body is refused (the caller parses instead).
+        assert_eq!(cut_by_index(list.as_bytes(), "3,1,2", 1), None);
+        assert_eq!(cut_by_index(list.as_bytes(), "x", 1), None);
+        assert_eq!(cut_by_index(b"{}", &index, 1), None);
+        assert_eq!(cut_index(b"garbage"), None);
+        assert_eq!(cut_index(br#"{"items":[]}"#), None);
+        // The lookup uses the index when there is one.
+        let c = config(&[]);
+        let stored = Stored { stored_at: Some("1000"), cut: Some(&index), body: list.as_bytes() };
+        let OnLookup::Serve { list: served, .. } = on_lookup(&c, Some(stored), 1_500, 2) else { panic!() };
+        assert_eq!(served.matches("\"id\"").count(), 2);
+    }
+
+    #[test]
+    fn the_isolate_keeps_entries_for_its_ttl_and_bounded() {
+        let entry = std::rc::Rc::new(Entry { stored_at: Some("1".into()), cut: None, body: b"{}".to_vec() });
+        let mut cache = IsolateCache::default();
+        cache.put("a", std::rc::Rc::clone(&entry), 1_000, 5_000);
+        assert!(cache.get("a", 5_999, 5_000).is_some());
+        assert!(cache.get("a", 6_000, 5_000).is_none(), "read again after the TTL");
+        cache.remove("a");
+        assert!(cache.get("a", 1_000, 5_000).is_none());
+        cache.put("b", std::rc::Rc::clone(&entry), 1_000, 0);
+        assert!(cache.get("b", 1_000, 5_000).is_none(), "TTL 0: nothing kept");
+        for k in 0..ISOLATE_ENTRIES + 10 {
+            cache.put(&k.to_string(), std::rc::Rc::clone(&entry), 2_000, 5_000);
+        }
+        assert!(cache.entries.len() <= ISOLATE_ENTRIES);
     }
 
     #[test]
