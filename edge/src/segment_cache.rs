@@ -84,26 +84,107 @@ impl IsolateCache {
     }
 }
 
-/// The [`CUT_HEADER`] value for a full list body; `None` when it is not a list with items.
+/// The [`CUT_HEADER`] value for a full list body; `None` when it is not a list with items. A
+/// scan of the JSON's top level for `"items": [...]` (strings and nesting respected), not a parse:
+/// serde_json's `raw_value` feature did the same for 13 KB more of Worker bundle.
 pub fn cut_index(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Probe<'a> {
-        #[serde(borrow)]
-        items: Vec<&'a serde_json::value::RawValue>,
-    }
-    let text = std::str::from_utf8(body).ok()?;
-    let probe: Probe<'_> = serde_json::from_str(text).ok()?;
-    let base = text.as_ptr() as usize;
-    // Each item is a slice of `text` (borrowed, never copied): its end is an offset into the body.
-    let ends: Vec<usize> = probe.items.iter().map(|raw| raw.get().as_ptr() as usize - base + raw.get().len()).collect();
-    let last = *ends.last()?;
-    let close = last + text.get(last..)?.find(']')?;
+    let (close, ends) = item_offsets(body)?;
     let mut index = close.to_string();
     for end in ends {
         index.push(',');
         index.push_str(&end.to_string());
     }
     Some(index)
+}
+
+/// Where the top-level `items` array closes and where each of its elements ends.
+fn item_offsets(body: &[u8]) -> Option<(usize, Vec<usize>)> {
+    let skip_ws = |mut at: usize| {
+        while body.get(at).is_some_and(u8::is_ascii_whitespace) {
+            at += 1;
+        }
+        at
+    };
+    // The index just past the string that starts at `at` (a `"`).
+    let string_end = |mut at: usize| {
+        at += 1;
+        loop {
+            match body.get(at)? {
+                b'\\' => at += 2,
+                b'"' => return Some(at + 1),
+                _ => at += 1,
+            }
+        }
+    };
+    let mut at = skip_ws(0);
+    if body.get(at) != Some(&b'{') {
+        return None;
+    }
+    at += 1;
+    let mut depth = 1usize;
+    while depth > 0 {
+        at = skip_ws(at);
+        match *body.get(at)? {
+            b'"' => {
+                let key_end = string_end(at)?;
+                let key = &body[at..key_end];
+                let after = skip_ws(key_end);
+                if depth == 1 && body.get(after) == Some(&b':') {
+                    let value = skip_ws(after + 1);
+                    if key == b"\"items\"" && body.get(value) == Some(&b'[') {
+                        return array_elements(body, value);
+                    }
+                }
+                at = key_end;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                at += 1;
+            }
+            b'}' | b']' => {
+                depth -= 1;
+                at += 1;
+            }
+            _ => at += 1,
+        }
+    }
+    None
+}
+
+/// The elements of the array opening at `open`: where it closes and where each element ends.
+fn array_elements(body: &[u8], open: usize) -> Option<(usize, Vec<usize>)> {
+    let mut ends = Vec::new();
+    let (mut at, mut depth, mut last_content) = (open + 1, 0usize, None::<usize>);
+    loop {
+        let byte = *body.get(at)?;
+        match byte {
+            b'"' => {
+                let mut end = at + 1;
+                loop {
+                    match body.get(end)? {
+                        b'\\' => end += 2,
+                        b'"' => break,
+                        _ => end += 1,
+                    }
+                }
+                at = end + 1;
+                last_content = Some(at);
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' if depth > 0 => depth -= 1,
+            b']' => {
+                ends.extend(last_content);
+                return (!ends.is_empty()).then_some((at, ends));
+            }
+            b',' if depth == 0 => ends.push(last_content.take()?),
+            _ => {}
+        }
+        if !byte.is_ascii_whitespace() {
+            last_content = Some(at + 1);
+        }
+        at += 1;
+    }
 }
 
 /// `body` cut to its first `n` items by the [`cut_index`] `index`; `None` when the index does not
