@@ -17,7 +17,7 @@ export_env
 seconds=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(tokens queries edge_router events embeddings resp)
+[ ${#targets[@]} -gt 0 ] || targets=(tokens queries edge_router events edge_bodies embeddings resp)
 mkdir -p target/cascade-bench
 report=target/cascade-bench/fuzz.json
 

@@ -9,6 +9,7 @@
 //! | [`edge_router`] | the Worker's router on arbitrary request facts (`cascade_edge::route`) |
 //! | [`events`] | `POST /v1/events` bodies (`cascade_shared::wire::parse_events`) |
 //! | [`embeddings`] | embedding export files and values (`cascade_shared::embedding`) |
+//! | [`edge_bodies`] | the Worker's visitor events bodies (`cascade_edge::events`) and its cut index of stored lists (`cascade_edge::segment_cache`) |
 //! | [`resp`] | the origin's RESP reader (`origin/src/redis/frame.rs`, included by path: the origin crate links libtorch and FAISS, which a fuzzing build should not rebuild) |
 
 #[path = "../../../origin/src/redis/frame.rs"]
@@ -27,14 +28,40 @@ use cascade_shared::wire::{MAX_EVENTS_PER_BATCH, parse_events};
 pub type Target = fn(&[u8]);
 
 /// Every target, by name (the smoke test walks this list).
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("tokens", tokens),
     ("queries", queries),
     ("edge_router", edge_router),
     ("events", events),
+    ("edge_bodies", edge_bodies),
     ("embeddings", embeddings),
     ("resp", resp),
 ];
+
+/// The Worker's visitor events bodies: an accepted batch holds 1..=20 events of the token's user,
+/// of kinds a browser may report, and parses as the origin parses it. And its cut index of a
+/// stored list: whenever the input is JSON and an index is found, every cut is JSON too (the scan
+/// respects strings, escapes and nesting).
+pub fn edge_bodies(data: &[u8]) {
+    use cascade_edge::events::{MAX_VISITOR_EVENTS, visitor_batch};
+    use cascade_edge::segment_cache::{cut_by_index, cut_index};
+    if let Ok(batch) = visitor_batch(data, "u7", NOW * 1000) {
+        let events =
+            parse_events(&batch, NOW * 1000).unwrap_or_else(|e| panic!("accepted a batch the origin refuses: {e:?}"));
+        assert!((1..=MAX_VISITOR_EVENTS).contains(&events.len()));
+        assert!(events.iter().all(|e| e.user_id == "u7" && e.kind.from_visitors()), "{events:?}");
+    }
+    if let Some(index) = cut_index(data) {
+        let is_json = serde_json::from_slice::<serde_json::Value>(data).is_ok();
+        for n in 1..=3 {
+            let cut = cut_by_index(data, &index, n);
+            if is_json {
+                let cut = cut.unwrap_or_else(|| panic!("an index that does not fit its own body: {index}"));
+                assert!(serde_json::from_str::<serde_json::Value>(&cut).is_ok(), "cut {n} is not JSON: {cut}");
+            }
+        }
+    }
+}
 
 const SECRET: &[u8] = b"fuzz-secret-0123456789";
 const NOW: u64 = 1_800_000_000;
