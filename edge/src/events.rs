@@ -19,6 +19,18 @@ pub const MAX_VISITOR_EVENTS: usize = 20;
 /// Largest visitor events body, bytes.
 pub const MAX_VISITOR_BODY: usize = 16 * 1024;
 
+/// Refuses a body whose declared `Content-Length` is over [`MAX_VISITOR_BODY`] before it is read
+/// (a body sent without one is read, then measured by [`visitor_batch`]).
+pub fn check_declared_length(content_length: Option<&str>) -> Result<(), FieldError> {
+    match content_length.map(|v| v.trim().parse::<u64>()) {
+        Some(Ok(length)) if length > MAX_VISITOR_BODY as u64 => {
+            Err(FieldError::new("body", format!("at most {MAX_VISITOR_BODY} bytes, got {length}")))
+        }
+        Some(Err(_)) => Err(FieldError::new("content-length", "must be a number of bytes")),
+        _ => Ok(()),
+    }
+}
+
 /// The origin's events body for `user_id`'s `body`, or what is wrong with it (a 400).
 pub fn visitor_batch(body: &[u8], user_id: &str, now_ms: u64) -> Result<Vec<u8>, FieldError> {
     if body.len() > MAX_VISITOR_BODY {
@@ -88,6 +100,14 @@ mod tests {
         assert_eq!(field(&vec![b' '; MAX_VISITOR_BODY + 1]), "body");
         let many = format!("{{\"events\": [{}]}}", vec![r#"{"kind":"view","item_id":"i"}"#; 21].join(","));
         assert_eq!(field(many.as_bytes()), "events");
+    }
+
+    #[test]
+    fn a_declared_length_over_the_limit_is_refused_before_the_body_is_read() {
+        assert!(check_declared_length(None).is_ok());
+        assert!(check_declared_length(Some("16384")).is_ok());
+        assert_eq!(check_declared_length(Some("16385")).unwrap_err().field, "body");
+        assert_eq!(check_declared_length(Some("lots")).unwrap_err().field, "content-length");
     }
 
     #[test]

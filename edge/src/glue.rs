@@ -247,6 +247,9 @@ async fn handle(
                     "POST /events needs a user token (Authorization: Bearer, or the cascade_token cookie)".into(),
                 ));
             };
+            if let Err(invalid) = crate::events::check_declared_length(header(&req, "content-length").as_deref()) {
+                return refusal(&Refusal::Invalid(invalid));
+            }
             let body = req.bytes().await?;
             let visitor = Visitor { token: &token, limiter: limits.signed_in.as_ref() };
             forward_events(&config, visitor, &body, request_id).await

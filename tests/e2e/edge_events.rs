@@ -82,6 +82,8 @@ async fn a_visitors_click_goes_through_the_edge_and_their_next_list_shows_it() {
     let refused = status_and_field(post(Some(&token), someone_else).await.unwrap()).await;
     assert_eq!(refused, (400, Some("events[0].user_id".into())));
     assert_eq!(http.get(&events).send().await.unwrap().status(), 405);
+    let huge = http.post(&events).bearer_auth(&token).body(vec![b' '; 20_000]).send().await.unwrap();
+    assert_eq!(status_and_field(huge).await, (400, Some("body".into())), "refused by its Content-Length");
 
     // On the demo page, in a real browser: the visitor's first item is clicked; the click goes
     // through the edge, and the next list holds none of the items just shown.
