@@ -11,15 +11,11 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use cascade_e2e::{Origin, TempDir, bench_dir, bench_secs, bundle_dir, cascade_bin, closed_loop};
+use cascade_e2e::{Origin, TempDir, bench_dir, bench_secs, bundle_dir, cascade_bin, closed_loop, requests_per_sec};
 use serde_json::{Value, json};
 
 const API_KEY: &str = "bench-internal-key-0123456789";
 const CONCURRENCY: usize = 32;
-
-fn requests_per_sec(result: &Value) -> f64 {
-    result["requests_per_sec"].as_f64().unwrap_or(0.0)
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

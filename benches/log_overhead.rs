@@ -10,8 +10,8 @@
 
 use std::sync::Arc;
 
-use cascade_e2e::{Origin, TempDir, bench_dir, bench_secs, bundle_dir, closed_loop};
-use serde_json::{Value, json};
+use cascade_e2e::{Origin, TempDir, bench_dir, bench_secs, bundle_dir, closed_loop, requests_per_sec};
+use serde_json::json;
 
 const API_KEY: &str = "bench-internal-key-0123456789";
 const CONCURRENCY: usize = 32;
@@ -24,10 +24,6 @@ async fn start(bundle: &std::path::Path, config: &std::path::Path) -> anyhow::Re
         ("CASCADE_CONFIG", config.display().to_string()),
     ])
     .await
-}
-
-fn requests_per_sec(result: &Value) -> f64 {
-    result["requests_per_sec"].as_f64().unwrap_or(0.0)
 }
 
 #[tokio::main]

@@ -533,6 +533,11 @@ pub fn run_cascade_json(args: &[&str]) -> anyhow::Result<serde_json::Value> {
 /// Percentiles by the one formula (nearest rank) that `cascade index eval` uses too.
 pub use cascade_shared::stats::{p50_p99, percentile};
 
+/// The requests/s of a [`closed_loop`] result (0 when absent).
+pub fn requests_per_sec(result: &serde_json::Value) -> f64 {
+    result["requests_per_sec"].as_f64().unwrap_or(0.0)
+}
+
 /// Drives `base` closed-loop: `concurrency` workers, each sending GETs for `paths` (round robin,
 /// with `bearer` when not empty) one after another for `seconds`. Returns requests, errors,
 /// requests/s, p50 and p99 in milliseconds.

@@ -34,6 +34,7 @@ pub struct NewItem {
 #[derive(Debug, Default)]
 struct Block {
     ids: Vec<String>,
+    titles: Vec<Option<String>>,
     /// Unix ms from which each row is not served (hidden or deleted: 0; none: `u64::MAX`).
     served_until: Vec<u64>,
     matrix: Vec<f32>,
@@ -45,6 +46,8 @@ struct Block {
 pub struct FreshCandidate {
     /// The item.
     pub id: String,
+    /// Its title.
+    pub title: Option<String>,
     /// Its embedding.
     pub embedding: Vec<f32>,
     /// Inner product with the query.
@@ -68,6 +71,7 @@ impl FreshIndex {
             let block = blocks.entry(new.bundle_id.clone()).or_default();
             block.dim = new.embedding.len();
             block.ids.push(id.clone());
+            block.titles.push(new.title.clone());
             block.served_until.push(match (reason(state, 0), state.expires_at_ms) {
                 (Some(_), _) => 0,
                 (None, Some(at)) => at,
@@ -110,6 +114,7 @@ impl FreshIndex {
             .into_iter()
             .map(|(similarity, row)| FreshCandidate {
                 id: block.ids[row].clone(),
+                title: block.titles[row].clone(),
                 embedding: block.matrix[row * block.dim..(row + 1) * block.dim].to_vec(),
                 similarity,
             })

@@ -7,6 +7,7 @@
 //! moved) are counted by rule (`cascade_rule_removals_total{rule}`). The rules can be replaced while
 //! serving ([`ListRules::reload`]: `POST /admin/rules`, or SIGHUP); the impressions memory stays.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -209,22 +210,22 @@ impl ListRules {
                 self.count("category_cap", 1);
                 continue;
             }
-            for category in categories {
-                *per_category.entry(category).or_default() += 1;
+            for category in categories.iter() {
+                *per_category.entry(category.clone()).or_default() += 1;
             }
             kept.push(item.clone());
         }
         self.place_pins(&active, kept, purchased, segment, n)
     }
 
-    /// An item's categories: the bundle's, else a new item's (only when a cap is set).
-    fn categories_of(&self, id: &str, facts: ItemFacts<'_>, cap: usize) -> Vec<String> {
+    /// An item's categories: the bundle's (borrowed), else a new item's (only when a cap is set).
+    fn categories_of<'f>(&self, id: &str, facts: ItemFacts<'f>, cap: usize) -> Cow<'f, [String]> {
         if cap == 0 {
-            return Vec::new();
+            return Cow::Borrowed(&[]);
         }
         match facts.categories.get(id) {
-            Some(categories) => categories.clone(),
-            None => self.catalogue.new_item(id).map(|new| new.categories).unwrap_or_default(),
+            Some(categories) => Cow::Borrowed(categories.as_slice()),
+            None => Cow::Owned(self.catalogue.new_item(id).map(|new| new.categories).unwrap_or_default()),
         }
     }
 

@@ -272,10 +272,11 @@ impl Recommender {
         let (bundle_scores, fresh_scores) = scores.split_at(rows.len());
         let mut items = self.top_items(rows.into_iter().zip(bundle_scores.iter().copied()), MAX_N);
         if !fresh.is_empty() {
-            let catalogue = self.rules.catalogue();
-            items.extend(fresh.into_iter().zip(fresh_scores).map(|(item, &score)| {
-                let title = catalogue.new_item(&item.id).and_then(|new| new.title);
-                RecItem { id: item.id, score, title, position: 0 }
+            items.extend(fresh.into_iter().zip(fresh_scores).map(|(item, &score)| RecItem {
+                id: item.id,
+                score,
+                title: item.title,
+                position: 0,
             }));
             // Stable: a new item tied with a bundle item comes after it.
             items.sort_by(|a, b| b.score.total_cmp(&a.score));

@@ -1,4 +1,5 @@
-//! The `worker` glue: the only file that touches the Workers runtime. It gathers request facts,
+//! The `worker` glue: the only module that touches the Workers runtime (`purge`: KV generations
+//! and the purge route; `fetch`: outbound origin calls). It gathers request facts,
 //! asks the pure modules what to do (`route`, `segment_cache`, `origin`, `cors`, `respond`), and
 //! performs the Cache API and fetch calls they name.
 //!
@@ -12,70 +13,33 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::rc::Rc;
-use std::time::Duration;
 
 use cascade_shared::segment::SegmentKey;
 use cascade_shared::validate::{MAX_N, is_valid_request_id};
-use futures_util::future::{Either, select};
 use worker::kv::KvStore;
-use worker::{
-    AbortController, Cache, Context, Date, Delay, Env, Fetch, Headers, Method, RateLimiter, Request, RequestInit,
-    Response, Result, event,
-};
+use worker::{Cache, Context, Date, Env, Headers, Method, RateLimiter, Request, Response, Result, event};
 
 use crate::config::EdgeConfig;
 use crate::cors::cors_headers;
-use crate::generations::{self, GenerationCache};
-use crate::origin::{self, OriginFailure, OriginRequest, checked};
+use crate::origin::{self, OriginFailure, checked};
 use crate::respond::refusal_response;
 use crate::route::{self, Refusal, RequestFacts, Route, check_admin, visitor};
 use crate::segment_cache::{self, CUT_HEADER, Entry, IsolateCache, OnLookup, STORED_AT_HEADER};
 
-const DEMO_PAGE: &str = include_str!("demo.html");
+mod fetch;
+mod purge;
+
+use self::fetch::{call_origin, fetch_origin};
+use self::purge::{GENERATIONS_BINDING, purge, segment_key};
+
+const DEMO_PAGE: &str = include_str!("../demo.html");
 
 thread_local! {
     /// Cache keys with a background refresh in flight in this isolate: concurrent STALE answers
     /// for one key start one refresh, not one each.
     static REVALIDATING: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
-    /// The purge generations this isolate read from KV, kept a few seconds.
-    static GENERATIONS: RefCell<GenerationCache> = RefCell::new(GenerationCache::default());
     /// The segment lists this isolate read or stored, kept as long as the generations.
     static ENTRIES: RefCell<IsolateCache> = RefCell::new(IsolateCache::default());
-}
-
-/// The KV namespace of purge generations; absent: keys carry none and a purge is local.
-const GENERATIONS_BINDING: &str = "CASCADE_KV";
-
-/// A generation from this isolate's cache, else from KV (a KV error counts as none, logged, and is
-/// not cached: the next request asks again).
-async fn generation(config: &EdgeConfig, kv: &KvStore, key: &str, now_ms: u64) -> Option<String> {
-    if let Some(cached) = GENERATIONS.with(|cache| cache.borrow().get(config, key, now_ms)) {
-        return cached;
-    }
-    match kv.get(key).text().await {
-        Ok(value) => {
-            GENERATIONS.with(|cache| cache.borrow_mut().put(key, value.clone(), now_ms));
-            value
-        }
-        Err(error) => {
-            worker::console_error!("KV read of {key} failed: {error}");
-            None
-        }
-    }
-}
-
-/// The Cache API key of `segment`'s stored list: with KV, at the current purge generations.
-async fn segment_key(config: &EdgeConfig, kv: Option<&KvStore>, cache_origin: &str, segment: &SegmentKey) -> String {
-    let base = segment_cache::cache_key(cache_origin, segment);
-    let Some(kv) = kv else { return base };
-    let now = Date::now().as_millis();
-    let segment_generation = generations::segment_generation_key(segment);
-    let (all, one) = futures_util::future::join(
-        generation(config, kv, generations::ALL_SEGMENTS, now),
-        generation(config, kv, &segment_generation, now),
-    )
-    .await;
-    generations::versioned_key(&base, all.as_deref(), one.as_deref())
 }
 
 fn json_response(status: u16, body: String) -> Result<Response> {
@@ -280,66 +244,22 @@ struct Visitor<'a> {
     limiter: Option<&'a RateLimiter>,
 }
 
-/// `POST /admin/purge` (auth and rate limit checked): with KV, a new generation for the segment
-/// (or for all of them), which every data centre's next lookup folds into its key; and the
-/// segment's entry deleted here at once. Without KV, the local delete only.
-async fn purge(
-    config: &EdgeConfig,
-    kv: Option<&KvStore>,
-    cache_origin: &str,
-    segment: Option<&SegmentKey>,
-) -> Result<Response> {
-    let name = segment.map_or_else(|| "*".to_string(), SegmentKey::to_string);
-    let deleted = match segment {
-        Some(segment) => {
-            let key = segment_key(config, kv, cache_origin, segment).await;
-            ENTRIES.with(|entries| entries.borrow_mut().remove(&key));
-            matches!(Cache::default().delete(&key, false).await?, worker::CacheDeletionOutcome::Success)
-        }
-        None => false,
-    };
-    let generation = match kv {
-        Some(kv) => {
-            let now = Date::now().as_millis();
-            let key =
-                segment.map_or_else(|| generations::ALL_SEGMENTS.to_string(), generations::segment_generation_key);
-            kv.put(&key, now.to_string())?.execute().await?;
-            GENERATIONS.with(|cache| cache.borrow_mut().put(&key, Some(now.to_string()), now));
-            Some(now)
-        }
-        None if segment.is_none() => {
-            let message = "segment=* needs the CASCADE_KV binding (purge generations); purge one segment at a time";
-            return refusal(&Refusal::Invalid(cascade_shared::validate::FieldError::new("segment", message)));
-        }
-        None => None,
-    };
-    worker::console_log!("purge {name}: deleted here {deleted}, generation {generation:?}");
-    let scope = if generation.is_some() {
-        "every data centre: a new generation in KV (within its propagation time); this one at once"
-    } else {
-        "this data centre only (no CASCADE_KV binding); purge tag cascade-segment-<segment> for the zone"
-    };
-    let body = serde_json::json!({
-        "segment": name,
-        "purged": deleted || generation.is_some(),
-        "deleted_here": deleted,
-        "generation": generation,
-        "scope": scope,
-    });
-    json_response(200, body.to_string())
+/// The user a visitor's token names, within their rate limit (keyed by the verified user: one
+/// visitor's token cannot spend another's allowance).
+async fn verified(config: &EdgeConfig, caller: Visitor<'_>, now_secs: u64) -> std::result::Result<String, Refusal> {
+    let user_id = visitor(config, caller.token, now_secs)?;
+    check_limit(caller.limiter, format!("user:{user_id}")).await?;
+    Ok(user_id)
 }
 
 /// A signed-in visitor's events, checked and forwarded signed to the origin, whose answer (202, or
 /// its JSON error) is passed on; never stored.
 async fn forward_events(config: &EdgeConfig, caller: Visitor<'_>, body: &[u8], request_id: &str) -> Result<Response> {
     let now = Date::now().as_millis();
-    let user_id = match visitor(config, caller.token, now / 1000) {
+    let user_id = match verified(config, caller, now / 1000).await {
         Ok(user_id) => user_id,
         Err(refused) => return refusal(&refused),
     };
-    if let Err(refused) = check_limit(caller.limiter, format!("user:{user_id}")).await {
-        return refusal(&refused);
-    }
     let batch = match crate::events::visitor_batch(body, &user_id, now) {
         Ok(batch) => batch,
         Err(invalid) => return refusal(&Refusal::Invalid(invalid)),
@@ -371,14 +291,10 @@ async fn personal(
     request_id: &str,
 ) -> Result<Response> {
     let now = Date::now().as_millis();
-    let user_id = match visitor(config, caller.token, now / 1000) {
+    let user_id = match verified(config, caller, now / 1000).await {
         Ok(user_id) => user_id,
         Err(refused) => return refusal(&refused),
     };
-    // Keyed by the verified user: one visitor's token cannot spend another's allowance.
-    if let Err(refused) = check_limit(caller.limiter, format!("user:{user_id}")).await {
-        return refusal(&refused);
-    }
     let request = origin::user_request(config, &user_id, &segment, n, now / 1000, request_id);
     let mut response = match call_origin(config, &request).await.and_then(|body| checked(&body, n)) {
         Ok(list) => {
@@ -501,48 +417,4 @@ async fn store(key: &str, segment: &SegmentKey, config: &EdgeConfig, body: Vec<u
     let ttl_ms = u64::from(config.generation_cache_secs) * 1000;
     ENTRIES.with(|entries| entries.borrow_mut().put(key, entry, now, ttl_ms));
     Cache::default().put(key, Response::from_bytes(body)?.with_headers(headers)).await
-}
-
-/// One origin GET with the configured budget: aborted when it runs out. Returns a 200's body.
-async fn call_origin(config: &EdgeConfig, origin: &OriginRequest) -> std::result::Result<Vec<u8>, OriginFailure> {
-    match fetch_origin(config, origin).await? {
-        (200, body) => Ok(body),
-        (status, _) => Err(OriginFailure::Status(status)),
-    }
-}
-
-/// One origin call (its method and body) with the configured budget: aborted when it runs out.
-/// Returns the status and body, whatever the status.
-async fn fetch_origin(
-    config: &EdgeConfig,
-    origin: &OriginRequest,
-) -> std::result::Result<(u16, Vec<u8>), OriginFailure> {
-    let unreachable = |e: worker::Error| OriginFailure::Unreachable(e.to_string());
-    let headers = Headers::new();
-    for (name, value) in &origin.headers {
-        headers.set(name, value).map_err(unreachable)?;
-    }
-    let mut init = RequestInit::new();
-    let method = if origin.method == "POST" { Method::Post } else { Method::Get };
-    init.with_method(method).with_headers(headers);
-    if let Some(body) = &origin.body {
-        init.with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
-    }
-    let request = Request::new_with_init(&origin.url, &init).map_err(unreachable)?;
-    let controller = AbortController::default();
-    let signal = controller.signal();
-    let call = async move {
-        let mut response = Fetch::Request(request).send_with_signal(&signal).await.map_err(unreachable)?;
-        let status = response.status_code();
-        response.bytes().await.map(|body| (status, body)).map_err(unreachable)
-    };
-    let budget = Delay::from(Duration::from_millis(u64::from(config.origin_timeout_ms)));
-    futures_util::pin_mut!(call, budget);
-    match select(call, budget).await {
-        Either::Left((result, _)) => result,
-        Either::Right(((), _)) => {
-            controller.abort();
-            Err(OriginFailure::Timeout(config.origin_timeout_ms))
-        }
-    }
 }
