@@ -16,6 +16,7 @@
 
 CASCADE_HOME=${CASCADE_HOME:-$HOME/.cache/cascade}
 TORCH_VERSION=2.11.0          # tch 0.24 expects exactly this libtorch
+OPENAPI_VALIDATOR_VERSION=0.9.0  # checks docs/openapi.json
 WASM_BINDGEN_VERSION=0.2.130  # must equal the wasm-bindgen library version in Cargo.lock
 WORKER_BUILD_VERSION=0.8.7
 WRANGLER_VERSION=4.164.0
@@ -65,6 +66,11 @@ setup_python() {
     log "pip install torch==$TORCH_VERSION numpy (about 2 min, 4.7 GB)"
     "$venv/bin/pip" install -q --upgrade pip
     "$venv/bin/pip" install -q "torch==$TORCH_VERSION" numpy
+  fi
+  # Validates docs/openapi.json in scripts/test.sh (pure Python, a few MB).
+  if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('openapi-spec-validator') != '$OPENAPI_VALIDATOR_VERSION')" 2>/dev/null; then
+    log "pip install openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
+    "$venv/bin/pip" install -q "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
   fi
 }
 

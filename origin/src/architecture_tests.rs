@@ -108,3 +108,14 @@ fn no_source_file_is_too_long_to_read() {
         assert!(lines <= MAX_LINES, "{} has {lines} lines (at most {MAX_LINES}): split it", path.display());
     }
 }
+
+#[test]
+fn every_route_is_registered_from_its_documentation() {
+    // `utoipa_axum::routes!` registers a handler from its `#[utoipa::path]`; a plain `.route(`
+    // would add a route that `/openapi.json` does not describe.
+    for (top, path, code) in modules() {
+        if top == "http" {
+            assert!(!code.contains(".route("), "{} adds a route without documenting it: use routes!", path.display());
+        }
+    }
+}

@@ -16,7 +16,7 @@ use crate::ranking::RankError;
 use crate::ranking::batcher::{ScoreBackend, Scorer};
 
 /// The knobs, as `POST /admin/faults` takes and returns them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultSettings {
     /// FAISS searches take this many times as long (1 or 0: unchanged).

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 /// Health of one component, for `/readyz`: a name and a state, never an address or raw error text
 /// (`/readyz` is unauthenticated; the details go to the log).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ComponentHealth {
     /// Name, e.g. `redis_shard_1`.
     pub name: String,
@@ -26,7 +26,7 @@ impl ComponentHealth {
 }
 
 /// What a health check found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthState {
     /// Answering, with the data it should hold.

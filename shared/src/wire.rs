@@ -6,6 +6,7 @@ use crate::validate::{FieldError, validate_id};
 
 /// Where a list came from. Every response names one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// The origin's in-process cache.
@@ -38,6 +39,7 @@ impl Source {
 
 /// One recommended item.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecItem {
     /// Item id.
     pub id: String,
@@ -53,6 +55,7 @@ pub struct RecItem {
 
 /// A recommendation list: the body of every recs response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecList {
     /// The user it is for (absent for segment lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,6 +95,7 @@ impl RecList {
 
 /// The error body: `{"error": {"code": "...", "message": "...", "field": "..."}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
@@ -99,6 +103,7 @@ pub struct ErrorBody {
 
 /// What went wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `invalid_parameter`, `unauthorized`, `unavailable`.
     pub code: String,
@@ -128,6 +133,7 @@ impl ErrorBody {
 
 /// What a user did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// Saw an item's page.
@@ -159,6 +165,7 @@ impl EventKind {
 
 /// One user action, as `POST /v1/events` takes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Event {
     /// Who.
@@ -189,6 +196,7 @@ pub const MAX_EVENTS_PER_BATCH: usize = 1000;
 
 /// The answer to `POST /v1/events`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventsAccepted {
     /// Events taken.
     pub accepted: usize,

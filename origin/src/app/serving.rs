@@ -24,7 +24,7 @@ pub struct Serving {
 }
 
 /// What a successful reload replaced.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Swapped {
     /// The bundle served before.
     pub previous: String,

@@ -40,6 +40,9 @@ pub enum Command {
     TokenKey(keys::TokenKeyArgs),
     /// Click-through per A/B variant, from the feature log.
     Report(report::ReportArgs),
+    /// Print the API's OpenAPI 3.1 document (what `GET /openapi.json` serves; checked in as
+    /// docs/openapi.json).
+    Openapi,
 }
 
 /// What a command printed for machines: its report, when it has one.
@@ -80,6 +83,10 @@ impl Command {
                     println!("{}", key.visitor_token_key_hex);
                 }
                 report(key)
+            }
+            Command::Openapi => {
+                print!("{}", crate::http::openapi::document_text());
+                Ok(None)
             }
             Command::Plan(args) => {
                 let input = args.input()?;

@@ -5,22 +5,75 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use cascade_shared::validate::{FieldError, validate_id};
-use serde_json::json;
+use cascade_shared::wire::ErrorBody;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::ApiError;
 use super::middleware::unix_now;
+use crate::app::Swapped;
+use crate::faults::FaultSettings;
+use crate::recommend::list_rules::RulesConfig;
+
+/// `POST /admin/bundle`'s body.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"path": "/var/lib/cascade/bundles/v2"}))]
+pub struct LoadBundle {
+    /// The bundle's folder on the origin's disk.
+    path: String,
+    /// The A/B variant to load it for (default: the control).
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+/// `POST /admin/tokens`' body.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"user_id": "42", "ttl_secs": 3600}))]
+pub struct IssueToken {
+    /// The signed-in visitor.
+    user_id: String,
+    /// Lifetime, seconds, 1..=2,592,000 (30 days; default 3,600).
+    #[schema(minimum = 1, maximum = 2_592_000)]
+    ttl_secs: Option<u64>,
+}
+
+/// `POST /admin/tokens`' answer.
+#[derive(Serialize, ToSchema)]
+pub struct IssuedToken {
+    /// The token the edge takes as `Authorization: Bearer` or `#token=`.
+    pub token: String,
+    /// Whose it is.
+    pub user_id: String,
+    /// When it expires, Unix seconds.
+    pub expires_at: u64,
+}
+
+/// `POST /admin/rules`' answer.
+#[derive(Serialize, ToSchema)]
+pub struct RulesReloaded {
+    /// The `[rules]` now in force.
+    pub rules: RulesConfig,
+}
 
 /// `POST /admin/bundle` `{"path": "/bundles/v2", "variant": "b"}`: load, check and swap in a
 /// bundle (or roll back to an earlier one the same way), for one A/B variant when named (else the
 /// control). A wrong bundle is 422; a dependency that is down, 503; an unknown variant, 404.
+#[utoipa::path(post, path = "/admin/bundle", tag = "admin", summary = "Load a model bundle",
+    request_body(content = LoadBundle, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Loaded, checked and swapped in", body = Swapped),
+        (status = 400, description = "The body is wrong: `invalid_parameter`", body = ErrorBody),
+        (status = 401, description = "No bearer key, or an edge signature: `unauthorized`", body = ErrorBody),
+        (status = 404, description = "No such variant: `not_found`", body = ErrorBody),
+        (status = 409, description = "Another reload is running: `reload_in_progress`", body = ErrorBody,
+            headers(("retry-after" = u32, description = "Seconds"))),
+        (status = 422, description = "The bundle is wrong; the current one keeps serving: `bundle_rejected`", body = ErrorBody),
+        (status = 503, description = "A store the bundle needs did not answer: `dependency_unavailable`", body = ErrorBody,
+            headers(("retry-after" = u32, description = "Seconds"))),
+    ))]
 pub async fn load_bundle(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    #[derive(serde::Deserialize)]
-    struct LoadBundle {
-        path: String,
-        #[serde(default)]
-        variant: Option<String>,
-    }
     let request: LoadBundle = serde_json::from_slice(&body)
         .map_err(|e| FieldError::new("body", format!("expected {{\"path\": \"<bundle folder>\"}}: {e}")))?;
     if request.path.trim().is_empty() {
@@ -40,12 +93,15 @@ pub async fn load_bundle(State(state): State<AppState>, body: Bytes) -> Result<R
 /// `POST /admin/tokens` `{"user_id": "42", "ttl_secs": 3600}`: a signed-in visitor token for the
 /// edge (`cascade_shared::token`). The site's login service calls this, or mints tokens itself with
 /// the same secret.
+#[utoipa::path(post, path = "/admin/tokens", tag = "admin", summary = "Issue a visitor token",
+    request_body(content = IssueToken, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The token", body = IssuedToken),
+        (status = 400, description = "The body is wrong: `invalid_parameter`", body = ErrorBody),
+        (status = 401, description = "No bearer key, or an edge signature: `unauthorized`", body = ErrorBody),
+    ))]
 pub async fn issue_token(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    #[derive(serde::Deserialize)]
-    struct IssueToken {
-        user_id: String,
-        ttl_secs: Option<u64>,
-    }
     let request: IssueToken = serde_json::from_slice(&body)
         .map_err(|e| FieldError::new("body", format!("expected {{\"user_id\": \"…\", \"ttl_secs\": 3600}}: {e}")))?;
     validate_id("user_id", &request.user_id)?;
@@ -59,11 +115,20 @@ pub async fn issue_token(State(state): State<AppState>, body: Bytes) -> Result<R
     }
     let expires_at = unix_now().as_secs() + ttl;
     let token = state.auth.issue_user_token(&request.user_id, expires_at);
-    Ok(Json(json!({"token": token, "user_id": request.user_id, "expires_at": expires_at})).into_response())
+    Ok(Json(IssuedToken { token, user_id: request.user_id, expires_at }).into_response())
 }
 
 /// `POST /admin/faults` `{"search_slowdown": 10, "rank_slowdown": 1, "rank_panics": 0}`: sets the
 /// fault suite's knobs and answers them (404 unless `serving.fault_injection` is on).
+#[utoipa::path(post, path = "/admin/faults", tag = "admin", summary = "Set the fault-injection knobs",
+    request_body(content = FaultSettings, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The knobs now in force", body = FaultSettings),
+        (status = 400, description = "The body is wrong: `invalid_parameter`", body = ErrorBody),
+        (status = 401, description = "No bearer key, or an edge signature: `unauthorized`", body = ErrorBody),
+        (status = 404, description = "Fault injection is off (`serving.fault_injection`): `not_found`", body = ErrorBody),
+    ))]
 pub async fn set_faults(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let Some(faults) = state.serving.faults() else {
         return Err(ApiError::NotFound("fault injection is off (serving.fault_injection)".into()));
@@ -82,9 +147,16 @@ pub async fn set_faults(State(state): State<AppState>, body: Bytes) -> Result<Re
 /// `POST /admin/rules` (no body): re-reads the configuration file `cascade serve` was started with
 /// and puts its `[rules]` in force from the next list on (SIGHUP does the same). A file that does
 /// not validate is 422 and changes nothing; other sections need a restart to change.
+#[utoipa::path(post, path = "/admin/rules", tag = "admin", summary = "Reload the rules",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The rules now in force", body = RulesReloaded),
+        (status = 401, description = "No bearer key, or an edge signature: `unauthorized`", body = ErrorBody),
+        (status = 422, description = "The file does not validate; the rules in force stay: `config_rejected`", body = ErrorBody),
+    ))]
 pub async fn reload_rules(State(state): State<AppState>) -> Result<Response, ApiError> {
     let rules = reload_rules_from(state.config_file.as_deref(), &state)?;
-    Ok(Json(json!({"rules": rules})).into_response())
+    Ok(Json(RulesReloaded { rules }).into_response())
 }
 
 /// Reads, checks and applies the rules of the configuration (`file`, else `$CASCADE_CONFIG`).

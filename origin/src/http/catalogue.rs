@@ -8,8 +8,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use cascade_shared::validate::{FieldError, validate_id};
-use serde::Deserialize;
-use serde_json::json;
+use cascade_shared::wire::ErrorBody;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::ApiError;
@@ -24,18 +25,66 @@ const MAX_TITLE_CHARS: usize = 300;
 const MAX_CATEGORIES: usize = 32;
 
 /// A request body: the state fields, and for a new item its embedding and metadata.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ItemBody {
+#[schema(example = json!({"hidden": false, "expires_at_ms": 1767225600000_u64}))]
+pub struct ItemBody {
     /// In a batch entry: the item (in a single item's body: absent, or the path's).
     item_id: Option<String>,
+    /// Not served while true.
     hidden: Option<bool>,
+    /// Not served from this Unix time, ms (`null`: no expiry).
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
     expires_at_ms: Option<Option<u64>>,
+    /// A new item's embedding, in the bundle's space (as many numbers as its dimension): retrieved
+    /// by real-time lists at once, until the next retrain includes it.
     embedding: Option<Vec<f32>>,
+    /// A new item's title, at most 300 characters.
     title: Option<String>,
+    /// A new item's categories (ids), at most 32.
     categories: Option<Vec<String>>,
+    /// The bundle whose space the embedding is in (default: the control's).
     bundle_id: Option<String>,
+}
+
+/// `POST /v1/items`' body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"items": [{"item_id": "318", "hidden": true}]}))]
+pub struct ItemBatch {
+    /// 1 to 500 `PUT` bodies, each with its `item_id`.
+    #[schema(min_items = 1, max_items = 500)]
+    items: Vec<ItemBody>,
+}
+
+/// An item's state after a change.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ItemAnswer {
+    /// The item.
+    pub item_id: String,
+    /// Hidden by the catalogue.
+    pub hidden: bool,
+    /// Deleted (never served again).
+    pub deleted: bool,
+    /// Not served from this Unix time, ms.
+    pub expires_at_ms: Option<u64>,
+    /// Whether lists may show it now.
+    pub served: bool,
+    /// Why not: `deleted`, `hidden` or `expired`.
+    #[schema(value_type = Option<String>)]
+    pub withheld: Option<&'static str>,
+    /// A new item's bundle (an item added with its embedding).
+    pub new_in_bundle: Option<String>,
+}
+
+/// `POST /v1/items`' answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ItemsApplied {
+    /// How many items changed (all of the batch).
+    pub applied: usize,
+    /// Their states, in the batch's order.
+    pub items: Vec<ItemAnswer>,
 }
 
 const SHAPE: &str = "expected {\"hidden\": bool, \"expires_at_ms\": ms or null, and for a new item \
@@ -113,11 +162,17 @@ fn edit(state: &AppState, item_id: &str, body: ItemBody, whole: bool) -> Result<
     Ok((item_id.to_string(), change, Some(new)))
 }
 
-fn answer(item_id: &str, item: &ItemState) -> serde_json::Value {
+fn answer(item_id: &str, item: &ItemState) -> ItemAnswer {
     let withheld = reason(item, unix_now().as_millis() as u64);
-    json!({"item_id": item_id, "hidden": item.hidden, "deleted": item.deleted,
-           "expires_at_ms": item.expires_at_ms, "served": withheld.is_none(), "withheld": withheld,
-           "new_in_bundle": item.new.as_ref().map(|new| &new.bundle_id)})
+    ItemAnswer {
+        item_id: item_id.to_string(),
+        hidden: item.hidden,
+        deleted: item.deleted,
+        expires_at_ms: item.expires_at_ms,
+        served: withheld.is_none(),
+        withheld,
+        new_in_bundle: item.new.as_ref().map(|new| new.bundle_id.clone()),
+    }
 }
 
 /// Purges the edge's segment lists that held `item_id` when it is no longer served.
@@ -130,7 +185,7 @@ fn purge_if_withheld(state: &AppState, item_id: &str, item: &ItemState) {
 }
 
 /// Applies checked edits (all or none) and answers the items' new states.
-async fn apply(state: &AppState, edits: Vec<Edit>) -> Result<Vec<serde_json::Value>, ApiError> {
+async fn apply(state: &AppState, edits: Vec<Edit>) -> Result<Vec<ItemAnswer>, ApiError> {
     let ids: Vec<String> = edits.iter().map(|(id, _, _)| id.clone()).collect();
     let states = state.serving.catalogue().apply(edits).await?;
     let answers = ids.iter().zip(&states).map(|(id, item)| answer(id, item)).collect();
@@ -156,6 +211,19 @@ async fn one(state: &AppState, edit: Edit) -> Result<Response, ApiError> {
 
 /// `PATCH /v1/items/{item_id}` `{"hidden": true}`, `{"expires_at_ms": 1767225600000}` or
 /// `{"expires_at_ms": null}`: changes the fields given (a new item's embedding too).
+#[utoipa::path(patch, path = "/v1/items/{item_id}", tag = "catalogue", summary = "Change an item's state",
+    params(("item_id" = String, Path, description = "1-64 characters of A-Z a-z 0-9 _ - .", example = "318")),
+    request_body(content = ItemBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The item's state now", body = ItemAnswer),
+        (status = 400, description = "The id or body is wrong: `invalid_parameter`, `field` names it", body = ErrorBody),
+        (status = 401, description = "No bearer key, or an edge signature: `unauthorized`", body = ErrorBody),
+        (status = 404, description = "Not in the bundle and not a new item (add it with its `embedding`): `not_found`", body = ErrorBody),
+        (status = 409, description = "`item_deleted` (a deleted item stays deleted) or `catalogue_full` (`[catalogue] max_new_items`)", body = ErrorBody),
+        (status = 503, description = "The catalogue's state could not be saved; nothing changed: `catalogue_unavailable`, \
+                                      or `overloaded`/`timeout`", body = ErrorBody, headers(("retry-after" = u32, description = "Seconds"))),
+    ))]
 pub async fn patch_item(
     State(state): State<AppState>,
     Path(item_id): Path<String>,
@@ -167,6 +235,19 @@ pub async fn patch_item(
 
 /// `PUT /v1/items/{item_id}`: sets the whole state (fields not given: not hidden, no expiry); with
 /// an `embedding`, adds (or replaces) a new item.
+#[utoipa::path(put, path = "/v1/items/{item_id}", tag = "catalogue", summary = "Set an item's state, or add a new item",
+    params(("item_id" = String, Path, description = "1-64 characters of A-Z a-z 0-9 _ - .", example = "318")),
+    request_body(content = ItemBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The item's state now", body = ItemAnswer),
+        (status = 400, description = "The id or body is wrong: `invalid_parameter`, `field` names it", body = ErrorBody),
+        (status = 401, description = "No bearer key, or an edge signature: `unauthorized`", body = ErrorBody),
+        (status = 404, description = "Not in the bundle and not a new item (add it with its `embedding`): `not_found`", body = ErrorBody),
+        (status = 409, description = "`item_deleted` (a deleted item stays deleted) or `catalogue_full` (`[catalogue] max_new_items`)", body = ErrorBody),
+        (status = 503, description = "The catalogue's state could not be saved; nothing changed: `catalogue_unavailable`, \
+                                      or `overloaded`/`timeout`", body = ErrorBody, headers(("retry-after" = u32, description = "Seconds"))),
+    ))]
 pub async fn put_item(
     State(state): State<AppState>,
     Path(item_id): Path<String>,
@@ -179,13 +260,19 @@ pub async fn put_item(
 /// `POST /v1/items` `{"items": [{"item_id": "…", …PUT body…}]}`: up to [`MAX_ITEMS_PER_BATCH`]
 /// `PUT`s applied together, all or none (one write of the catalogue's file); `cascade items import`
 /// sends a file in such batches.
+#[utoipa::path(post, path = "/v1/items", tag = "catalogue", summary = "Set many items at once (all or none)",
+    request_body(content = ItemBatch, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The items' states now", body = ItemsApplied),
+        (status = 400, description = "An entry is wrong: `invalid_parameter`, `field` names it as `items[i].field`", body = ErrorBody),
+        (status = 401, description = "No bearer key, or an edge signature: `unauthorized`", body = ErrorBody),
+        (status = 409, description = "`item_deleted` (a deleted item stays deleted) or `catalogue_full` (`[catalogue] max_new_items`)", body = ErrorBody),
+        (status = 503, description = "The catalogue's state could not be saved; nothing changed: `catalogue_unavailable`, \
+                                      or `overloaded`/`timeout`", body = ErrorBody, headers(("retry-after" = u32, description = "Seconds"))),
+    ))]
 pub async fn put_items(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Batch {
-        items: Vec<ItemBody>,
-    }
-    let batch: Batch = serde_json::from_slice(&body)
+    let batch: ItemBatch = serde_json::from_slice(&body)
         .map_err(|e| FieldError::new("body", format!("expected {{\"items\": [{{\"item_id\", …}}]}}: {e}")))?;
     if batch.items.is_empty() || batch.items.len() > MAX_ITEMS_PER_BATCH {
         return Err(FieldError::new("items", format!("must hold 1..={MAX_ITEMS_PER_BATCH} items")).into());
@@ -204,10 +291,22 @@ pub async fn put_items(State(state): State<AppState>, body: Bytes) -> Result<Res
         })
         .collect::<Result<Vec<_>, _>>()?;
     let applied = apply(&state, edits).await?;
-    Ok(Json(json!({"applied": applied.len(), "items": applied})).into_response())
+    Ok(Json(ItemsApplied { applied: applied.len(), items: applied }).into_response())
 }
 
 /// `DELETE /v1/items/{item_id}`: never served again (a later `PUT`/`PATCH` is 409).
+#[utoipa::path(delete, path = "/v1/items/{item_id}", tag = "catalogue", summary = "Delete an item",
+    params(("item_id" = String, Path, description = "1-64 characters of A-Z a-z 0-9 _ - .", example = "318")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The item's state now", body = ItemAnswer),
+        (status = 400, description = "The id or body is wrong: `invalid_parameter`, `field` names it", body = ErrorBody),
+        (status = 401, description = "No bearer key, or an edge signature: `unauthorized`", body = ErrorBody),
+        (status = 404, description = "Not in the bundle and not a new item (add it with its `embedding`): `not_found`", body = ErrorBody),
+        (status = 409, description = "`item_deleted` (a deleted item stays deleted) or `catalogue_full` (`[catalogue] max_new_items`)", body = ErrorBody),
+        (status = 503, description = "The catalogue's state could not be saved; nothing changed: `catalogue_unavailable`, \
+                                      or `overloaded`/`timeout`", body = ErrorBody, headers(("retry-after" = u32, description = "Seconds"))),
+    ))]
 pub async fn delete_item(State(state): State<AppState>, Path(item_id): Path<String>) -> Result<Response, ApiError> {
     edit(&state, &item_id, ItemBody::default(), false)?;
     let item = state.serving.catalogue().delete(&item_id).await?;

@@ -10,7 +10,10 @@ use axum::response::{IntoResponse, Response};
 use cascade_shared::segment::SegmentKey;
 use cascade_shared::validate::{FieldError, QueryParams, RecsQuery, parse_n, validate_id};
 use cascade_shared::wire::parse_events;
-use serde_json::json;
+use cascade_shared::wire::{ErrorBody, EventsAccepted, RecList};
+
+use super::openapi::{EventsBody, Health, ListParams, SegmentParams};
+use crate::health::ComponentHealth;
 
 use super::AppState;
 use super::error::ApiError;
@@ -46,6 +49,24 @@ fn recs_response(state: &AppState, answer: Answer, cache_control: &'static str) 
     response
 }
 
+#[utoipa::path(get, path = "/v1/users/{user_id}/recs", tag = "lists",
+    summary = "A user's list",
+    description = "Precomputed lists combined with real-time ranking under the request's deadline; a \
+                   slow or failed stage degrades to the precomputed, segment or popular list (`source` \
+                   says which). Each answer has a new `rec_id`.",
+    params(("user_id" = String, Path, description = "1-64 characters of A-Z a-z 0-9 _ - .", example = "42"),
+           ListParams),
+    security(("bearer" = []), ("edge_timestamp" = [], "edge_signature" = [])),
+    responses(
+        (status = 200, description = "The list", body = RecList, headers(
+            ("server-timing" = String, description = "Time per stage, ms (`total`, `state`, `cache`, `retrieve`, `rank`, ...)"),
+            ("cache-control" = String, description = "`private, no-store`"))),
+        (status = 400, description = "A parameter is wrong: `invalid_parameter`, `field` names it", body = ErrorBody),
+        (status = 401, description = "No or bad credentials: `unauthorized`", body = ErrorBody),
+        (status = 503, description = "`overloaded` or `timeout` (with `Retry-After`), or nothing at all to serve \
+                                      (`unavailable`)", body = ErrorBody,
+            headers(("retry-after" = u32, description = "Seconds; present when a retry may help"))),
+    ))]
 /// `GET /v1/users/{user_id}/recs?n=&page=&device=&country=`.
 pub async fn user_recs(
     State(state): State<AppState>,
@@ -65,6 +86,22 @@ pub async fn user_recs(
     Ok(recs_response(&state, answer, "private, no-store"))
 }
 
+#[utoipa::path(get, path = "/v1/segments/{segment}/recs", tag = "lists",
+    summary = "A segment's list",
+    description = "The list the edge caches for every anonymous visitor of a context: the segment's \
+                   precomputed list, else the popular list, with the catalogue's withheld items removed.",
+    params(("segment" = String, Path, description = "Canonical `page.device.country`, all lowercase", example = "home.mobile.us"),
+           SegmentParams),
+    security(("bearer" = []), ("edge_timestamp" = [], "edge_signature" = [])),
+    responses(
+        (status = 200, description = "The list", body = RecList, headers(
+            ("server-timing" = String, description = "Time per stage, ms"),
+            ("cache-control" = String, description = "`public, max-age=60`"))),
+        (status = 400, description = "The segment or `n` is wrong: `invalid_parameter`", body = ErrorBody),
+        (status = 401, description = "No or bad credentials: `unauthorized`", body = ErrorBody),
+        (status = 503, description = "`overloaded` or `timeout` (with `Retry-After`), or nothing to serve (`unavailable`)",
+            body = ErrorBody, headers(("retry-after" = u32, description = "Seconds; present when a retry may help"))),
+    ))]
 /// `GET /v1/segments/{segment}/recs?n=`.
 pub async fn segment_recs(
     State(state): State<AppState>,
@@ -83,6 +120,24 @@ pub async fn segment_recs(
     Ok(recs_response(&state, answer, "public, max-age=60"))
 }
 
+#[utoipa::path(post, path = "/v1/events", tag = "events",
+    summary = "Record what users did",
+    description = "One event or up to 1,000, validated whole before any is applied. A purchase or \
+                   profile update invalidates the user's cached lists. Events with an idempotency key \
+                   seen before are counted once. The edge may forward a signed-in visitor's view, \
+                   click and add_to_cart events with the body's SHA-256 in its signed query \
+                   (`body_sha256`); other kinds need a bearer key.",
+    request_body(content = EventsBody, content_type = "application/json"),
+    security(("bearer" = []), ("edge_timestamp" = [], "edge_signature" = [])),
+    responses(
+        (status = 202, description = "Applied (or recognised as duplicates)", body = EventsAccepted),
+        (status = 400, description = "An event is wrong: `invalid_parameter`, `field` names it as `events[i].field`", body = ErrorBody),
+        (status = 401, description = "No or bad credentials, or an edge request without its body digest: `unauthorized`", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MiB: `payload_too_large`", body = ErrorBody),
+        (status = 503, description = "`overloaded`, `timeout` or `dependency_unavailable` (the message says how many \
+                                      events were applied; retrying with the same idempotency keys is safe)",
+            body = ErrorBody, headers(("retry-after" = u32, description = "Seconds"))),
+    ))]
 /// `POST /v1/events`: a JSON batch, validated whole before any event is applied.
 pub async fn events(
     State(state): State<AppState>,
@@ -149,32 +204,57 @@ fn check_visitor_kinds(events: &[cascade_shared::wire::Event]) -> Result<(), Api
     }
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", summary = "Liveness",
+    responses((status = 200, description = "The process answers", body = Health)))]
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+    Json(Health { status: "ok" }).into_response()
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations", summary = "Readiness",
+    description = "Ready while the origin can answer at all (fallbacks cover a shard that is down); \
+                   degraded components are named, never an address or an error text.",
+    responses((status = 200, description = "Ready, with the state of each component", body = Readiness)))]
 /// `GET /readyz`: ready while the origin can answer at all (fallbacks cover a shard that is down),
 /// with the degraded components named.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let recommender = state.serving.current();
     let components = recommender.health().await;
     let degraded: Vec<&str> = components.iter().filter(|c| !c.healthy()).map(|c| c.name.as_str()).collect();
-    let described: serde_json::Map<String, serde_json::Value> =
-        recommender.describe().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
-    let body = json!({
-        "ready": true,
-        "degraded": degraded,
-        "components": components,
-        "serving": described,
-        "training_metrics": recommender.bundle().metadata.metrics,
-    });
+    let serving = recommender.describe().into_iter().collect();
+    let body = Readiness {
+        ready: true,
+        degraded,
+        components: &components,
+        serving,
+        training_metrics: &recommender.bundle().metadata.metrics,
+    };
     Json(body).into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String,
+        content_type = "text/plain")))]
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], Body::from(state.metrics.render())).into_response()
+}
+
+/// `GET /readyz`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness<'a> {
+    /// Always true: a process that answers can serve (from its fallbacks at worst).
+    pub ready: bool,
+    /// The names of the components that are not `ok`.
+    pub degraded: Vec<&'a str>,
+    /// Every component's state.
+    pub components: &'a [ComponentHealth],
+    /// What is being served: bundle, store, index, ranker, ...
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub serving: std::collections::BTreeMap<&'static str, String>,
+    /// The bundle's training metrics (`metadata.json`), as trained; null when it has none.
+    #[schema(value_type = Option<Object>)]
+    pub training_metrics: &'a serde_json::Value,
 }
 
 /// Any other path.

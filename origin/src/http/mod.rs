@@ -5,11 +5,14 @@
 //! | `GET /v1/users/{user_id}/recs?n=&page=&device=&country=` | a user's list (signed or bearer) |
 //! | `GET /v1/segments/{segment}/recs?n=` | a segment's list (what the edge caches) |
 //! | `POST /v1/events` | user actions, validated and deduplicated (bearer key only) |
-//! | `PUT/PATCH/DELETE /v1/items/{item_id}` | hide, unhide, expire or delete an item (bearer key only) |
+//! | `PUT/PATCH/DELETE /v1/items/{item_id}` | hide, unhide, expire, delete or add an item (bearer key only) |
+//! | `POST /v1/items` `{"items": […]}` | many `PUT`s, all or none (bearer key only) |
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness with degraded components, Prometheus |
+//! | `GET /openapi.json` | the OpenAPI 3.1 description of all of these ([`openapi`]) |
 //! | `POST /admin/bundle` `{"path": …}` | load, check and swap in a model bundle (bearer key only) |
 //! | `POST /admin/tokens` `{"user_id": …}` | a signed-in visitor token for the edge (bearer key only) |
 //! | `POST /admin/faults` `{"search_slowdown": …}` | fault injection knobs (only with `serving.fault_injection`) |
+//! | `POST /admin/rules` | re-read the configuration's `[rules]` (bearer key only) |
 //!
 //! | module | owns |
 //! |---|---|
@@ -19,6 +22,7 @@
 //! | [`error`] | [`error::ApiError`]: the one map from domain errors to status, code and `Retry-After` |
 //! | [`server_timing`] | the `Server-Timing` header |
 //! | [`server`] | the accept loop: header-read timeout, connection cap, graceful stop |
+//! | [`openapi`] | the OpenAPI document, made from the same declarations as the router |
 //!
 //! Every response carries `x-request-id` (the caller's, or a new one) and the recs responses a
 //! `Server-Timing` header. Admission control answers 503 at once when more than
@@ -31,6 +35,7 @@ pub mod catalogue;
 pub mod error;
 pub mod handlers;
 pub mod middleware;
+pub mod openapi;
 pub mod server;
 pub mod server_timing;
 
@@ -42,8 +47,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
 use tokio::sync::Semaphore;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::Serving;
 use crate::app::variants::Variants;
@@ -125,42 +132,67 @@ impl AppState {
     }
 }
 
+/// Every route, registered from its handler's `#[utoipa::path]` annotation (so each is in the
+/// OpenAPI document, [`openapi`]), in groups by the credentials they need; no middleware yet.
+pub(crate) struct Routes {
+    /// Lists and events: signed edge requests or bearer keys.
+    reads: OpenApiRouter<AppState>,
+    /// The catalogue: bearer keys only.
+    writes: OpenApiRouter<AppState>,
+    /// Admin routes: bearer keys only; they bypass admission.
+    admin: OpenApiRouter<AppState>,
+    /// Health, readiness, metrics and the document: open.
+    operations: OpenApiRouter<AppState>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Routes {
+            reads: OpenApiRouter::new()
+                .routes(routes!(handlers::user_recs))
+                .routes(routes!(handlers::segment_recs))
+                .routes(routes!(handlers::events)),
+            writes: OpenApiRouter::new()
+                .routes(routes!(catalogue::put_item, catalogue::patch_item, catalogue::delete_item))
+                .routes(routes!(catalogue::put_items)),
+            admin: OpenApiRouter::new()
+                .routes(routes!(admin::load_bundle))
+                .routes(routes!(admin::issue_token))
+                .routes(routes!(admin::set_faults))
+                .routes(routes!(admin::reload_rules)),
+            operations: OpenApiRouter::new()
+                .routes(routes!(handlers::healthz))
+                .routes(routes!(handlers::readyz))
+                .routes(routes!(handlers::metrics))
+                .routes(routes!(openapi::document_json)),
+        }
+    }
+}
+
+/// Every route with its documentation, for [`openapi::document`].
+pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
+    let Routes { reads, writes, admin, operations } = Routes::new();
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).merge(reads).merge(writes).merge(admin).merge(operations)
+}
+
 /// The router, with every middleware; tests drive it with `tower::ServiceExt::oneshot`.
 pub fn router(state: AppState) -> Router {
+    let Routes { reads, writes, admin, operations } = Routes::new();
     // Edge signatures cover method, path, query and time, not a body: signed callers read lists,
     // and post a visitor's events with the body's digest in the signed query (checked by the
     // handler); the other routes that take a body (catalogue, admin) need a bearer key.
-    let reads = Router::new()
-        .route("/v1/users/{user_id}/recs", get(handlers::user_recs))
-        .route("/v1/segments/{segment}/recs", get(handlers::segment_recs))
-        .route("/v1/events", post(handlers::events))
-        .route_layer(from_fn_with_state(state.clone(), middleware::authenticate));
-    let writes = Router::new()
-        .route(
-            "/v1/items/{item_id}",
-            axum::routing::put(catalogue::put_item).patch(catalogue::patch_item).delete(catalogue::delete_item),
-        )
-        .route("/v1/items", post(catalogue::put_items))
-        .route_layer(from_fn_with_state(state.clone(), middleware::authenticate_internal));
+    let reads = reads.route_layer(from_fn_with_state(state.clone(), middleware::authenticate));
+    let writes = writes.route_layer(from_fn_with_state(state.clone(), middleware::authenticate_internal));
     let api = reads.merge(writes).route_layer(from_fn_with_state(state.clone(), middleware::time_limit));
-    let admin = Router::new()
-        .route("/admin/bundle", post(admin::load_bundle))
-        .route("/admin/tokens", post(admin::issue_token))
-        .route("/admin/faults", post(admin::set_faults))
-        .route("/admin/rules", post(admin::reload_rules))
-        .route_layer(from_fn_with_state(state.clone(), middleware::authenticate_internal));
+    let admin = admin.route_layer(from_fn_with_state(state.clone(), middleware::authenticate_internal));
     // Admission control is the outermost layer, so a shed request costs no request id, span or
     // metric label; admin, health and metrics bypass it by path: an overloaded origin still
     // answers its load balancer (shedding requests is not being down) and its operator (a reload
     // or a fault switch is what an overload may need; found by the fault suite, whose knob could
     // not be turned off while the origin shed load).
-    Router::new()
-        .merge(api)
+    let (router, _document) = OpenApiRouter::new().merge(api).merge(admin).merge(operations).split_for_parts();
+    router
         .fallback(handlers::not_found)
-        .merge(admin)
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
-        .route("/metrics", get(handlers::metrics))
         .layer(from_fn_with_state(state.clone(), middleware::observe))
         .layer(from_fn_with_state(state.clone(), middleware::shed))
         .with_state(state)

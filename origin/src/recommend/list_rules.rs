@@ -21,7 +21,7 @@ use prometheus::IntCounterVec;
 use serde::{Deserialize, Serialize};
 
 /// `[rules]` in the configuration; every rule is off by default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RulesConfig {
     /// Items shown to a user in their last this-many impressions are not shown again (0: off).
@@ -42,7 +42,7 @@ pub struct RulesConfig {
 /// An item pinned at `position` (from 1) in every list whose segment starts with `segment`
 /// (`home.desktop` matches `home.desktop.us`; `*` matches every segment). A pinned item the user
 /// must not see (withheld, purchased, blocked) is not placed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pin {
     /// The segment prefix, or `*`.

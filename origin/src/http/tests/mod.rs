@@ -36,6 +36,7 @@ use crate::store::{EmbeddingStore, StoreError};
 use crate::work_queue::WorkQueue;
 
 mod faults;
+mod openapi;
 
 const SECRET: &str = "router-secret-0123456789";
 const KEY: &str = "router-internal-key-0123456789";
