@@ -1,5 +1,6 @@
 //! `POST /v1/events` throughput: 32 closed-loop callers posting batches of 100 valid events (views
-//! and purchases with idempotency keys) to the origin on its embedded default.
+//! and purchases with idempotency keys) to the origin on its embedded default, through the typed
+//! client (`cascade-client`, no retries: a failed batch is counted).
 //!
 //!     scripts/bench.sh    (or: cargo bench -p cascade-e2e --bench events)
 //!
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use cascade_client::{Client, Event, EventKind};
 use cascade_e2e::{Origin, bench_dir, bench_secs, bundle_dir};
 use serde_json::json;
 
@@ -25,31 +27,31 @@ async fn main() -> anyhow::Result<()> {
         ("CASCADE_LOG", "warn".to_string()),
     ])
     .await?;
-    let client = reqwest::Client::new();
+    let client = Client::builder(&origin.url).api_key(API_KEY).retries(0).timeout(Duration::from_secs(10)).build()?;
     let (stop, accepted, failures) =
         (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let started = Instant::now();
     let tasks: Vec<_> = (0..CALLERS)
         .map(|caller| {
-            let (client, url, stop, accepted, failures) =
-                (client.clone(), format!("{}/v1/events", origin.url), stop.clone(), accepted.clone(), failures.clone());
+            let (client, stop, accepted, failures) = (client.clone(), stop.clone(), accepted.clone(), failures.clone());
             tokio::spawn(async move {
                 let mut sequence = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let events: Vec<_> = (0..BATCH)
                         .map(|i| {
                             sequence += 1;
-                            let kind = if i % 10 == 0 { "purchase" } else { "view" };
-                            json!({"user_id": format!("u{}", (caller * 31 + i) % 1000), "kind": kind,
-                                   "item_id": format!("i{}", (sequence * 7) % 800), "idempotency_key": format!("{caller}-{sequence}")})
+                            let kind = if i % 10 == 0 { EventKind::Purchase } else { EventKind::View };
+                            let user = format!("u{}", (caller * 31 + i) % 1000);
+                            let mut event = Event::new(&user, kind, Some(&format!("i{}", (sequence * 7) % 800)));
+                            event.idempotency_key = Some(format!("{caller}-{sequence}"));
+                            event
                         })
                         .collect();
-                    match client.post(&url).bearer_auth(API_KEY).json(&json!({"events": events})).send().await {
-                        Ok(r) if r.status() == 202 => {
-                            let body: serde_json::Value = r.json().await.unwrap_or_default();
-                            accepted.fetch_add(body["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                    match client.send_events(events).await {
+                        Ok(answer) => {
+                            accepted.fetch_add(answer.accepted as u64, Ordering::Relaxed);
                         }
-                        _ => {
+                        Err(_) => {
                             failures.fetch_add(1, Ordering::Relaxed);
                         }
                     }

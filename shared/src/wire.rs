@@ -189,6 +189,21 @@ pub struct Event {
     pub position: Option<u32>,
 }
 
+impl Event {
+    /// An event of `kind` by `user_id` on `item_id`, timed by the origin when it arrives.
+    pub fn new(user_id: &str, kind: EventKind, item_id: Option<&str>) -> Self {
+        Event {
+            user_id: user_id.to_string(),
+            kind,
+            item_id: item_id.map(str::to_string),
+            timestamp_ms: None,
+            idempotency_key: None,
+            rec_id: None,
+            position: None,
+        }
+    }
+}
+
 /// How far in the future an event's timestamp may be (clock skew allowance).
 pub const MAX_EVENT_FUTURE_MS: u64 = 5 * 60 * 1000;
 /// Most events in one `POST /v1/events`.
@@ -351,7 +366,8 @@ impl<'de> serde::Deserialize<'de> for Body {
     }
 }
 
-fn validate_event(event: &Event, now_ms: u64) -> Result<(), FieldError> {
+/// Checks one event as the origin does at `now_ms` (Unix ms); the error names the field.
+pub fn validate_event(event: &Event, now_ms: u64) -> Result<(), FieldError> {
     validate_id("user_id", &event.user_id)?;
     match (&event.item_id, event.kind) {
         (Some(item), _) => validate_id("item_id", item)?,

@@ -89,7 +89,7 @@ async fn the_origin_serves_real_time_lists_from_a_cluster_loaded_by_cascade_load
     .await
     .unwrap();
     let http = reqwest::Client::new();
-    let list = cascade_e2e::user_recs(&http, &origin, "cluster-test-key-0123456789", "u1", "n=5").await;
+    let list = cascade_e2e::user_recs(&origin, "cluster-test-key-0123456789", "u1", "n=5").await;
     assert_eq!(list.source, cascade_shared::wire::Source::Realtime, "{}", origin.output());
     let ready: serde_json::Value =
         http.get(format!("{}/readyz", origin.url)).send().await.unwrap().json().await.unwrap();

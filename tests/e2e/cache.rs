@@ -18,14 +18,14 @@ async fn metric(http: &reqwest::Client, origin: &Origin, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn recs(http: &reqwest::Client, origin: &Origin, user: &str, query: &str) -> RecList {
-    user_recs(http, origin, API_KEY, user, query).await
+async fn recs(origin: &Origin, user: &str, query: &str) -> RecList {
+    user_recs(origin, API_KEY, user, query).await
 }
 
-async fn event(http: &reqwest::Client, origin: &Origin, body: serde_json::Value) {
-    let response =
-        http.post(format!("{}/v1/events", origin.url)).bearer_auth(API_KEY).json(&body).send().await.unwrap();
-    assert_eq!(response.status(), 202);
+/// One event through the typed client.
+async fn event(origin: &Origin, body: serde_json::Value) {
+    let event: cascade_client::Event = serde_json::from_value(body).unwrap();
+    assert_eq!(origin.client(API_KEY).send_events(vec![event]).await.unwrap().accepted, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,12 +38,12 @@ async fn l1_hits_coalescing_invalidation_and_filters() {
     let http = reqwest::Client::new();
 
     // A hit returns the same list; another context is another entry.
-    let first = recs(&http, &origin, "u5", "n=10").await;
+    let first = recs(&origin, "u5", "n=10").await;
     assert_eq!(first.source, Source::Realtime);
-    let again = recs(&http, &origin, "u5", "n=10").await;
+    let again = recs(&origin, "u5", "n=10").await;
     assert_eq!((again.source, &again.items), (Source::CacheL1, &first.items));
-    assert_eq!(recs(&http, &origin, "u5", "n=3").await.items, first.items[..3], "n is cut from the cached list");
-    assert_eq!(recs(&http, &origin, "u5", "n=10&page=search").await.source, Source::Realtime);
+    assert_eq!(recs(&origin, "u5", "n=3").await.items, first.items[..3], "n is cut from the cached list");
+    assert_eq!(recs(&origin, "u5", "n=10&page=search").await.source, Source::Realtime);
 
     // Twenty identical concurrent misses run the pipeline once.
     let runs_before = metric(&http, &origin, "cascade_pipeline_runs_total").await;
@@ -65,11 +65,11 @@ async fn l1_hits_coalescing_invalidation_and_filters() {
 
     // A rating changes nothing cached.
     let bought = first.items[0].id.clone();
-    event(&http, &origin, json!({"user_id": "u5", "kind": "rate", "item_id": bought})).await;
-    assert_eq!(recs(&http, &origin, "u5", "n=10").await.source, Source::CacheL1);
+    event(&origin, json!({"user_id": "u5", "kind": "rate", "item_id": bought})).await;
+    assert_eq!(recs(&origin, "u5", "n=10").await.source, Source::CacheL1);
 
     // Views join the session: the next list is recomputed with the query pulled toward them.
-    let elsewhere: Vec<String> = recs(&http, &origin, "u900", "n=30")
+    let elsewhere: Vec<String> = recs(&origin, "u900", "n=30")
         .await
         .items
         .into_iter()
@@ -79,29 +79,29 @@ async fn l1_hits_coalescing_invalidation_and_filters() {
         .collect();
     assert_eq!(elsewhere.len(), 3);
     for item in &elsewhere {
-        event(&http, &origin, json!({"user_id": "u5", "kind": "view", "item_id": item})).await;
+        event(&origin, json!({"user_id": "u5", "kind": "view", "item_id": item})).await;
     }
-    let in_session = recs(&http, &origin, "u5", "n=10").await;
+    let in_session = recs(&origin, "u5", "n=10").await;
     assert_eq!(in_session.source, Source::Realtime, "session events invalidate cached lists");
     assert_ne!(in_session.items, first.items, "the session shifted the ranking");
 
     // A purchase invalidates and the item never comes back.
-    event(&http, &origin, json!({"user_id": "u5", "kind": "purchase", "item_id": bought})).await;
-    let after = recs(&http, &origin, "u5", "n=10").await;
+    event(&origin, json!({"user_id": "u5", "kind": "purchase", "item_id": bought})).await;
+    let after = recs(&origin, "u5", "n=10").await;
     assert_eq!(after.source, Source::Realtime, "the purchase invalidated the cached list");
     assert!(after.items.iter().all(|i| i.id != bought));
     assert_eq!(after.items.len(), 10);
-    let cached = recs(&http, &origin, "u5", "n=10").await;
+    let cached = recs(&origin, "u5", "n=10").await;
     assert_eq!(cached.source, Source::CacheL1);
     assert!(cached.items.iter().all(|i| i.id != bought));
 
     // Fallback answers are never cached, and the purchase filter applies to them too.
-    let cold = recs(&http, &origin, "newcomer", "n=10").await;
+    let cold = recs(&origin, "newcomer", "n=10").await;
     assert_eq!(cold.source, Source::Segment);
     let segment_top = cold.items[0].id.clone();
-    assert_eq!(recs(&http, &origin, "newcomer", "n=10").await.source, Source::Segment);
-    event(&http, &origin, json!({"user_id": "newcomer", "kind": "purchase", "item_id": segment_top})).await;
-    let filtered = recs(&http, &origin, "newcomer", "n=10").await;
+    assert_eq!(recs(&origin, "newcomer", "n=10").await.source, Source::Segment);
+    event(&origin, json!({"user_id": "newcomer", "kind": "purchase", "item_id": segment_top})).await;
+    let filtered = recs(&origin, "newcomer", "n=10").await;
     assert!(filtered.items.iter().all(|i| i.id != segment_top));
     assert_eq!(filtered.items.len(), 10);
     assert!(metric(&http, &origin, "cascade_cache_lookups_total{layer=\"l1\",result=\"hit\"}").await >= 4.0);
@@ -129,7 +129,7 @@ async fn a_slow_ranker_falls_back_within_the_deadline_and_is_not_cached() {
     let http = reqwest::Client::new();
     for _ in 0..2 {
         let started = std::time::Instant::now();
-        let list = recs(&http, &origin, "u9", "n=5").await;
+        let list = recs(&origin, "u9", "n=5").await;
         assert_eq!(list.source, Source::Segment, "fallback, and the fallback is not cached");
         assert_eq!(list.items.len(), 5);
         assert!(

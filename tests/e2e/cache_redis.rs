@@ -13,8 +13,8 @@ use serde_json::json;
 
 const API_KEY: &str = "cache-redis-internal-key-0123456789";
 
-async fn recs(http: &reqwest::Client, origin: &Origin, user: &str) -> RecList {
-    user_recs(http, origin, API_KEY, user, "n=10").await
+async fn recs(origin: &Origin, user: &str) -> RecList {
+    user_recs(origin, API_KEY, user, "n=10").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,38 +29,31 @@ async fn l2_is_shared_and_events_reach_every_process() {
         ("CASCADE_API_KEYS", API_KEY.to_string()),
     ];
     let (a, b) = (Origin::start(&env).await.unwrap(), Origin::start(&env).await.unwrap());
-    let http = reqwest::Client::new();
 
     // A computes; B finds it in L2 (A writes L2 in the background), then in its own L1.
-    let first = recs(&http, &a, "u11").await;
+    let first = recs(&a, "u11").await;
     assert_eq!(first.source, Source::Realtime);
-    let mut from_b = recs(&http, &b, "u12").await; // warm B's connections
+    let mut from_b = recs(&b, "u12").await; // warm B's connections
     assert_eq!(from_b.source, Source::Realtime);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        from_b = recs(&http, &b, "u11").await;
+        from_b = recs(&b, "u11").await;
         if from_b.source != Source::Realtime || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!((from_b.source, &from_b.items), (Source::CacheL2, &first.items));
-    assert_eq!(recs(&http, &b, "u11").await.source, Source::CacheL1);
+    assert_eq!(recs(&b, "u11").await.source, Source::CacheL1);
 
     // A purchase sent to A: B stops serving that item within the state TTL (1 s), measured.
     let bought = first.items[0].id.clone();
     let sent = Instant::now();
-    let response = http
-        .post(format!("{}/v1/events", a.url))
-        .bearer_auth(API_KEY)
-        .json(&json!({"user_id": "u11", "kind": "purchase", "item_id": bought}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    assert!(recs(&http, &a, "u11").await.items.iter().all(|i| i.id != bought), "A applies it at once");
+    let purchase = cascade_client::Event::new("u11", cascade_client::EventKind::Purchase, Some(&bought));
+    assert_eq!(a.client(API_KEY).send_events(vec![purchase]).await.unwrap().accepted, 1);
+    assert!(recs(&a, "u11").await.items.iter().all(|i| i.id != bought), "A applies it at once");
     let propagated = loop {
-        let list = recs(&http, &b, "u11").await;
+        let list = recs(&b, "u11").await;
         if list.items.iter().all(|i| i.id != bought) {
             break sent.elapsed();
         }
@@ -71,7 +64,7 @@ async fn l2_is_shared_and_events_reach_every_process() {
         "purchase on A reached B's answers after {} ms (bound: cache.state_ttl_ms = 1000)",
         propagated.as_millis()
     );
-    let after = recs(&http, &b, "u11").await;
+    let after = recs(&b, "u11").await;
     assert_eq!(after.items.len(), 10);
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cascade_e2e::{Origin, TempDir, repo_root};
 use cascade_shared::wire::RecList;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const API_KEY: &str = "e2e-internal-key-0123456789";
 const USERS: usize = 300;
@@ -76,10 +76,9 @@ async fn clicks_logged_by_the_origin_raise_the_clicked_item_in_the_next_bundle()
     for u in 0..CLICKERS {
         let user = format!("u{u}");
         let shown = list(&http, &serving, &user, 10).await;
-        let event = json!({"user_id": user, "kind": "click", "item_id": target, "rec_id": shown.rec_id,
-                           "idempotency_key": format!("click-{u}")});
-        let response = http.post(format!("{}/v1/events", serving.url)).bearer_auth(API_KEY).json(&event).send().await;
-        assert_eq!(response.unwrap().status(), 202);
+        let mut click = cascade_client::Event::new(&user, cascade_client::EventKind::Click, Some(&target));
+        (click.rec_id, click.idempotency_key) = (Some(shown.rec_id), Some(format!("click-{u}")));
+        assert_eq!(serving.client(API_KEY).send_events(vec![click]).await.unwrap().accepted, 1);
     }
     // One list per user above, and u0's first: the log has every list and every click.
     let until = Instant::now() + Duration::from_secs(10);

@@ -5,6 +5,7 @@
 mod cache;
 mod cache_redis;
 mod catalogue;
+mod client;
 mod edge;
 mod edge_events;
 mod every_hop;

@@ -10,8 +10,8 @@ use cascade_shared::wire::{RecList, Source};
 
 const API_KEY: &str = "precompute-internal-key-0123456789";
 
-async fn recs(http: &reqwest::Client, origin: &Origin, user: &str, query: &str) -> RecList {
-    user_recs(http, origin, API_KEY, user, query).await
+async fn recs(origin: &Origin, user: &str, query: &str) -> RecList {
+    user_recs(origin, API_KEY, user, query).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +50,6 @@ async fn precomputed_lists_are_resumable_and_serve_as_candidates_and_fallback() 
         ("CASCADE_REDIS_SHARDS", shard_list.clone()),
         ("CASCADE_API_KEYS", API_KEY.to_string()),
     ];
-    let http = reqwest::Client::new();
 
     // A ranker that cannot finish within the deadline: the precomputed list is the answer.
     let slow_config = scratch.path().join("slow.toml");
@@ -62,19 +61,19 @@ async fn precomputed_lists_are_resumable_and_serve_as_candidates_and_fallback() 
     let mut slow_env = env.to_vec();
     slow_env.push(("CASCADE_CONFIG", slow_config.display().to_string()));
     let slow = Origin::start(&slow_env).await.unwrap();
-    let precomputed = recs(&http, &slow, "u3", "n=50").await;
+    let precomputed = recs(&slow, "u3", "n=50").await;
     assert_eq!(precomputed.source, Source::Precomputed);
     assert_eq!(precomputed.items.len(), 50);
-    assert_eq!(recs(&http, &slow, "u3", "n=50").await.source, Source::Precomputed, "fallbacks are not cached");
+    assert_eq!(recs(&slow, "u3", "n=50").await.source, Source::Precomputed, "fallbacks are not cached");
 
     // A healthy origin re-ranks the precomputed candidates in the request's context.
     let origin = Origin::start(&env).await.unwrap();
-    let same_context = recs(&http, &origin, "u3", "n=10").await;
+    let same_context = recs(&origin, "u3", "n=10").await;
     assert_eq!(same_context.source, Source::Realtime);
     let ids = |list: &RecList| list.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&same_context), ids(&precomputed)[..10], "same context, same model: same order");
     let candidates: HashSet<String> = ids(&precomputed).into_iter().collect();
-    let other_context = recs(&http, &origin, "u3", "n=20&page=search&device=tablet").await;
+    let other_context = recs(&origin, "u3", "n=20&page=search&device=tablet").await;
     assert_eq!(other_context.source, Source::Realtime);
     assert!(ids(&other_context).iter().all(|id| candidates.contains(id)), "re-ranked from the precomputed candidates");
 }

@@ -74,12 +74,9 @@ async fn a_visitor_the_bundle_does_not_know_gets_real_time_lists_from_their_sess
 
     // Two views: the query is made of those items alone.
     let seen: Vec<String> = cold.items.iter().take(2).map(|i| i.id.clone()).collect();
-    for item in &seen {
-        let event = serde_json::json!({"user_id": "new-visitor", "kind": "view", "item_id": item});
-        let response =
-            http.post(format!("{}/v1/events", origin.url)).bearer_auth(API_KEY).json(&event).send().await.unwrap();
-        assert_eq!(response.status(), 202);
-    }
+    let views =
+        seen.iter().map(|item| cascade_client::Event::new("new-visitor", cascade_client::EventKind::View, Some(item)));
+    assert_eq!(origin.client(API_KEY).send_events(views.collect()).await.unwrap().accepted, 2);
     let warm = recs(url).await;
     assert_eq!(warm.source, Source::Realtime, "{}", origin.output());
     assert_eq!(warm.items.len(), 10);

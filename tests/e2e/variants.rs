@@ -35,6 +35,7 @@ async fn two_variants_split_users_by_weight_and_report_apart() {
     );
     let origin = Origin::with_config(&control, API_KEY, &config).await.unwrap();
     let http = reqwest::Client::new();
+    let client = origin.client(API_KEY);
     let recs = |user: String| {
         let (http, url) = (http.clone(), format!("{}/v1/users/{user}/recs?n=10", origin.url));
         async move { http.get(url).bearer_auth(API_KEY).send().await.unwrap().json::<RecList>().await.unwrap() }
@@ -50,10 +51,10 @@ async fn two_variants_split_users_by_weight_and_report_apart() {
         assert_eq!(list.model_version, bundle, "{user} in {variant}");
         // Treatment users click the first item of every list, control users of every other one.
         if variant == "treatment" || u % 2 == 0 {
-            let event = json!({"user_id": user, "kind": "click", "item_id": list.items[0].id,
-                               "rec_id": list.rec_id, "position": 1});
-            let posted = http.post(format!("{}/v1/events", origin.url)).bearer_auth(API_KEY).json(&event).send();
-            assert_eq!(posted.await.unwrap().status(), 202);
+            let mut click =
+                cascade_client::Event::new(&user, cascade_client::EventKind::Click, Some(&list.items[0].id));
+            (click.rec_id, click.position) = (Some(list.rec_id.clone()), Some(1));
+            assert_eq!(client.send_events(vec![click]).await.unwrap().accepted, 1);
             *clicks.get_mut(variant.as_str()).unwrap() += 1;
         }
         assigned.insert(user, variant);

@@ -396,6 +396,17 @@ impl Origin {
         Ok(Origin { url, process, _dir: dir })
     }
 
+    /// A typed client of this origin with the bearer key `api_key` (no retries: a test sees the
+    /// first answer).
+    pub fn client(&self, api_key: &str) -> cascade_client::Client {
+        cascade_client::Client::builder(&self.url)
+            .api_key(api_key)
+            .retries(0)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_else(|e| panic!("{}: {e}", self.url))
+    }
+
     /// The configuration file [`Origin::with_config`] wrote (rewrite it, then reload).
     pub fn config_file(&self) -> PathBuf {
         self._dir.path().join("cascade.toml")
@@ -495,18 +506,20 @@ impl Edge {
     }
 }
 
-/// `GET {origin}/v1/users/{user}/recs?{query}` with a bearer key; panics unless it is a 200 list.
-pub async fn user_recs(
-    http: &reqwest::Client,
-    origin: &Origin,
-    api_key: &str,
-    user: &str,
-    query: &str,
-) -> cascade_shared::wire::RecList {
-    let url = format!("{}/v1/users/{user}/recs?{query}", origin.url);
-    let response = http.get(&url).bearer_auth(api_key).send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-    assert_eq!(response.status(), 200, "{url}");
-    response.json().await.unwrap_or_else(|e| panic!("{url}: not a list: {e}"))
+/// A user's list through the typed client (`cascade-client`), the context given as a query string
+/// (`n=10&page=search`); panics unless it is a list.
+pub async fn user_recs(origin: &Origin, api_key: &str, user: &str, query: &str) -> cascade_shared::wire::RecList {
+    let mut context = cascade_client::ListContext::default();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match name.as_ref() {
+            "n" => context.n = Some(value.parse().unwrap_or_else(|e| panic!("n={value}: {e}"))),
+            "page" => context.page = Some(value.into_owned()),
+            "device" => context.device = Some(value.into_owned()),
+            "country" => context.country = Some(value.into_owned()),
+            other => panic!("{other} is not a list parameter"),
+        }
+    }
+    origin.client(api_key).user_recs(user, &context).await.unwrap_or_else(|e| panic!("{user} {query}: {e}"))
 }
 
 /// Runs `cascade` with `args` to completion; fails with its output if it fails.
