@@ -16,6 +16,10 @@
 //!
 //!     scripts/bench.sh    (or: cargo bench -p cascade-e2e --bench ranker)
 //!
+//! - `remote`: the `multi_row` batched regime with the remote backend (`[ranker.remote]`): KServe's
+//!   model server (`scripts/oip_server.py`, one worker, one torch thread) on this machine over the
+//!   Open Inference Protocol, binary tensors and JSON, beside the in-process figures.
+//!
 //! Saves `target/cascade-bench/ranker.json`. BENCH_SECS (default 5) per mode, BENCH_DEVICE
 //! (`cpu` default, `cuda`, `auto`).
 
@@ -23,11 +27,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cascade_e2e::{bench_dir, bench_secs, bundle_dir, p50_p99};
+use cascade_e2e::{OipServer, bench_dir, bench_secs, bundle_dir, p50_p99};
 use cascade_origin::bundle::Bundle;
 use cascade_origin::config::{DeviceChoice, RankerConfig};
 use cascade_origin::metrics::BatchMetrics;
 use cascade_origin::ranking::batcher::BatchPolicy;
+use cascade_origin::ranking::remote::{RemoteConfig, RemoteFallback};
 use cascade_origin::ranking::{Ranker, TorchRanker, pick_device};
 use serde_json::{Value, json};
 
@@ -122,6 +127,7 @@ fn ranker(
         batch_policy,
         threads: 1,
         intra_op_threads: 2,
+        remote: RemoteConfig::default(),
     };
     Ok(Arc::new(TorchRanker::start(bundle.model(), device, &config, BatchMetrics::new())?))
 }
@@ -168,6 +174,36 @@ async fn main() -> anyhow::Result<()> {
         }
         report.insert(regime.to_string(), Value::Object(modes));
     }
+    // The remote backend, same regime (the server shares this machine's 2 cores with the bench).
+    let mut server = OipServer::start(&bundle_dir()?).await?;
+    let mut remote = serde_json::Map::new();
+    for (encoding, binary) in [("binary", true), ("json", false)] {
+        let remote_config = RemoteConfig {
+            url: server.url.clone(),
+            binary,
+            timeout_ms: 10_000,
+            fallback: RemoteFallback::Chain,
+            ..RemoteConfig::default()
+        };
+        let config = RankerConfig {
+            queue_capacity: 4096,
+            max_batch_rows: 1024,
+            batch_policy: BatchPolicy::Fixed,
+            intra_op_threads: 2,
+            remote: remote_config,
+            ..RankerConfig::default()
+        };
+        let ranker = Arc::new(TorchRanker::start(bundle.model(), device, &config, BatchMetrics::new())?);
+        drive(ranker.clone(), CALLERS, 100, 0.5).await?; // warm-up
+        let mut figures = drive(ranker, CALLERS, 100, seconds).await?;
+        let share = figures["throughput_rows_per_s"].as_f64().unwrap_or(0.0)
+            / report["multi_row"]["batched"]["throughput_rows_per_s"].as_f64().unwrap_or(f64::NAN);
+        figures["share_of_in_process"] = json!(share);
+        eprintln!("remote multi_row batched ({encoding}): {figures}");
+        remote.insert(encoding.to_string(), figures);
+    }
+    server.stop();
+    report.insert("remote".to_string(), Value::Object(remote));
     // Adaptive against fixed batching in an open loop, side by side at each share of capacity.
     let capacity_calls = report["multi_row"]["batched"]["throughput_rows_per_s"].as_f64().unwrap_or(1000.0) / 100.0;
     let rankers = [
@@ -206,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
         "speedup_multi_row": multi,
         "single_row": report["single_row"],
         "multi_row": report["multi_row"],
+        "remote": report["remote"],
         "policies": policies,
         "ceiling_rows_per_s": ceiling,
         "multi_row_batched_share_of_ceiling": report["multi_row"]["batched"]["throughput_rows_per_s"].as_f64().unwrap_or(0.0)

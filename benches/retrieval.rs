@@ -85,6 +85,7 @@ async fn f16_ranking_effect(bundle_dir: &Path, users: usize) -> anyhow::Result<V
         batch_policy: Default::default(),
         threads: 1,
         intra_op_threads: 2,
+        ..RankerConfig::default()
     };
     let ranker = TorchRanker::start(bundle.model(), tch::Device::Cpu, &config, BatchMetrics::new())?;
     let round = |v: &[f32]| v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect::<Vec<f32>>();

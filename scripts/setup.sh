@@ -17,6 +17,7 @@
 CASCADE_HOME=${CASCADE_HOME:-$HOME/.cache/cascade}
 TORCH_VERSION=2.11.0          # tch 0.24 expects exactly this libtorch
 OPENAPI_VALIDATOR_VERSION=0.9.0  # checks docs/openapi.json
+KSERVE_VERSION=0.21.0         # the model server of the remote ranker's tests (scripts/oip_server.py)
 WASM_BINDGEN_VERSION=0.2.130  # must equal the wasm-bindgen library version in Cargo.lock
 WORKER_BUILD_VERSION=0.8.7
 WRANGLER_VERSION=4.164.0
@@ -66,6 +67,12 @@ setup_python() {
     log "pip install torch==$TORCH_VERSION numpy (about 2 min, 4.7 GB)"
     "$venv/bin/pip" install -q --upgrade pip
     "$venv/bin/pip" install -q "torch==$TORCH_VERSION" numpy
+  fi
+  # KServe's model server serves the bundle's model over the Open Inference Protocol for the
+  # remote ranker's tests (about 75 MB of wheels; it reuses the venv's torch and numpy).
+  if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('kserve') != '$KSERVE_VERSION')" 2>/dev/null; then
+    log "pip install kserve==$KSERVE_VERSION"
+    "$venv/bin/pip" install -q "kserve==$KSERVE_VERSION" "setuptools<82"  # torch 2.11 needs setuptools<82
   fi
   # Validates docs/openapi.json in scripts/test.sh (pure Python, a few MB).
   if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('openapi-spec-validator') != '$OPENAPI_VALIDATOR_VERSION')" 2>/dev/null; then

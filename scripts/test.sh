@@ -31,8 +31,8 @@ fi
 step "cargo build (cascade binary)"
 cargo build -p cascade-origin --bin cascade
 
-step "OpenAPI: docs/openapi.json is a valid OpenAPI 3.1 document (the router tests check it is current)"
-python -m openapi_spec_validator docs/openapi.json
+step "OpenAPI: docs/openapi.json and docs/edge-openapi.json are valid OpenAPI 3.1 (the router tests check they are current)"
+python -m openapi_spec_validator docs/openapi.json docs/edge-openapi.json
 
 step "cargo test (workspace: unit, integration, end to end)"
 cargo test --workspace

@@ -206,6 +206,34 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_operations_are_the_routes() {
+        // docs/edge-openapi.json (`cascade openapi --edge`) against this router, both ways: each
+        // documented operation is routed, and each path and method routed here is documented.
+        let doc: serde_json::Value = serde_json::from_str(include_str!("../../docs/edge-openapi.json")).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let query = |path: &str| if path == "/admin/purge" { "segment=home.desktop.us" } else { "" };
+        for (path, item) in paths {
+            for method in item.as_object().unwrap().keys() {
+                let method = method.to_uppercase();
+                let routed = route(&RequestFacts { method: &method, ..facts(path, query(path)) });
+                assert!(
+                    matches!(routed, Ok(ref r) if *r != Route::Preflight),
+                    "{method} {path} is documented: {routed:?}"
+                );
+            }
+        }
+        let probes = ["/", "/recs", "/events", "/healthz", "/admin/purge", "/admin", "/v1/events", "/purge", "/recs/"];
+        for path in probes {
+            for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+                if route(&RequestFacts { method, ..facts(path, query(path)) }).is_ok() {
+                    let documented = paths.get(path).and_then(|item| item.get(method.to_lowercase()));
+                    assert!(documented.is_some(), "{method} {path} is routed but not in docs/edge-openapi.json");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn visitor_tokens_and_admin_auth() {
         let c = config(&[("ADMIN_TOKEN", "admin-token-0123456789")]);
         let keys = cascade_shared::signing::Keys::derive(b"0123456789abcdef");

@@ -210,6 +210,17 @@ impl Config {
         if self.mode == Mode::Production && self.serving.fault_injection {
             return Err(config_error("serving.fault_injection", "is for tests and must be off in production"));
         }
+        let remote = &self.ranker.remote;
+        if remote.is_on() && !(remote.url.starts_with("http://") || remote.url.starts_with("https://")) {
+            return Err(config_error("ranker.remote.url", "must be an http:// or https:// URL"));
+        }
+        if remote.is_on() && !(1..=60_000).contains(&remote.timeout_ms) {
+            return Err(config_error("ranker.remote.timeout_ms", "must be within 1..=60000"));
+        }
+        if remote.is_on() {
+            cascade_shared::validate::validate_id("ranker.remote.model", &remote.model)
+                .map_err(|e| config_error("ranker.remote.model", e.message))?;
+        }
         if !(0.0..=1000.0).contains(&self.ranker.max_wait_ms) {
             return Err(config_error("ranker.max_wait_ms", "must be within 0..=1000"));
         }

@@ -24,6 +24,9 @@ pub struct BatchMetrics {
     pub overloaded: IntCounter,
     /// `cascade_ranker_panics_total`: model calls that panicked (caught; the thread goes on).
     pub panics: IntCounter,
+    /// `cascade_remote_ranker_calls_total{outcome}`: batches for the remote ranker, by what became
+    /// of them (`remote`, `failed`, `breaker_open`).
+    pub remote_calls: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -53,6 +56,11 @@ impl BatchMetrics {
                 .unwrap_or_else(|_| unreachable!("static metric definition")),
             panics: IntCounter::new("cascade_ranker_panics_total", "Model calls that panicked (caught)")
                 .unwrap_or_else(|_| unreachable!("static metric definition")),
+            remote_calls: IntCounterVec::new(
+                Opts::new("cascade_remote_ranker_calls_total", "Batches for the remote ranker, by outcome"),
+                &["outcome"],
+            )
+            .unwrap_or_else(|_| unreachable!("static metric definition")),
         }
     }
 
@@ -66,6 +74,7 @@ impl BatchMetrics {
             expired: register(registry, self.expired),
             overloaded: register(registry, self.overloaded),
             panics: register(registry, self.panics),
+            remote_calls: register(registry, self.remote_calls),
         }
     }
 }

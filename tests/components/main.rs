@@ -5,5 +5,6 @@
 mod cluster;
 mod data_plane;
 mod ranker;
+mod remote_ranker;
 mod reshard;
 mod training;

@@ -332,3 +332,70 @@ async fn the_staging_environment_rate_limits_admin_routes_with_429_and_retry_aft
     assert!(statuses[10..].iter().all(|&s| s == 429), "then rate limited: {statuses:?}");
     assert_eq!(refused, Some((Some("60".to_string()), "rate_limited".to_string())));
 }
+
+/// Every operation of `docs/edge-openapi.json` called on the Worker: each answer's status is
+/// documented for its operation and its JSON body validates against the documented schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_answers_only_what_its_openapi_document_says() {
+    use cascade_origin::http::openapi::{conformance::Conformance, edge};
+    let bundle = bundle_dir().unwrap();
+    let origin = start_origin(&bundle).await;
+    let edge_worker = Edge::start(&origin.url, SECRET, &[("ADMIN_TOKEN", ADMIN_TOKEN)]).await.unwrap();
+    let conformance = Conformance::new(serde_json::to_value(edge::document()).unwrap());
+    let http = reqwest::Client::new();
+    let issued: Value = http
+        .post(format!("{}/admin/tokens", origin.url))
+        .bearer_auth(API_KEY)
+        .json(&json!({"user_id": "u2", "ttl_secs": 600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = issued["token"].as_str().unwrap().to_string();
+    let click = json!({"events": [{"kind": "click", "item_id": "i1"}]});
+    let purchase = json!({"events": [{"kind": "purchase", "item_id": "i1"}]});
+    let long = format!("/recs?x={}", "a".repeat(2100));
+    /// Method, path and query, bearer, body, expected status.
+    type Call<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a Value>, u16);
+    let calls: Vec<Call> = vec![
+        ("GET", "/recs?page=home&device=mobile&n=5", None, None, 200),
+        ("GET", "/recs?page=home&device=mobile&n=5", None, None, 200),
+        ("GET", "/recs?n=0", None, None, 400),
+        ("GET", "/recs", Some("v1.u2.1.00"), None, 401),
+        ("GET", "/recs?n=3", Some(&token), None, 200),
+        ("GET", &long, None, None, 414),
+        ("POST", "/events", Some(&token), Some(&click), 202),
+        ("POST", "/events", None, Some(&click), 401),
+        ("POST", "/events", Some(&token), Some(&purchase), 400),
+        ("POST", "/admin/purge?segment=home.mobile.zz", Some(ADMIN_TOKEN), None, 200),
+        ("POST", "/admin/purge", Some(ADMIN_TOKEN), None, 400),
+        ("POST", "/admin/purge?segment=home.mobile.zz", Some("wrong"), None, 401),
+        ("GET", "/healthz", None, None, 200),
+        ("GET", "/", None, None, 200),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for (method, target, bearer, body, expected) in calls {
+        let url = format!("{}{target}", edge_worker.url);
+        let mut request = http.request(method.parse().unwrap(), &url);
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let content_type =
+            response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        let bytes = response.bytes().await.unwrap();
+        assert_eq!(status, expected, "{method} {target}: {}", String::from_utf8_lossy(&bytes));
+        let path = target.split('?').next().unwrap();
+        let checked = conformance.check(method, path, status, &content_type, &bytes);
+        seen.insert(checked.unwrap_or_else(|problem| panic!("{problem}")));
+    }
+    for operation in conformance.operations() {
+        assert!(seen.contains(&operation), "{operation} is documented but not called");
+    }
+}

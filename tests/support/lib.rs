@@ -428,6 +428,53 @@ impl Origin {
     }
 }
 
+/// A bundle's ranking model served by KServe's model server over the Open Inference Protocol
+/// (`scripts/oip_server.py`), on a free port.
+pub struct OipServer {
+    /// `http://127.0.0.1:port`.
+    pub url: String,
+    process: Process,
+    _dir: TempDir,
+}
+
+impl OipServer {
+    /// Starts the server for `bundle` and waits until `/v2/health/ready` answers 200.
+    pub async fn start(bundle: &Path) -> anyhow::Result<Self> {
+        let dir = TempDir::new("cascade-oip")?;
+        let port = free_port()?;
+        let python = std::env::var_os("VIRTUAL_ENV")
+            .map(|venv| PathBuf::from(venv).join("bin/python"))
+            .unwrap_or_else(|| PathBuf::from("python3"));
+        let mut command = Command::new(python);
+        command
+            .arg(repo_root().join("scripts/oip_server.py"))
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--port")
+            .arg(port.to_string());
+        let mut process = Process::spawn("oip server", command, dir.path().join("oip.log"))?;
+        let url = format!("http://127.0.0.1:{port}");
+        let ready = format!("{url}/v2/health/ready");
+        let client = reqwest::Client::new();
+        wait_until(&mut process, Duration::from_secs(120), || {
+            let (client, ready) = (client.clone(), ready.clone());
+            async move { client.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await?;
+        Ok(OipServer { url, process, _dir: dir })
+    }
+
+    /// The server's log so far.
+    pub fn output(&self) -> String {
+        self.process.output()
+    }
+
+    /// Stops it.
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+}
+
 /// The edge Worker under `wrangler dev`, with a fresh cache folder.
 pub struct Edge {
     /// `http://127.0.0.1:port`.

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::faults::Faults;
 use crate::feature_log::FeatureLog;
 use crate::metrics::Metrics;
-use crate::ranking::{RankError, TorchRanker, pick_device};
+use crate::ranking::{RankError, TorchRanker, pick_device, remote};
 use crate::recommend::list_rules::ListRules;
 use crate::recommend::precomputed::{NoPrecomputed, PrecomputedLists, RedisPrecomputed};
 use crate::recommend::{Components, Recommender};
@@ -146,6 +146,13 @@ impl RecommenderFactory {
         let retriever = self.retriever(Arc::clone(&bundle)).await?;
         let device = pick_device(self.config.ranker.device)?;
         let faults = self.faults.clone();
+        let remote = self.config.ranker.remote.clone();
+        if remote.is_on() {
+            let (width, model) = (bundle.metadata.input_width, Arc::clone(&bundle));
+            tokio::task::spawn_blocking(move || remote::check_reference(&remote, width, model.model().reference))
+                .await
+                .map_err(task_error)??;
+        }
         let wrap = |scorer| match &faults {
             Some(faults) => faults.wrap(scorer),
             None => scorer,

@@ -41,8 +41,12 @@ pub enum Command {
     /// Click-through per A/B variant, from the feature log.
     Report(report::ReportArgs),
     /// Print the API's OpenAPI 3.1 document (what `GET /openapi.json` serves; checked in as
-    /// docs/openapi.json).
-    Openapi,
+    /// docs/openapi.json), or with --edge the Worker's (docs/edge-openapi.json).
+    Openapi {
+        /// The Worker's public API instead of the origin's.
+        #[arg(long)]
+        edge: bool,
+    },
 }
 
 /// What a command printed for machines: its report, when it has one.
@@ -84,8 +88,13 @@ impl Command {
                 }
                 report(key)
             }
-            Command::Openapi => {
-                print!("{}", crate::http::openapi::document_text());
+            Command::Openapi { edge } => {
+                let text = if edge {
+                    crate::http::openapi::edge_document_text()
+                } else {
+                    crate::http::openapi::document_text()
+                };
+                print!("{text}");
                 Ok(None)
             }
             Command::Plan(args) => {

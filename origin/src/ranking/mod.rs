@@ -5,12 +5,14 @@
 //! | [`batcher`] | the dynamic batcher over a [`batcher::ScoreBackend`]: knows nothing of torch |
 //! | [`torch`] | the TorchScript backend through tch, checked against the bundle at load |
 //! | [`features`] | the model's input rows (pure; the layout the training script defines) |
+//! | [`remote`] | a model server over the Open Inference Protocol, with a breaker and a fallback |
 //!
 //! The request path sees only the [`Ranker`] trait and [`RankError`]; the settings are
 //! [`RankerConfig`] (the `[ranker]` table of the config file), with one default per setting.
 
 pub mod batcher;
 pub mod features;
+pub mod remote;
 pub mod torch;
 
 use std::time::{Duration, Instant};
@@ -107,6 +109,8 @@ pub struct RankerConfig {
     pub threads: usize,
     /// libtorch intra-op threads per inference thread.
     pub intra_op_threads: usize,
+    /// `[ranker.remote]`: score on a model server instead (off while its `url` is empty).
+    pub remote: remote::RemoteConfig,
 }
 
 impl Default for RankerConfig {
@@ -119,6 +123,7 @@ impl Default for RankerConfig {
             batch_policy: batcher::BatchPolicy::Adaptive,
             threads: 1,
             intra_op_threads: 1,
+            remote: remote::RemoteConfig::default(),
         }
     }
 }

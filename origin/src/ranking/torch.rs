@@ -27,6 +27,8 @@ pub const REFERENCE_TOLERANCE: f32 = 1e-5;
 pub struct TorchRanker {
     batcher: Batcher,
     device: Device,
+    /// The model server's URL, when the batches go there first (`[ranker.remote]`).
+    remote: Option<String>,
 }
 
 /// Picks the device: `auto` is CUDA when libtorch sees a GPU.
@@ -108,7 +110,8 @@ impl TorchRanker {
     }
 
     /// [`TorchRanker::start`], each inference thread's backend passed through `wrap` (fault
-    /// injection wraps it).
+    /// injection wraps it). With `config.remote` on, each batch goes to the model server first,
+    /// this model scoring what it does not ([`super::remote`]).
     pub fn start_wrapped(
         model: ModelSpec<'_>,
         device: Device,
@@ -121,9 +124,20 @@ impl TorchRanker {
         let mut scorers: Vec<Scorer> = Vec::new();
         for _ in 0..config.threads.max(1) {
             let module = load_checked(&path, device, width, reference)?;
-            scorers.push(wrap(Box::new(TorchBackend { module, width, device })));
+            let local = wrap(Box::new(TorchBackend { module, width, device }));
+            scorers.push(match config.remote.is_on() {
+                true => super::remote::wrap(&config.remote, width, local, metrics.remote_calls.clone()),
+                false => local,
+            });
         }
-        Ok(TorchRanker { batcher: Batcher::start(width, config.batch_config(), scorers, metrics)?, device })
+        let remote = config.remote.is_on().then(|| {
+            let fallback = match config.remote.fallback {
+                super::remote::RemoteFallback::Local => "falling back to",
+                super::remote::RemoteFallback::Chain => "the fallback lists when it fails; loaded:",
+            };
+            format!("open inference protocol at {} model {}, {fallback}", config.remote.url, config.remote.model)
+        });
+        Ok(TorchRanker { batcher: Batcher::start(width, config.batch_config(), scorers, metrics)?, device, remote })
     }
 
     /// Requests waiting for inference.
@@ -143,7 +157,12 @@ impl Ranker for TorchRanker {
     }
 
     fn describe(&self) -> String {
-        format!("torchscript on {:?} (input width {}, dynamic batching)", self.device, self.batcher.width())
+        let local =
+            format!("torchscript on {:?} (input width {}, dynamic batching)", self.device, self.batcher.width());
+        match &self.remote {
+            Some(remote) => format!("{remote} {local}"),
+            None => local,
+        }
     }
 
     fn health(&self) -> crate::health::HealthState {

@@ -1,5 +1,5 @@
 //! The origin's OpenAPI 3.1 description, served at `GET /openapi.json` and checked in as
-//! `docs/openapi.json`.
+//! `docs/openapi.json`; and the Worker's ([`edge`], `docs/edge-openapi.json`).
 //!
 //! The document and the router come from one declaration: every route is registered through
 //! `utoipa_axum::routes!` from its handler's `#[utoipa::path]` annotation (method, path,
@@ -9,6 +9,10 @@
 //! `openapi_tests.rs` checks the document: the checked-in copy is current, every example
 //! validates against its schema, and the router's real answers (every documented error
 //! included) validate against the schema documented for their status.
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod edge;
 
 use axum::body::Bytes;
 use axum::http::header;
@@ -145,9 +149,18 @@ pub fn document() -> utoipa::openapi::OpenApi {
     super::documented_routes().into_openapi()
 }
 
-/// The document as checked in (`docs/openapi.json`): pretty JSON with a final newline.
+/// The origin's document as checked in (`docs/openapi.json`): pretty JSON with a final newline.
 pub fn document_text() -> String {
-    let mut text = document().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    text(document())
+}
+
+/// The Worker's document as checked in (`docs/edge-openapi.json`).
+pub fn edge_document_text() -> String {
+    text(edge::document())
+}
+
+fn text(document: utoipa::openapi::OpenApi) -> String {
+    let mut text = document.to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     text.push('\n');
     text
 }
