@@ -32,6 +32,10 @@ pub struct EdgeConfig {
     /// Seconds an isolate keeps the purge generations it read from KV (`GENERATION_CACHE_SECS`;
     /// 0: read on every request).
     pub generation_cache_secs: u32,
+    /// The OpenTelemetry collector's OTLP/HTTP URL (`OTLP_ENDPOINT`): the Worker records a span
+    /// per request, continuing the browser's trace, and exports it; unset, it only passes a
+    /// browser's `traceparent` on to the origin.
+    pub otlp_endpoint: Option<String>,
 }
 
 fn bounded(
@@ -96,6 +100,12 @@ impl EdgeConfig {
             cors_origins,
             admin_token,
             generation_cache_secs: bounded(&lookup, "GENERATION_CACHE_SECS", DEFAULT_GENERATION_CACHE_SECS, 0..=300)?,
+            otlp_endpoint: match lookup("OTLP_ENDPOINT").filter(|u| !u.is_empty()) {
+                Some(url) if !(url.starts_with("https://") || url.starts_with("http://")) => {
+                    return Err(format!("OTLP_ENDPOINT must be an http(s) URL, got {url:?}"));
+                }
+                url => url.map(|u| u.trim_end_matches('/').to_string()),
+            },
         })
     }
 }

@@ -12,7 +12,7 @@ use cascade_shared::validate::FieldError;
 use cascade_shared::wire::{EventKind, parse_events};
 
 use crate::config::EdgeConfig;
-use crate::origin::{OriginRequest, signed};
+use crate::origin::{Ids, OriginRequest, signed};
 
 /// Most events in one visitor request.
 pub const MAX_VISITOR_EVENTS: usize = 20;
@@ -73,9 +73,9 @@ pub fn visitor_batch(body: &[u8], user_id: &str, now_ms: u64) -> Result<Vec<u8>,
 }
 
 /// The signed origin call for a checked batch.
-pub fn events_request(config: &EdgeConfig, batch: Vec<u8>, now_secs: u64, request_id: &str) -> OriginRequest {
+pub fn events_request(config: &EdgeConfig, batch: Vec<u8>, now_secs: u64, ids: &Ids) -> OriginRequest {
     let query = format!("{BODY_DIGEST_PARAM}={}", body_digest(&batch));
-    signed(config, "POST", "/v1/events".into(), query, now_secs, request_id).with_body(batch)
+    signed(config, "POST", "/v1/events".into(), query, now_secs, ids).with_body(batch)
 }
 
 #[cfg(test)]
@@ -113,7 +113,7 @@ mod tests {
     #[test]
     fn the_forwarded_batch_is_signed_with_its_digest() {
         let config = config(&[]);
-        let request = events_request(&config, b"{\"events\":[]}".to_vec(), 1_000, "rid");
+        let request = events_request(&config, b"{\"events\":[]}".to_vec(), 1_000, &Ids::new("rid"));
         let digest = body_digest(b"{\"events\":[]}");
         assert_eq!(request.url, format!("http://127.0.0.1:8080/v1/events?body_sha256={digest}"));
         assert_eq!((request.method, request.body.as_deref()), ("POST", Some(&b"{\"events\":[]}"[..])));

@@ -29,31 +29,48 @@ impl OriginRequest {
     }
 }
 
-/// A request to the origin signed at `now_secs` (method, path, query and time).
+/// What follows one visitor request into the origin: its request id, and the trace position the
+/// origin continues (`traceparent`: the trace, with the edge's span as the parent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ids {
+    /// `x-request-id`.
+    pub request_id: String,
+    /// `traceparent`, when the request is traced.
+    pub traceparent: Option<String>,
+}
+
+impl Ids {
+    /// A request id without a trace.
+    pub fn new(request_id: &str) -> Self {
+        Ids { request_id: request_id.to_string(), traceparent: None }
+    }
+}
+
+/// A request to the origin signed at `now_secs` (method, path, query and time). The trace header
+/// is not signed: a forged one only misplaces spans.
 pub fn signed(
     config: &EdgeConfig,
     method: &'static str,
     path: String,
     query: String,
     now_secs: u64,
-    request_id: &str,
+    ids: &Ids,
 ) -> OriginRequest {
     let signature = sign(&config.keys.edge_requests, method, &path, &query, now_secs);
-    OriginRequest {
-        method,
-        url: format!("{}{path}?{query}", config.origin_url),
-        headers: vec![
-            (TIMESTAMP_HEADER.to_string(), now_secs.to_string()),
-            (SIGNATURE_HEADER.to_string(), signature),
-            ("x-request-id".to_string(), request_id.to_string()),
-        ],
-        body: None,
+    let mut headers = vec![
+        (TIMESTAMP_HEADER.to_string(), now_secs.to_string()),
+        (SIGNATURE_HEADER.to_string(), signature),
+        ("x-request-id".to_string(), ids.request_id.clone()),
+    ];
+    if let Some(traceparent) = &ids.traceparent {
+        headers.push((cascade_shared::trace::HEADER.to_string(), traceparent.clone()));
     }
+    OriginRequest { method, url: format!("{}{path}?{query}", config.origin_url), headers, body: None }
 }
 
 /// The origin call for a segment's full list, signed at `now_secs`.
-pub fn segment_request(config: &EdgeConfig, segment: &SegmentKey, now_secs: u64, request_id: &str) -> OriginRequest {
-    signed(config, "GET", format!("/v1/segments/{segment}/recs"), format!("n={MAX_N}"), now_secs, request_id)
+pub fn segment_request(config: &EdgeConfig, segment: &SegmentKey, now_secs: u64, ids: &Ids) -> OriginRequest {
+    signed(config, "GET", format!("/v1/segments/{segment}/recs"), format!("n={MAX_N}"), now_secs, ids)
 }
 
 /// The origin call for a signed-in visitor's own list in their segment's context.
@@ -63,7 +80,7 @@ pub fn user_request(
     segment: &SegmentKey,
     n: usize,
     now_secs: u64,
-    request_id: &str,
+    ids: &Ids,
 ) -> OriginRequest {
     let query = format!(
         "n={n}&page={}&device={}&country={}",
@@ -71,7 +88,7 @@ pub fn user_request(
         segment.device.as_str(),
         segment.country.as_str()
     );
-    signed(config, "GET", format!("/v1/users/{user_id}/recs"), query, now_secs, request_id)
+    signed(config, "GET", format!("/v1/users/{user_id}/recs"), query, now_secs, ids)
 }
 
 /// Cuts a stored full list to `n` items; the bytes must be a [`RecList`].
@@ -133,9 +150,13 @@ mod tests {
             );
             assert_eq!(verified, Ok(()));
         };
-        check(&segment_request(&config, &segment, 1_000, "rid"), "/v1/segments/home.desktop.us/recs", "n=100");
         check(
-            &user_request(&config, "u-9.x", &segment, 7, 1_000, "rid"),
+            &segment_request(&config, &segment, 1_000, &Ids::new("rid")),
+            "/v1/segments/home.desktop.us/recs",
+            "n=100",
+        );
+        check(
+            &user_request(&config, "u-9.x", &segment, 7, 1_000, &Ids::new("rid")),
             "/v1/users/u-9.x/recs",
             "n=7&page=home&device=desktop&country=us",
         );

@@ -69,6 +69,8 @@ pub struct Config {
     pub variants: Vec<crate::experiment::VariantConfig>,
     /// Salt of the users' assignment to variants: a new salt reshuffles them.
     pub variant_salt: String,
+    /// Traces exported over OTLP (`[tracing]`; off unless `otlp_endpoint` is set).
+    pub tracing: crate::otel::TracingConfig,
 }
 
 impl Default for Config {
@@ -91,6 +93,7 @@ impl Default for Config {
             rules: crate::recommend::list_rules::RulesConfig::default(),
             variants: Vec::new(),
             variant_salt: "cascade".into(),
+            tracing: crate::otel::TracingConfig::default(),
         }
     }
 }
@@ -153,6 +156,9 @@ impl Config {
         if let Some(v) = env(env_names::EDGE_PURGE_TOKEN) {
             config.edge.purge_token = Some(v);
         }
+        if let Some(v) = env(env_names::OTLP_ENDPOINT) {
+            config.tracing.otlp_endpoint = v;
+        }
         if let Some(v) = env(env_names::FEATURE_LOG) {
             config.feature_log.dir = (!v.is_empty()).then(|| PathBuf::from(v));
         }
@@ -209,6 +215,14 @@ impl Config {
         }
         if self.mode == Mode::Production && self.serving.fault_injection {
             return Err(config_error("serving.fault_injection", "is for tests and must be off in production"));
+        }
+        let tracing = &self.tracing;
+        let endpoint = &tracing.otlp_endpoint;
+        if !(endpoint.is_empty() || endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(config_error("tracing.otlp_endpoint", "must be an http:// or https:// URL"));
+        }
+        if !(0.0..=1.0).contains(&tracing.sample_ratio) {
+            return Err(config_error("tracing.sample_ratio", "must be within 0..=1"));
         }
         let remote = &self.ranker.remote;
         if remote.is_on() && !(remote.url.starts_with("http://") || remote.url.starts_with("https://")) {

@@ -19,6 +19,7 @@
 //! | [`bundle`] | a model bundle on disk: metadata, embeddings, model path, the query (sequence model), consistency checks |
 //! | [`catalogue`] | items hidden, deleted or expiring, applied on the way out; new items with embeddings; kept in a file |
 //! | [`edge_purge`] | purging the edge's stored segment lists that held an item the catalogue withholds |
+//! | [`otel`] | traces: the request's and its stages' spans, exported over OTLP/HTTP when configured |
 //! | [`feature_log`] | served lists and events as JSON lines, written off the request path |
 //! | [`experiment`] | A/B variant settings and the users' salted-hash assignment |
 //! | [`generate`] | deterministic clustered embeddings for the scale tiers |
@@ -48,6 +49,7 @@ pub mod generate;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod otel;
 pub mod ranking;
 pub mod recommend;
 pub mod redis;

@@ -118,6 +118,8 @@ pub struct Metrics {
     pub rule_removals: IntCounterVec,
     /// Edge purges by outcome (`cascade_edge_purges_total{outcome}`).
     pub edge_purges: IntCounterVec,
+    /// Trace spans dropped because the export queue was full (`cascade_trace_spans_dropped_total`).
+    pub trace_spans_dropped: prometheus::IntCounter,
     /// User lists by A/B variant (`cascade_variant_lists_total{variant}`).
     pub variant_lists: IntCounterVec,
 }
@@ -189,7 +191,13 @@ impl Metrics {
             "Requests refused by admission control (503 overloaded; not in cascade_http_requests_total)",
         )
         .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let trace_spans_dropped = prometheus::IntCounter::new(
+            "cascade_trace_spans_dropped_total",
+            "Trace spans dropped: the export queue was full",
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
         Metrics {
+            trace_spans_dropped: register(&registry, trace_spans_dropped),
             shed: register(&registry, shed),
             edge_purges: register(&registry, edge_purges),
             rule_removals: register(&registry, rule_removals),

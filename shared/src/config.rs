@@ -32,6 +32,9 @@ pub const LOG_FORMAT: &str = "CASCADE_LOG_FORMAT";
 /// The Worker's `ADMIN_TOKEN`, for the origin's edge purges (`[edge] purge_token`).
 pub const EDGE_PURGE_TOKEN: &str = "CASCADE_EDGE_PURGE_TOKEN";
 
+/// The OpenTelemetry collector's OTLP/HTTP URL (`[tracing] otlp_endpoint`; unset: no traces).
+pub const OTLP_ENDPOINT: &str = "CASCADE_OTLP_ENDPOINT";
+
 /// Every variable, for `--help` and the docs.
 pub const ALL: &[&str] = &[
     CONFIG_FILE,
@@ -45,4 +48,5 @@ pub const ALL: &[&str] = &[
     LOG,
     LOG_FORMAT,
     EDGE_PURGE_TOKEN,
+    OTLP_ENDPOINT,
 ];

@@ -14,6 +14,7 @@
 //! | [`embedding`] | the embedding export file format and the Redis value encoding |
 //! | [`config`] | the environment-variable prefix and every variable name |
 //! | [`stats`] | the one percentile formula and the seeded generator (SplitMix64) |
+//! | [`trace`] | the W3C `traceparent` header and OTLP JSON spans: one trace from the edge to the ranker |
 //!
 //! Nothing here reads a clock or a random source: callers pass the time in, so the same code runs in
 //! a Worker (where `SystemTime::now()` panics) and in the origin.
@@ -27,5 +28,6 @@ pub mod segment;
 pub mod signing;
 pub mod stats;
 pub mod token;
+pub mod trace;
 pub mod validate;
 pub mod wire;

@@ -16,4 +16,5 @@ mod precompute;
 mod quality;
 mod reload;
 mod rules;
+mod tracing;
 mod variants;

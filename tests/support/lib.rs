@@ -475,6 +475,92 @@ impl OipServer {
     }
 }
 
+/// An OpenTelemetry collector stand-in written for the tests: an OTLP/HTTP JSON receiver on
+/// loopback (`POST /v1/traces`) that keeps every span it is sent, with its service's name.
+pub struct OtlpCollector {
+    /// `http://127.0.0.1:port`, the OTLP endpoint to configure.
+    pub url: String,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OtlpCollector {
+    /// Starts the receiver.
+    pub async fn start() -> anyhow::Result<Self> {
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&spans);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let kept = std::sync::Arc::clone(&kept);
+                tokio::spawn(async move {
+                    let _ = receive(stream, &kept).await;
+                });
+            }
+        });
+        Ok(OtlpCollector { url, spans, task })
+    }
+
+    /// Every span received so far, each with `service` added (its resource's `service.name`).
+    pub fn spans(&self) -> Vec<serde_json::Value> {
+        self.spans.lock().map(|spans| spans.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for OtlpCollector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one HTTP/1.1 request (a JSON body with Content-Length) and answers 200; keeps its spans.
+async fn receive(
+    mut stream: tokio::net::TcpStream,
+    kept: &std::sync::Mutex<Vec<serde_json::Value>>,
+) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let (head_end, length) = loop {
+        let read = stream.read(&mut chunk).await?;
+        anyhow::ensure!(read > 0, "closed before a request");
+        buffer.extend_from_slice(&chunk[..read]);
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            break (end + 4, length);
+        }
+    };
+    while buffer.len() < head_end + length {
+        let read = stream.read(&mut chunk).await?;
+        anyhow::ensure!(read > 0, "closed inside the body");
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    let body: serde_json::Value = serde_json::from_slice(&buffer[head_end..head_end + length])?;
+    for resource in body["resourceSpans"].as_array().into_iter().flatten() {
+        let service = resource["resource"]["attributes"][0]["value"]["stringValue"].clone();
+        for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+            for span in scope["spans"].as_array().into_iter().flatten() {
+                let mut span = span.clone();
+                span["service"] = service.clone();
+                kept.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(span);
+            }
+        }
+    }
+    stream
+        .write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+        )
+        .await?;
+    Ok(())
+}
+
 /// The edge Worker under `wrangler dev`, with a fresh cache folder.
 pub struct Edge {
     /// `http://127.0.0.1:port`.

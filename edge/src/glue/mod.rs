@@ -1,7 +1,7 @@
 //! The `worker` glue: the only module that touches the Workers runtime (`purge`: KV generations
 //! and the purge route; `fetch`: outbound origin calls). It gathers request facts,
 //! asks the pure modules what to do (`route`, `segment_cache`, `origin`, `cors`, `respond`), and
-//! performs the Cache API and fetch calls they name.
+//! performs the Cache API and fetch calls they name (`trace`: the Worker's span of a request).
 //!
 //! Segment lists: a stored entry carries [`STORED_AT_HEADER`]; within the fresh period it is a HIT,
 //! within the stale window it is served at once as STALE while one background refresh
@@ -21,16 +21,18 @@ use worker::{Cache, Context, Date, Env, Headers, Method, RateLimiter, Request, R
 
 use crate::config::EdgeConfig;
 use crate::cors::cors_headers;
-use crate::origin::{self, OriginFailure, checked};
+use crate::origin::{self, Ids, OriginFailure, checked};
 use crate::respond::refusal_response;
 use crate::route::{self, Refusal, RequestFacts, Route, check_admin, visitor};
 use crate::segment_cache::{self, CUT_HEADER, Entry, IsolateCache, OnLookup, STORED_AT_HEADER};
 
 mod fetch;
 mod purge;
+mod trace;
 
 use self::fetch::{call_origin, fetch_origin};
 use self::purge::{GENERATIONS_BINDING, purge, segment_key};
+use self::trace::EdgeSpan;
 
 const DEMO_PAGE: &str = include_str!("../demo.html");
 
@@ -122,6 +124,8 @@ fn config(env: &Env) -> std::result::Result<EdgeConfig, String> {
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let request_id = request_id(&req);
+    let started_ms = Date::now().as_millis();
+    let browser_trace = header(&req, cascade_shared::trace::HEADER);
     let browser_origin = header(&req, "origin");
     let preflight = req.method() == Method::Options;
     let (mut response, cors) = match config(&env) {
@@ -131,7 +135,13 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
                 Err(refused) => refusal(refused),
                 Ok(_) => {
                     let kv = env.kv(GENERATIONS_BINDING).ok();
-                    handle(req, config, Limits::from_env(&env), kv, ctx, &request_id).await
+                    let span = EdgeSpan::start(&config, browser_trace.as_deref());
+                    let ids = Ids { request_id: request_id.clone(), traceparent: span.traceparent() };
+                    let name = format!("{} {}", req.method(), req.path());
+                    let response = handle(req, config.clone(), Limits::from_env(&env), kv, &ctx, &ids).await;
+                    let status = response.as_ref().map_or(500, Response::status_code);
+                    span.export(&config, &ctx, name, started_ms, status, &request_id);
+                    response
                 }
             };
             (response, cors.unwrap_or_default())
@@ -161,8 +171,8 @@ async fn handle(
     config: EdgeConfig,
     limits: Limits,
     kv: Option<KvStore>,
-    ctx: Context,
-    request_id: &str,
+    ctx: &Context,
+    ids: &Ids,
 ) -> Result<Response> {
     let url = req.url()?;
     let method = req.method().to_string();
@@ -216,7 +226,7 @@ async fn handle(
             }
             let body = req.bytes().await?;
             let visitor = Visitor { token: &token, limiter: limits.signed_in.as_ref() };
-            forward_events(&config, visitor, &body, request_id).await
+            forward_events(&config, visitor, &body, ids).await
         }
         Route::Recs { segment, n } => {
             let token = cascade_shared::token::from_headers(
@@ -227,11 +237,11 @@ async fn handle(
             match token {
                 Some(token) => {
                     let visitor = Visitor { token: &token, limiter: limits.signed_in.as_ref() };
-                    personal(&config, &ctx, kv.as_ref(), &cache_origin, visitor, segment, n, request_id).await
+                    personal(&config, ctx, kv.as_ref(), &cache_origin, visitor, segment, n, ids).await
                 }
                 None => {
                     let key = segment_key(&config, kv.as_ref(), &cache_origin, &segment).await;
-                    segment_list(&config, &ctx, key, segment, n, request_id).await
+                    segment_list(&config, ctx, key, segment, n, ids).await
                 }
             }
         }
@@ -254,7 +264,7 @@ async fn verified(config: &EdgeConfig, caller: Visitor<'_>, now_secs: u64) -> st
 
 /// A signed-in visitor's events, checked and forwarded signed to the origin, whose answer (202, or
 /// its JSON error) is passed on; never stored.
-async fn forward_events(config: &EdgeConfig, caller: Visitor<'_>, body: &[u8], request_id: &str) -> Result<Response> {
+async fn forward_events(config: &EdgeConfig, caller: Visitor<'_>, body: &[u8], ids: &Ids) -> Result<Response> {
     let now = Date::now().as_millis();
     let user_id = match verified(config, caller, now / 1000).await {
         Ok(user_id) => user_id,
@@ -264,7 +274,7 @@ async fn forward_events(config: &EdgeConfig, caller: Visitor<'_>, body: &[u8], r
         Ok(batch) => batch,
         Err(invalid) => return refusal(&Refusal::Invalid(invalid)),
     };
-    let request = crate::events::events_request(config, batch, now / 1000, request_id);
+    let request = crate::events::events_request(config, batch, now / 1000, ids);
     let mut response = match fetch_origin(config, &request).await {
         Ok((status, body)) => json_response(status, String::from_utf8_lossy(&body).into_owned())?,
         Err(failure) => {
@@ -288,14 +298,14 @@ async fn personal(
     caller: Visitor<'_>,
     segment: SegmentKey,
     n: usize,
-    request_id: &str,
+    ids: &Ids,
 ) -> Result<Response> {
     let now = Date::now().as_millis();
     let user_id = match verified(config, caller, now / 1000).await {
         Ok(user_id) => user_id,
         Err(refused) => return refusal(&refused),
     };
-    let request = origin::user_request(config, &user_id, &segment, n, now / 1000, request_id);
+    let request = origin::user_request(config, &user_id, &segment, n, now / 1000, ids);
     let mut response = match call_origin(config, &request).await.and_then(|body| checked(&body, n)) {
         Ok(list) => {
             let mut response = json_response(200, list)?;
@@ -305,7 +315,7 @@ async fn personal(
         Err(failure) => {
             worker::console_error!("personal list for {user_id} failed ({failure}); serving segment {segment}");
             let key = segment_key(config, kv, cache_origin, &segment).await;
-            segment_list(config, ctx, key, segment, n, request_id).await?
+            segment_list(config, ctx, key, segment, n, ids).await?
         }
     };
     response.headers_mut().set("cache-control", "private, no-store")?;
@@ -319,7 +329,7 @@ async fn segment_list(
     key: String,
     segment: SegmentKey,
     n: usize,
-    request_id: &str,
+    ids: &Ids,
 ) -> Result<Response> {
     let cache = Cache::default();
     let (now, ttl_ms) = (Date::now().as_millis(), u64::from(config.generation_cache_secs) * 1000);
@@ -340,7 +350,7 @@ async fn segment_list(
     match segment_cache::on_lookup(config, lookup, Date::now().as_millis(), n) {
         OnLookup::Serve { list, state, revalidate } => {
             if revalidate {
-                revalidate_in_background(config, ctx, key, segment, request_id);
+                revalidate_in_background(config, ctx, key, segment, ids);
             }
             return answer(list, state.as_str(), state.max_age(config));
         }
@@ -351,7 +361,7 @@ async fn segment_list(
         }
         OnLookup::Fetch { delete_stored: false } => {}
     }
-    let fetched = fetch_and_store(config, &key, &segment, request_id).await;
+    let fetched = fetch_and_store(config, &key, &segment, ids).await;
     if let Err(failure) = &fetched {
         worker::console_error!("segment {segment}: origin {failure}");
     }
@@ -371,14 +381,14 @@ fn answer(list: String, cache_state: &str, max_age: u32) -> Result<Response> {
 }
 
 /// Starts one background refresh of `key`, unless one is already running in this isolate.
-fn revalidate_in_background(config: &EdgeConfig, ctx: &Context, key: String, segment: SegmentKey, request_id: &str) {
+fn revalidate_in_background(config: &EdgeConfig, ctx: &Context, key: String, segment: SegmentKey, ids: &Ids) {
     let started = REVALIDATING.with(|set| set.borrow_mut().insert(key.clone()));
     if !started {
         return;
     }
-    let (config, request_id) = (config.clone(), request_id.to_string());
+    let (config, ids) = (config.clone(), ids.clone());
     ctx.wait_until(async move {
-        match fetch_and_store(&config, &key, &segment, &request_id).await {
+        match fetch_and_store(&config, &key, &segment, &ids).await {
             Ok(_) => worker::console_log!("segment {segment}: refreshed in the background"),
             Err(failure) => worker::console_error!("segment {segment}: background refresh failed: {failure}"),
         }
@@ -391,9 +401,9 @@ async fn fetch_and_store(
     config: &EdgeConfig,
     key: &str,
     segment: &SegmentKey,
-    request_id: &str,
+    ids: &Ids,
 ) -> std::result::Result<Vec<u8>, OriginFailure> {
-    let request = origin::segment_request(config, segment, Date::now().as_millis() / 1000, request_id);
+    let request = origin::segment_request(config, segment, Date::now().as_millis() / 1000, ids);
     let full = call_origin(config, &request).await?;
     checked(&full, MAX_N)?;
     if let Err(error) = store(key, segment, config, full.clone()).await {

@@ -38,7 +38,8 @@ pub async fn build_state(app: &App) -> anyhow::Result<AppState> {
         &app.config.serving,
     );
     let purger = crate::edge_purge::EdgePurge::new(&app.config.edge, app.metrics.edge_purges.clone());
-    Ok(state.with_variants(variants).with_edge_purge(purger))
+    let tracer = crate::otel::Tracer::start(&app.config.tracing, app.metrics.trace_spans_dropped.clone());
+    Ok(state.with_variants(variants).with_edge_purge(purger).with_tracer(tracer))
 }
 
 /// Runs the server until SIGINT or SIGTERM.

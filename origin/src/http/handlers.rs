@@ -46,6 +46,10 @@ fn recs_response(state: &AppState, answer: Answer, cache_control: &'static str) 
         headers.insert(HeaderName::from_static("server-timing"), value);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    if state.tracer.is_some() {
+        // The middleware turns the stages into the request's child spans.
+        response.extensions_mut().insert(answer.timings);
+    }
     response
 }
 

@@ -46,7 +46,14 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let method = request.method().clone();
     let started = Instant::now();
-    let span = tracing::info_span!("request", %request_id, %method, %route);
+    let span = tracing::info_span!("request", %request_id, %method, %route, trace_id = tracing::field::Empty);
+    let joined = state.tracer.as_ref().and_then(|tracer| {
+        let traceparent = request.headers().get(cascade_shared::trace::HEADER).and_then(|v| v.to_str().ok());
+        tracer.join(traceparent)
+    });
+    if let Some(joined) = &joined {
+        span.record("trace_id", joined.trace_hex());
+    }
     // `instrument`, never `span.enter()` across an await: a guard held over a suspension point
     // corrupts the subscriber's span stack (it panicked under the reload test's load).
     let mut response = next.run(request).instrument(span.clone()).await;
@@ -56,7 +63,34 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
+    if let (Some(tracer), Some(joined)) = (&state.tracer, joined) {
+        traced(tracer, joined, &mut response, format!("{method} {route}"), started, request_id);
+    }
     response
+}
+
+/// Records the request's spans and names its trace in `Server-Timing` (`trace;desc=<trace id>`).
+fn traced(
+    tracer: &crate::otel::Tracer,
+    joined: crate::otel::Joined,
+    response: &mut Response,
+    name: String,
+    started: Instant,
+    request_id: String,
+) {
+    let status = response.status().as_u16().to_string();
+    let timings = response.extensions_mut().remove::<crate::recommend::Timings>();
+    let attributes = vec![("http.response.status_code", status), ("cascade.request_id", request_id)];
+    tracer.request(joined, name, started, timings.as_ref(), attributes);
+    let headers = response.headers_mut();
+    let trace = format!("trace;desc=\"{}\"", joined.trace_hex());
+    let value = match headers.get("server-timing").and_then(|v| v.to_str().ok()) {
+        Some(stages) => format!("{stages}, {trace}"),
+        None => trace,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(HeaderName::from_static("server-timing"), value);
+    }
 }
 
 /// Whether a path skips admission control: health checks (shedding load is not being down: a load

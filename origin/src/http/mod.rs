@@ -91,6 +91,8 @@ pub struct AppState {
     pub config_file: Option<std::path::PathBuf>,
     /// Purges the edge's segment lists that held an item the catalogue withholds (`[edge]`).
     pub edge_purge: Option<Arc<crate::edge_purge::EdgePurge>>,
+    /// Traces (`[tracing]`; `None`: off, nothing recorded).
+    pub tracer: Option<Arc<crate::otel::Tracer>>,
 }
 
 impl AppState {
@@ -113,12 +115,18 @@ impl AppState {
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
             config_file: None,
             edge_purge: None,
+            tracer: None,
         }
     }
 
     /// The same state, purging the edge's segment lists through `purger`.
     pub fn with_edge_purge(self, purger: Option<Arc<crate::edge_purge::EdgePurge>>) -> Self {
         AppState { edge_purge: purger, ..self }
+    }
+
+    /// The same state, recording traces through `tracer` (`None`: tracing off).
+    pub fn with_tracer(self, tracer: Option<Arc<crate::otel::Tracer>>) -> Self {
+        AppState { tracer, ..self }
     }
 
     /// The same state, reloading its rules from `file`.

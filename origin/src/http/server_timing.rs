@@ -8,7 +8,7 @@ pub fn header_value(timings: &Timings) -> String {
     timings
         .0
         .iter()
-        .map(|(stage, d)| format!("{stage};dur={:.2}", d.as_secs_f64() * 1000.0))
+        .map(|stage| format!("{};dur={:.2}", stage.name, stage.duration.as_secs_f64() * 1000.0))
         .collect::<Vec<_>>()
         .join(", ")
 }

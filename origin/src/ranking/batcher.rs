@@ -86,12 +86,34 @@ where
 /// One backend per inference thread.
 pub type Scorer = Box<dyn ScoreBackend>;
 
+/// When a request waited and when its model call ran, for the caller's trace
+/// ([`BATCH_TIMING`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchTiming {
+    /// Queued.
+    pub queued: Instant,
+    /// Its batch started (the end of the queue wait).
+    pub batched: Instant,
+    /// The model call returned.
+    pub scored: Instant,
+}
+
+/// Where the batcher leaves a request's [`BatchTiming`].
+pub type TimingSlot = std::sync::Arc<std::sync::OnceLock<BatchTiming>>;
+
+tokio::task_local! {
+    /// Set around [`Batcher::score`] by a caller that wants its [`BatchTiming`] (the request
+    /// path, for `Server-Timing` and traces); unset costs nothing.
+    pub static BATCH_TIMING: TimingSlot;
+}
+
 struct Job {
     rows: Vec<f32>,
     count: usize,
     deadline: Instant,
     queued: Instant,
     reply: oneshot::Sender<Result<Vec<f32>, RankError>>,
+    timing: Option<TimingSlot>,
 }
 
 /// What the inference threads report about themselves.
@@ -180,7 +202,8 @@ impl Batcher {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
-        let job = Job { rows, count, deadline, queued: Instant::now(), reply };
+        let timing = BATCH_TIMING.try_with(TimingSlot::clone).ok();
+        let job = Job { rows, count, deadline, queued: Instant::now(), reply, timing };
         match self.queue.try_send(job) {
             Ok(()) => self.metrics.queue_depth.set(self.queue.len() as i64),
             Err(TrySendError::Full(_)) => {
@@ -305,7 +328,13 @@ fn run_batch(
         tracing::error!(panic = message, rows = total, "model call panicked; the inference thread goes on");
         Err(RankError::Model("model call panicked".into()))
     });
-    metrics.inference_seconds.observe(started.elapsed().as_secs_f64());
+    let scored = Instant::now();
+    metrics.inference_seconds.observe(scored.duration_since(started).as_secs_f64());
+    for job in &live {
+        if let Some(slot) = &job.timing {
+            let _ = slot.set(BatchTiming { queued: job.queued, batched: started, scored });
+        }
+    }
     match result {
         Ok(scores) if scores.len() == total => {
             let mut offset = 0;

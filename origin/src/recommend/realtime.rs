@@ -263,8 +263,14 @@ impl Recommender {
             query.segment.device,
             &mut features,
         );
-        let scores = self.ranker.score(features, deadline).await?;
+        let slot = crate::ranking::batcher::TimingSlot::default();
+        let scored = crate::ranking::batcher::BATCH_TIMING.scope(slot.clone(), self.ranker.score(features, deadline));
+        let scores = scored.await?;
         timings.add("rank", stage.elapsed());
+        if let Some(batch) = slot.get() {
+            timings.add_between("rank.queue", batch.queued, batch.batched);
+            timings.add_between("rank.inference", batch.batched, batch.scored);
+        }
         self.metrics.stage_seconds.with_label_values(&["rank"]).observe(stage.elapsed().as_secs_f64());
         if scores.len() != rows.len() + fresh.len() {
             return Err(RealtimeError::Rank(RankError::Model("fewer scores than rows".into())));
