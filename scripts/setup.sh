@@ -42,6 +42,8 @@ setup_apt() {
   command -v gzip >/dev/null || missing+=(gzip)
   # Headless browser for the edge demo page test (tests/e2e/edge.rs).
   command -v chromium >/dev/null || missing+=(chromium)
+  # promtool checks deploy/prometheus (alert rules and their tests); scripts/observe.sh runs it.
+  command -v promtool >/dev/null || missing+=(prometheus)
   if [ ${#missing[@]} -gt 0 ]; then
     log "apt-get install ${missing[*]}"
     local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo

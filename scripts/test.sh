@@ -34,6 +34,10 @@ cargo build -p cascade-origin --bin cascade
 step "OpenAPI: docs/openapi.json and docs/edge-openapi.json are valid OpenAPI 3.1 (the router tests check they are current)"
 python -m openapi_spec_validator docs/openapi.json docs/edge-openapi.json
 
+step "Prometheus: deploy/prometheus's config and alert rules are valid, and the alerts fire on their test series"
+promtool check config deploy/prometheus/prometheus.yml
+promtool test rules deploy/prometheus/alerts_test.yml
+
 step "cargo test (workspace: unit, integration, end to end)"
 cargo test --workspace
 

@@ -119,3 +119,36 @@ fn every_route_is_registered_from_its_documentation() {
         }
     }
 }
+
+#[test]
+fn the_dashboard_and_the_alerts_use_only_metrics_the_origin_defines() {
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let names = |text: &str, quoted: bool| -> BTreeSet<String> {
+        let mut found = BTreeSet::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("cascade_") {
+            let start = &rest[at..];
+            let end = start.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(start.len());
+            let name = &start[..end];
+            let opened = rest[..at].ends_with('"');
+            if !quoted || (opened && start[end..].starts_with('"')) {
+                found.insert(name.to_string());
+            }
+            rest = &start[end..];
+        }
+        found
+    };
+    let defined: BTreeSet<String> = modules().iter().flat_map(|(_, _, code)| names(code, true)).collect();
+    assert!(defined.contains("cascade_http_requests_total"), "{defined:?}");
+    let deploy = Path::new(&root).join("../deploy");
+    for file in ["prometheus/alerts.yml", "grafana/dashboards/cascade.json"] {
+        let text = std::fs::read_to_string(deploy.join(file)).unwrap();
+        for used in names(&text, false) {
+            let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| used.strip_suffix(s)).unwrap_or(&used);
+            assert!(
+                defined.contains(&used) || defined.contains(base),
+                "deploy/{file} uses {used}, which the origin does not define"
+            );
+        }
+    }
+}

@@ -96,6 +96,8 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     /// `cascade_stage_seconds{stage}`: time per request-path stage.
     pub stage_seconds: HistogramVec,
+    /// `cascade_http_request_seconds{route}`: time per request, by route (shed requests excluded).
+    pub request_seconds: HistogramVec,
     /// `cascade_requests_in_flight`.
     pub in_flight: IntGauge,
     /// `cascade_requests_shed_total`: refused by admission control (503 `overloaded`).
@@ -149,8 +151,13 @@ impl Metrics {
                 .unwrap_or_else(|_| unreachable!("static metric definition"));
         let buckets = vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0];
         let stage_seconds = HistogramVec::new(
-            HistogramOpts::new("cascade_stage_seconds", "Request-path stage latency").buckets(buckets),
+            HistogramOpts::new("cascade_stage_seconds", "Request-path stage latency").buckets(buckets.clone()),
             &["stage"],
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new("cascade_http_request_seconds", "Request latency by route").buckets(buckets),
+            &["route"],
         )
         .unwrap_or_else(|_| unreachable!("static metric definition"));
         let in_flight = IntGauge::new("cascade_requests_in_flight", "Requests being served")
@@ -209,6 +216,7 @@ impl Metrics {
             sources: register(&registry, sources),
             fallbacks: register(&registry, fallbacks),
             stage_seconds: register(&registry, stage_seconds),
+            request_seconds: register(&registry, request_seconds),
             in_flight: register(&registry, in_flight),
             batcher: BatchMetrics::new().register(&registry),
             work_queues: {

@@ -58,8 +58,10 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     // corrupts the subscriber's span stack (it panicked under the reload test's load).
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
+    let elapsed = started.elapsed().as_secs_f64();
     state.metrics.requests.with_label_values(&[&route, status.as_str()]).inc();
-    tracing::info!(parent: &span, status = status.as_u16(), ms = started.elapsed().as_secs_f64() * 1000.0, "served");
+    state.metrics.request_seconds.with_label_values(&[&route]).observe(elapsed);
+    tracing::info!(parent: &span, status = status.as_u16(), ms = elapsed * 1000.0, "served");
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
