@@ -187,23 +187,7 @@ async fn signed_in_visitors_get_their_own_lists_and_the_demo_page_renders_in_chr
     let mut origin = start_origin(&bundle).await;
     let edge = Edge::start(&origin.url, SECRET, &[]).await.unwrap();
     let http = reqwest::Client::new();
-    let token_for = |user: &'static str| {
-        let (http, url) = (http.clone(), origin.url.clone());
-        async move {
-            let issued: Value = http
-                .post(format!("{url}/admin/tokens"))
-                .bearer_auth(API_KEY)
-                .json(&json!({"user_id": user, "ttl_secs": 600}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            issued["token"].as_str().unwrap().to_string()
-        }
-    };
-    let (t0, t1) = (token_for("u0").await, token_for("u1").await);
+    let (t0, t1) = (origin.visitor_token(API_KEY, "u0").await, origin.visitor_token(API_KEY, "u1").await);
     let recs = format!("{}/recs?page=home&device=desktop&n=8", edge.url);
 
     // Each visitor gets their own real-time list, private, and never from the shared cache.
@@ -343,17 +327,7 @@ async fn the_worker_answers_only_what_its_openapi_document_says() {
     let edge_worker = Edge::start(&origin.url, SECRET, &[("ADMIN_TOKEN", ADMIN_TOKEN)]).await.unwrap();
     let conformance = Conformance::new(serde_json::to_value(edge::document()).unwrap());
     let http = reqwest::Client::new();
-    let issued: Value = http
-        .post(format!("{}/admin/tokens", origin.url))
-        .bearer_auth(API_KEY)
-        .json(&json!({"user_id": "u2", "ttl_secs": 600}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = issued["token"].as_str().unwrap().to_string();
+    let token = origin.visitor_token(API_KEY, "u2").await;
     let click = json!({"events": [{"kind": "click", "item_id": "i1"}]});
     let purchase = json!({"events": [{"kind": "purchase", "item_id": "i1"}]});
     let long = format!("/recs?x={}", "a".repeat(2100));

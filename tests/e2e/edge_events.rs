@@ -32,13 +32,6 @@ async fn a_visitors_click_goes_through_the_edge_and_their_next_list_shows_it() {
     .unwrap();
     let edge = Edge::start(&origin.url, SECRET, &[]).await.unwrap();
     let http = reqwest::Client::new();
-    let token_for = |user: &str| {
-        let request = http
-            .post(format!("{}/admin/tokens", origin.url))
-            .bearer_auth(API_KEY)
-            .json(&json!({"user_id": user, "ttl_secs": 600}));
-        async move { request.send().await.unwrap().json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string() }
-    };
     let events = format!("{}/events", edge.url);
     let post = |token: Option<&str>, body: Value| {
         let mut request = http.post(&events).json(&body);
@@ -49,7 +42,7 @@ async fn a_visitors_click_goes_through_the_edge_and_their_next_list_shows_it() {
     };
 
     // Through the API: a click is accepted (202, never cached); mistakes are refused at the edge.
-    let token = token_for("u4").await;
+    let token = origin.visitor_token(API_KEY, "u4").await;
     let list: Value = http
         .get(format!("{}/recs?page=home&device=desktop&n=5", edge.url))
         .bearer_auth(&token)
@@ -87,7 +80,7 @@ async fn a_visitors_click_goes_through_the_edge_and_their_next_list_shows_it() {
 
     // On the demo page, in a real browser: the visitor's first item is clicked; the click goes
     // through the edge, and the next list holds none of the items just shown.
-    let page = format!("{}/#token={}&click=1", edge.url, token_for("u6").await);
+    let page = format!("{}/#token={}&click=1", edge.url, origin.visitor_token(API_KEY, "u6").await);
     let dom = chromium(&page, &["--dump-dom"]);
     assert!(dom.contains(r#"data-state="clicked""#), "{dom}");
     let attribute = |text: &str, name: &str| {

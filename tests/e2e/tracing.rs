@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use cascade_e2e::{Edge, Origin, OtlpCollector, bundle_dir};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const SECRET: &str = "tracing-test-secret-0123456789";
 const API_KEY: &str = "tracing-test-internal-key-0123456789";
@@ -34,18 +34,7 @@ async fn one_trace_links_the_browser_the_edge_the_origin_and_the_ranker() {
     .unwrap();
     let edge = Edge::start(&origin.url, SECRET, &[("OTLP_ENDPOINT", collector.url.as_str())]).await.unwrap();
     let http = reqwest::Client::new();
-    let issued: Value = http
-        .post(format!("{}/admin/tokens", origin.url))
-        .bearer_auth(API_KEY)
-        .json(&json!({"user_id": "u3", "ttl_secs": 600}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = issued["token"].as_str().unwrap();
-
+    let token = &origin.visitor_token(API_KEY, "u3").await;
     // A signed-in visitor's list: the Worker calls the origin, which ranks in real time.
     let response = http
         .get(format!("{}/recs?n=5", edge.url))

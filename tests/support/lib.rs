@@ -407,6 +407,19 @@ impl Origin {
             .unwrap_or_else(|e| panic!("{}: {e}", self.url))
     }
 
+    /// A signed-in visitor token for `user` (10 minutes), from `POST /admin/tokens` with the bearer
+    /// key `api_key`; panics unless one is issued.
+    pub async fn visitor_token(&self, api_key: &str, user: &str) -> String {
+        let url = format!("{}/admin/tokens", self.url);
+        let body = serde_json::json!({"user_id": user, "ttl_secs": 600});
+        let response = reqwest::Client::new().post(&url).bearer_auth(api_key).json(&body).send().await;
+        let issued: serde_json::Value = match response {
+            Ok(response) => response.json().await.unwrap_or_else(|e| panic!("{url}: {e}")),
+            Err(e) => panic!("{url}: {e}"),
+        };
+        issued["token"].as_str().unwrap_or_else(|| panic!("{url}: no token in {issued}")).to_string()
+    }
+
     /// The configuration file [`Origin::with_config`] wrote (rewrite it, then reload).
     pub fn config_file(&self) -> PathBuf {
         self._dir.path().join("cascade.toml")
