@@ -18,6 +18,7 @@ CASCADE_HOME=${CASCADE_HOME:-$HOME/.cache/cascade}
 TORCH_VERSION=2.11.0          # tch 0.24 expects exactly this libtorch
 OPENAPI_VALIDATOR_VERSION=0.9.0  # checks docs/openapi.json
 KSERVE_VERSION=0.21.0         # the model server of the remote ranker's tests (scripts/oip_server.py)
+K8S_VALIDATE_VERSION=1.37.0   # kubernetes-validate: deploy/k8s against Kubernetes' schemas
 WASM_BINDGEN_VERSION=0.2.130  # must equal the wasm-bindgen library version in Cargo.lock
 WORKER_BUILD_VERSION=0.8.7
 WRANGLER_VERSION=4.164.0
@@ -75,6 +76,10 @@ setup_python() {
   if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('kserve') != '$KSERVE_VERSION')" 2>/dev/null; then
     log "pip install kserve==$KSERVE_VERSION"
     "$venv/bin/pip" install -q "kserve==$KSERVE_VERSION" "setuptools<82"  # torch 2.11 needs setuptools<82
+  fi
+  if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('kubernetes-validate') != '$K8S_VALIDATE_VERSION')" 2>/dev/null; then
+    log "pip install kubernetes-validate==$K8S_VALIDATE_VERSION"
+    "$venv/bin/pip" install -q "kubernetes-validate==$K8S_VALIDATE_VERSION"
   fi
   # Validates docs/openapi.json in scripts/test.sh (pure Python, a few MB).
   if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('openapi-spec-validator') != '$OPENAPI_VALIDATOR_VERSION')" 2>/dev/null; then

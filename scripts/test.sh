@@ -38,6 +38,14 @@ step "Prometheus: deploy/prometheus's config and alert rules are valid, and the 
 promtool check config deploy/prometheus/prometheus.yml
 promtool test rules deploy/prometheus/alerts_test.yml
 
+step "Kubernetes: deploy/k8s validates against the Kubernetes 1.30 schemas (strict), and its cascade.toml loads"
+kubernetes-validate --quiet --strict -k 1.30.0 deploy/k8s/origin.yaml deploy/k8s/precompute.yaml deploy/k8s/redis-shards.yaml
+python - <<'PY' >"$CARGO_TARGET_DIR/k8s-cascade.toml"
+import yaml
+print(next(yaml.safe_load_all(open("deploy/k8s/origin.yaml")))["data"]["cascade.toml"])
+PY
+CASCADE_SECRET=k8s-check-secret-0123456789 "$CARGO_TARGET_DIR/debug/cascade" config check "$CARGO_TARGET_DIR/k8s-cascade.toml"
+
 step "cargo test (workspace: unit, integration, end to end)"
 cargo test --workspace
 

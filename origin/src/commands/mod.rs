@@ -40,12 +40,26 @@ pub enum Command {
     TokenKey(keys::TokenKeyArgs),
     /// Click-through per A/B variant, from the feature log.
     Report(report::ReportArgs),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print the API's OpenAPI 3.1 document (what `GET /openapi.json` serves; checked in as
     /// docs/openapi.json), or with --edge the Worker's (docs/edge-openapi.json).
     Openapi {
         /// The Worker's public API instead of the origin's.
         #[arg(long)]
         edge: bool,
+    },
+}
+
+/// `cascade config …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate a configuration file as `serve` would (with the CASCADE_* environment
+    /// over it); a bad value exits with status 64 and names the field.
+    Check {
+        /// The TOML file.
+        file: std::path::PathBuf,
     },
 }
 
@@ -87,6 +101,13 @@ impl Command {
                     println!("{}", key.visitor_token_key_hex);
                 }
                 report(key)
+            }
+            Command::Config(ConfigCommand::Check { file }) => {
+                let config = crate::config::Config::load(Some(&file), &|name| std::env::var(name).ok())?;
+                if !json {
+                    println!("{}: valid ({:?} mode, listen {})", file.display(), config.mode, config.listen);
+                }
+                report(serde_json::json!({"file": file, "valid": true, "mode": format!("{:?}", config.mode)}))
             }
             Command::Openapi { edge } => {
                 let text = if edge {
