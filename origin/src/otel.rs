@@ -143,7 +143,7 @@ pub struct Joined {
 impl Joined {
     /// The trace id as 32 hex characters (logs, `Server-Timing`).
     pub fn trace_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        cascade_shared::trace::trace_hex(self.trace_id)
     }
 }
 
@@ -159,11 +159,12 @@ impl Clock {
         Clock { instant: Instant::now(), unix_ns }
     }
 
-    fn unix_ns(&self, at: Instant) -> u128 {
-        match self.instant.checked_duration_since(at) {
+    fn unix_ns(&self, at: Instant) -> u64 {
+        let ns = match self.instant.checked_duration_since(at) {
             Some(before) => self.unix_ns.saturating_sub(before.as_nanos()),
             None => self.unix_ns + at.duration_since(self.instant).as_nanos(),
-        }
+        };
+        u64::try_from(ns).unwrap_or(u64::MAX)
     }
 }
 

@@ -37,7 +37,10 @@ impl TraceParent {
         if !lower_hex(trace, 32) || !lower_hex(span, 16) || !lower_hex(flags, 2) {
             return None;
         }
-        let trace_id = u128::from_str_radix(trace, 16).ok()?;
+        // Two 64-bit halves: u128 parsing and formatting would pull 128-bit division into the
+        // Worker's wasm.
+        let (high, low) = (u64::from_str_radix(&trace[..16], 16).ok()?, u64::from_str_radix(&trace[16..], 16).ok()?);
+        let trace_id = (u128::from(high) << 64) | u128::from(low);
         let span_id = u64::from_str_radix(span, 16).ok()?;
         let flags = u8::from_str_radix(flags, 16).ok()?;
         (trace_id != 0 && span_id != 0).then_some(TraceParent { trace_id, span_id, sampled: flags & 1 == 1 })
@@ -56,13 +59,18 @@ impl TraceParent {
 
     /// The header value.
     pub fn header(&self) -> String {
-        format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, u8::from(self.sampled))
+        format!("00-{}-{:016x}-{:02x}", trace_hex(self.trace_id), self.span_id, u8::from(self.sampled))
     }
 
     /// The trace id as 32 lowercase hex characters (logs, `Server-Timing`, OTLP JSON).
     pub fn trace_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        trace_hex(self.trace_id)
     }
+}
+
+/// A trace id as 32 lowercase hex characters.
+pub fn trace_hex(trace_id: u128) -> String {
+    format!("{:016x}{:016x}", (trace_id >> 64) as u64, trace_id as u64)
 }
 
 /// A span id as 16 lowercase hex characters (OTLP JSON).
@@ -81,10 +89,10 @@ pub struct SpanRecord {
     pub parent_id: u64,
     /// Name.
     pub name: String,
-    /// Start, Unix nanoseconds.
-    pub start_ns: u128,
+    /// Start, Unix nanoseconds (u64: until 2554, without 128-bit formatting in the Worker).
+    pub start_ns: u64,
     /// End, Unix nanoseconds.
-    pub end_ns: u128,
+    pub end_ns: u64,
     /// String attributes.
     pub attributes: Vec<(&'static str, String)>,
 }
@@ -99,7 +107,7 @@ pub fn otlp_json(service: &str, spans: &[SpanRecord]) -> serde_json::Value {
             let attributes: Vec<_> =
                 span.attributes.iter().map(|(k, v)| json!({"key": k, "value": {"stringValue": v}})).collect();
             let mut value = json!({
-                "traceId": format!("{:032x}", span.trace_id),
+                "traceId": trace_hex(span.trace_id),
                 "spanId": span_hex(span.span_id),
                 "name": span.name,
                 "kind": if span.parent_id == 0 { 2 } else { 1 },

@@ -65,8 +65,8 @@ impl EdgeSpan {
             span_id: own.span_id,
             parent_id: self.parent_id,
             name,
-            start_ns: u128::from(started_ms) * 1_000_000,
-            end_ns: u128::from(worker::Date::now().as_millis()) * 1_000_000,
+            start_ns: started_ms * 1_000_000,
+            end_ns: worker::Date::now().as_millis() * 1_000_000,
             attributes: vec![
                 ("http.response.status_code", status.to_string()),
                 ("cascade.request_id", request_id.to_string()),
