@@ -50,6 +50,12 @@ setup_apt() {
     local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    # Debian starts a Prometheus service on install (on :9090, where scripts/observe.sh runs its
+    # own); only promtool is wanted here.
+    if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null \
+      && systemctl is-active --quiet prometheus 2>/dev/null; then
+      $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
   fi
 }
 

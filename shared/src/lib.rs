@@ -4,7 +4,8 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`wire`] | request/response JSON: recommendation lists, `source`, events, the error body |
+//! | [`wire`] | request/response JSON: recommendation lists, `source`, the error body |
+//! | [`events`] | events as `POST /v1/events` takes them: kinds, validation, the bounded batch parser |
 //! | [`validate`] | ids, `n`, and the query-string parsing both sides use |
 //! | [`segment`] | the canonical segment key (allowlisted page/device/country) |
 //! | [`signing`] | HMAC-SHA256 signing of edge → origin requests, with a timestamp window |
@@ -21,6 +22,7 @@
 
 pub mod config;
 pub mod embedding;
+pub mod events;
 pub mod hashing;
 pub mod keys;
 pub mod rec_id;

@@ -204,6 +204,16 @@ where
     }
 }
 
+/// Waits until `GET url` answers 2xx (or `process` exits, or `timeout` passes).
+pub async fn wait_for_http(process: &mut Process, url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    wait_until(process, timeout, || {
+        let (client, url) = (client.clone(), url.to_string());
+        async move { client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await
+}
+
 /// A scratch folder removed on drop.
 pub struct TempDir(PathBuf);
 
@@ -386,13 +396,7 @@ impl Origin {
         }
         let mut process = Process::spawn("cascade serve", command, dir.path().join("origin.log"))?;
         let url = format!("http://127.0.0.1:{port}");
-        let health = format!("{url}/healthz");
-        let client = reqwest::Client::new();
-        wait_until(&mut process, Duration::from_secs(60), || {
-            let (client, health) = (client.clone(), health.clone());
-            async move { client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) }
-        })
-        .await?;
+        wait_for_http(&mut process, &format!("{url}/healthz"), Duration::from_secs(60)).await?;
         Ok(Origin { url, process, _dir: dir })
     }
 
@@ -467,13 +471,7 @@ impl OipServer {
             .arg(port.to_string());
         let mut process = Process::spawn("oip server", command, dir.path().join("oip.log"))?;
         let url = format!("http://127.0.0.1:{port}");
-        let ready = format!("{url}/v2/health/ready");
-        let client = reqwest::Client::new();
-        wait_until(&mut process, Duration::from_secs(120), || {
-            let (client, ready) = (client.clone(), ready.clone());
-            async move { client.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) }
-        })
-        .await?;
+        wait_for_http(&mut process, &format!("{url}/v2/health/ready"), Duration::from_secs(120)).await?;
         Ok(OipServer { url, process, _dir: dir })
     }
 
@@ -636,13 +634,7 @@ impl Edge {
         }
         let mut process = Process::spawn("wrangler dev", command, dir.path().join("wrangler.log"))?;
         let url = format!("http://127.0.0.1:{port}");
-        let health = format!("{url}/healthz");
-        let client = reqwest::Client::new();
-        wait_until(&mut process, Duration::from_secs(240), || {
-            let (client, health) = (client.clone(), health.clone());
-            async move { client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) }
-        })
-        .await?;
+        wait_for_http(&mut process, &format!("{url}/healthz"), Duration::from_secs(240)).await?;
         Ok(Edge { url, process, _dir: dir })
     }
 

@@ -78,6 +78,28 @@ pub struct ItemAnswer {
     pub new_in_bundle: Option<String>,
 }
 
+/// What the single-item routes answer when they refuse (`ApiError` makes these; this describes
+/// them once for the three routes' documentation).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // described, never built
+enum ItemErrors {
+    /// The id or body is wrong: `invalid_parameter`, `field` names it
+    #[response(status = 400)]
+    Invalid(ErrorBody),
+    /// No bearer key, or an edge signature: `unauthorized`
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Not in the bundle and not a new item (add it with its `embedding`): `not_found`
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// `item_deleted` (a deleted item stays deleted) or `catalogue_full` (`[catalogue] max_new_items`)
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// The catalogue's state could not be saved; nothing changed: `catalogue_unavailable`, or `overloaded`/`timeout`
+    #[response(status = 503, headers(("retry-after" = u32, description = "Seconds")))]
+    Unavailable(ErrorBody),
+}
+
 /// `POST /v1/items`' answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ItemsApplied {
@@ -215,15 +237,7 @@ async fn one(state: &AppState, edit: Edit) -> Result<Response, ApiError> {
     params(("item_id" = String, Path, description = "1-64 characters of A-Z a-z 0-9 _ - .", example = "318")),
     request_body(content = ItemBody, content_type = "application/json"),
     security(("bearer" = [])),
-    responses(
-        (status = 200, description = "The item's state now", body = ItemAnswer),
-        (status = 400, description = "The id or body is wrong: `invalid_parameter`, `field` names it", body = ErrorBody),
-        (status = 401, description = "No bearer key, or an edge signature: `unauthorized`", body = ErrorBody),
-        (status = 404, description = "Not in the bundle and not a new item (add it with its `embedding`): `not_found`", body = ErrorBody),
-        (status = 409, description = "`item_deleted` (a deleted item stays deleted) or `catalogue_full` (`[catalogue] max_new_items`)", body = ErrorBody),
-        (status = 503, description = "The catalogue's state could not be saved; nothing changed: `catalogue_unavailable`, \
-                                      or `overloaded`/`timeout`", body = ErrorBody, headers(("retry-after" = u32, description = "Seconds"))),
-    ))]
+    responses((status = 200, description = "The item's state now", body = ItemAnswer), ItemErrors))]
 pub async fn patch_item(
     State(state): State<AppState>,
     Path(item_id): Path<String>,
@@ -239,15 +253,7 @@ pub async fn patch_item(
     params(("item_id" = String, Path, description = "1-64 characters of A-Z a-z 0-9 _ - .", example = "318")),
     request_body(content = ItemBody, content_type = "application/json"),
     security(("bearer" = [])),
-    responses(
-        (status = 200, description = "The item's state now", body = ItemAnswer),
-        (status = 400, description = "The id or body is wrong: `invalid_parameter`, `field` names it", body = ErrorBody),
-        (status = 401, description = "No bearer key, or an edge signature: `unauthorized`", body = ErrorBody),
-        (status = 404, description = "Not in the bundle and not a new item (add it with its `embedding`): `not_found`", body = ErrorBody),
-        (status = 409, description = "`item_deleted` (a deleted item stays deleted) or `catalogue_full` (`[catalogue] max_new_items`)", body = ErrorBody),
-        (status = 503, description = "The catalogue's state could not be saved; nothing changed: `catalogue_unavailable`, \
-                                      or `overloaded`/`timeout`", body = ErrorBody, headers(("retry-after" = u32, description = "Seconds"))),
-    ))]
+    responses((status = 200, description = "The item's state now", body = ItemAnswer), ItemErrors))]
 pub async fn put_item(
     State(state): State<AppState>,
     Path(item_id): Path<String>,
@@ -298,15 +304,7 @@ pub async fn put_items(State(state): State<AppState>, body: Bytes) -> Result<Res
 #[utoipa::path(delete, path = "/v1/items/{item_id}", tag = "catalogue", summary = "Delete an item",
     params(("item_id" = String, Path, description = "1-64 characters of A-Z a-z 0-9 _ - .", example = "318")),
     security(("bearer" = [])),
-    responses(
-        (status = 200, description = "The item's state now", body = ItemAnswer),
-        (status = 400, description = "The id or body is wrong: `invalid_parameter`, `field` names it", body = ErrorBody),
-        (status = 401, description = "No bearer key, or an edge signature: `unauthorized`", body = ErrorBody),
-        (status = 404, description = "Not in the bundle and not a new item (add it with its `embedding`): `not_found`", body = ErrorBody),
-        (status = 409, description = "`item_deleted` (a deleted item stays deleted) or `catalogue_full` (`[catalogue] max_new_items`)", body = ErrorBody),
-        (status = 503, description = "The catalogue's state could not be saved; nothing changed: `catalogue_unavailable`, \
-                                      or `overloaded`/`timeout`", body = ErrorBody, headers(("retry-after" = u32, description = "Seconds"))),
-    ))]
+    responses((status = 200, description = "The item's state now", body = ItemAnswer), ItemErrors))]
 pub async fn delete_item(State(state): State<AppState>, Path(item_id): Path<String>) -> Result<Response, ApiError> {
     edit(&state, &item_id, ItemBody::default(), false)?;
     let item = state.serving.catalogue().delete(&item_id).await?;
