@@ -7,6 +7,7 @@
 //!
 //! Saves `target/cascade-bench/store.json`. BENCH_SECS (default 10), STORE_USERS (default 100,000).
 
+use cascade_origin::redis::tls::RedisTls;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -190,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
     let users: usize = std::env::var("STORE_USERS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let shards = RedisServer::start_many(4).await?;
     let urls: Vec<String> = shards.iter().map(|s| s.url.clone()).collect();
-    let store = Arc::new(RedisShardStore::connect(&urls, "bench", DIM, Duration::from_secs(2))?);
+    let store = Arc::new(RedisShardStore::connect(&urls, "bench", DIM, Duration::from_secs(2), &RedisTls::default())?);
     let ids: Vec<String> = (0..users).map(|u| format!("u{u}")).collect();
     for chunk in ids.chunks(BATCH) {
         let entries: Vec<(String, Vec<f32>)> =

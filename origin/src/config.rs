@@ -153,6 +153,15 @@ impl Config {
         if let Some(v) = env(env_names::REDIS_CLUSTER) {
             config.redis.cluster = split_list(&v);
         }
+        for (name, file) in [
+            (env_names::REDIS_TLS_CA, &mut config.redis.tls.ca_file),
+            (env_names::REDIS_TLS_CERT, &mut config.redis.tls.cert_file),
+            (env_names::REDIS_TLS_KEY, &mut config.redis.tls.key_file),
+        ] {
+            if let Some(v) = env(name) {
+                *file = Some(PathBuf::from(v));
+            }
+        }
         if let Some(v) = env(env_names::EDGE_PURGE_TOKEN) {
             config.edge.purge_token = Some(v);
         }
@@ -192,6 +201,9 @@ impl Config {
             if let Err(error) = crate::redis::url::RedisUrl::parse(url) {
                 return Err(config_error(&format!("redis.{list}[{index}]"), error.to_string()));
             }
+        }
+        if let Err(error) = crate::redis::tls::RedisTls::load(&self.redis.tls) {
+            return Err(config_error("redis.tls", error.to_string()));
         }
         let ranges: [(&str, usize, usize, usize); 13] = [
             ("ranker.max_batch_rows", self.ranker.max_batch_rows, 1, 1 << 20),
@@ -339,5 +351,11 @@ mod tests {
         let err = load(&[("CASCADE_REDIS_SHARDS", "localhost:6379")], None).unwrap_err();
         assert_eq!(err.field, "redis.shards[0]");
         assert!(load(&[], Some("unknown_field = 1\n")).is_err());
+        // TLS files are read when the configuration is checked, not at the first connection.
+        let err = load(&[], Some("[redis.tls]\nca_file = \"/nonexistent/ca.pem\"\n")).unwrap_err();
+        assert_eq!(err.field, "redis.tls");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+        let err = load(&[("CASCADE_REDIS_TLS_CERT", "/nonexistent/client.pem")], None).unwrap_err();
+        assert_eq!(err.field, "redis.tls");
     }
 }

@@ -22,6 +22,12 @@ pub const FEATURE_LOG: &str = "CASCADE_FEATURE_LOG";
 pub const REDIS_SHARDS: &str = "CASCADE_REDIS_SHARDS";
 /// Comma-separated seed URLs of a Redis Cluster holding the embeddings (instead of the shards).
 pub const REDIS_CLUSTER: &str = "CASCADE_REDIS_CLUSTER";
+/// PEM file of the CA for `rediss://` servers.
+pub const REDIS_TLS_CA: &str = "CASCADE_REDIS_TLS_CA";
+/// PEM client certificate for `rediss://` servers that check clients.
+pub const REDIS_TLS_CERT: &str = "CASCADE_REDIS_TLS_CERT";
+/// PEM key of that client certificate.
+pub const REDIS_TLS_KEY: &str = "CASCADE_REDIS_TLS_KEY";
 /// Comma-separated bearer keys for internal callers.
 pub const API_KEYS: &str = "CASCADE_API_KEYS";
 /// Log filter (`tracing` env-filter syntax) and format (`text` or `json`).
@@ -44,6 +50,9 @@ pub const ALL: &[&str] = &[
     BUNDLE,
     REDIS_SHARDS,
     REDIS_CLUSTER,
+    REDIS_TLS_CA,
+    REDIS_TLS_CERT,
+    REDIS_TLS_KEY,
     API_KEYS,
     LOG,
     LOG_FORMAT,

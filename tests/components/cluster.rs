@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
+use cascade_origin::redis::tls::RedisTls;
 use std::time::Duration;
 
 use cascade_e2e::RedisCluster;
@@ -17,8 +18,15 @@ async fn three_masters_round_trip_and_survive_one_stopping() {
     let mut cluster = RedisCluster::start(3).await.unwrap();
     let spec = GenSpec::parse("users=3000,items=10,dim=16,clusters=4").unwrap();
     let rows = Generator::new(spec).rows(EntityKind::User, 0..3000);
-    let store =
-        RedisClusterStore::connect(&cluster.urls(), &spec.bundle_id(), 16, Duration::from_millis(800)).await.unwrap();
+    let store = RedisClusterStore::connect(
+        &cluster.urls(),
+        &spec.bundle_id(),
+        16,
+        Duration::from_millis(800),
+        &RedisTls::default(),
+    )
+    .await
+    .unwrap();
     for chunk in rows.chunks(500) {
         assert_eq!(store.set_batch(EntityKind::User, chunk).await.unwrap(), chunk.len());
     }
@@ -39,10 +47,11 @@ async fn three_masters_round_trip_and_survive_one_stopping() {
     }
 
     // float16 values through the cluster.
-    let half = RedisClusterStore::connect(&cluster.urls(), "half", 16, Duration::from_millis(800))
-        .await
-        .unwrap()
-        .with_encoding(ValueEncoding::F16);
+    let half =
+        RedisClusterStore::connect(&cluster.urls(), "half", 16, Duration::from_millis(800), &RedisTls::default())
+            .await
+            .unwrap()
+            .with_encoding(ValueEncoding::F16);
     half.set_batch(EntityKind::User, &rows[..10]).await.unwrap();
     let back = half.get(EntityKind::User, "u3").await.unwrap().unwrap();
     assert!(back.iter().zip(&rows[3].1).all(|(a, b)| (a - b).abs() < 1e-3));

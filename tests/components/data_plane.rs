@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
+use cascade_origin::redis::tls::RedisTls;
 use std::time::Duration;
 
 use cascade_e2e::{RedisServer, TempDir, bundle_dir, run_cascade, run_cascade_json};
@@ -72,7 +73,8 @@ async fn generated_data_is_deterministic_loaded_verified_and_bit_exact() {
     let spec = GenSpec::parse(SPEC).unwrap();
     let generator = Generator::new(spec);
     let urls = [shards[0].url.clone(), shards[1].url.clone()];
-    let store = RedisShardStore::connect(&urls, &spec.bundle_id(), 16, Duration::from_secs(2)).unwrap();
+    let store =
+        RedisShardStore::connect(&urls, &spec.bundle_id(), 16, Duration::from_secs(2), &RedisTls::default()).unwrap();
     let rows = generator.rows(EntityKind::User, 0..500);
     let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
     for ((_, want), got) in rows.iter().zip(store.get_batch(EntityKind::User, &ids).await) {
@@ -115,7 +117,8 @@ async fn a_shard_killed_mid_batch_is_unavailable_never_unknown() {
     let mut shards = RedisServer::start_many(3).await.unwrap();
     let urls: Vec<String> = shards.iter().map(|s| s.url.clone()).collect();
     let spec = GenSpec::parse("users=2000,items=10,dim=8,clusters=2").unwrap();
-    let store = RedisShardStore::connect(&urls, &spec.bundle_id(), 8, Duration::from_millis(500)).unwrap();
+    let store = RedisShardStore::connect(&urls, &spec.bundle_id(), 8, Duration::from_millis(500), &RedisTls::default())
+        .unwrap();
     let rows = Generator::new(spec).rows(EntityKind::User, 0..2000);
     assert_eq!(store.set_batch(EntityKind::User, &rows).await.unwrap(), 2000);
     let mut ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
+use cascade_origin::redis::tls::RedisTls;
 use std::time::Duration;
 
 use cascade_e2e::{RedisServer, TempDir, run_cascade, run_cascade_json};
@@ -70,7 +71,8 @@ async fn four_shards_to_five_interrupted_resumed_and_verified() {
     // Every vector reads back bit-exact through five shards; the moved TTLs survived.
     let spec = GenSpec::parse(spec_text).unwrap();
     let generator = Generator::new(spec);
-    let store = RedisShardStore::connect(&all, &spec.bundle_id(), 8, Duration::from_secs(2)).unwrap();
+    let store =
+        RedisShardStore::connect(&all, &spec.bundle_id(), 8, Duration::from_secs(2), &RedisTls::default()).unwrap();
     let rows = generator.rows(EntityKind::User, 0..20_000);
     let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
     for ((id, want), got) in rows.iter().zip(store.get_batch(EntityKind::User, &ids).await) {

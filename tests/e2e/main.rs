@@ -14,6 +14,7 @@ mod feature_log;
 mod origin_failures;
 mod precompute;
 mod quality;
+mod redis_tls;
 mod reload;
 mod rules;
 mod tracing;

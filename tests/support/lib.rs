@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 
 pub mod fault_suite;
 pub mod faults;
+pub mod secure_redis;
 
 /// Copies bundle `source` to `dest` as bundle `id`: same model and vectors, every part relabelled
 /// (a stand-in for "the next model", for reload and freshness tests).
@@ -275,8 +276,13 @@ impl RedisServer {
 
     /// Starts one on `port` (a replacement for a server that was killed there).
     pub async fn start_on(port: u16) -> anyhow::Result<Self> {
+        Self::start_on_with(port, &[]).await
+    }
+
+    /// Starts one on `port` with extra `redis-server` arguments (later ones override earlier).
+    pub async fn start_on_with(port: u16, extra: &[&str]) -> anyhow::Result<Self> {
         let dir = TempDir::new("cascade-redis")?;
-        let process = Self::spawn(port, &dir, &[]).await?;
+        let process = Self::spawn(port, &dir, extra).await?;
         Ok(RedisServer { url: format!("redis://127.0.0.1:{port}"), port, process, _dir: dir })
     }
 

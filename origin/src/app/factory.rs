@@ -20,6 +20,7 @@ use crate::ranking::{RankError, TorchRanker, pick_device, remote};
 use crate::recommend::list_rules::ListRules;
 use crate::recommend::precomputed::{NoPrecomputed, PrecomputedLists, RedisPrecomputed};
 use crate::recommend::{Components, Recommender};
+use crate::redis::tls::RedisTls;
 use crate::redis::{ShardError, ShardSet};
 use crate::retrieval::{FaissRetriever, RetrieveError, build_index};
 use crate::store::memory::MemoryStore;
@@ -59,6 +60,9 @@ pub enum BuildError {
     /// The feature log's folder cannot be created.
     #[error("feature log: {0}")]
     FeatureLog(String),
+    /// A Redis TLS file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::redis::tls::TlsError),
 }
 
 impl BuildError {
@@ -82,6 +86,7 @@ pub struct RecommenderFactory {
     feature_log: Arc<FeatureLog>,
     rules: Arc<ListRules>,
     catalogue: Arc<Catalogue>,
+    redis_tls: RedisTls,
 }
 
 impl RecommenderFactory {
@@ -92,7 +97,13 @@ impl RecommenderFactory {
         let feature_log = Arc::new(FeatureLog::off());
         let rules = Arc::new(ListRules::new(&config.rules, Some(metrics.rule_removals.clone())));
         let catalogue = Arc::new(Catalogue::default());
-        RecommenderFactory { config, metrics, shards, faults, brownout, feature_log, rules, catalogue }
+        let redis_tls = RedisTls::default();
+        RecommenderFactory { config, metrics, shards, faults, brownout, feature_log, rules, catalogue, redis_tls }
+    }
+
+    /// Connects to `rediss://` servers with `tls` (the CA and client certificate of `[redis.tls]`).
+    pub fn with_redis_tls(self, redis_tls: RedisTls) -> Self {
+        RecommenderFactory { redis_tls, ..self }
     }
 
     /// The same factory, whose recommenders sample query vectors for `feature_log`.
@@ -206,7 +217,8 @@ impl RecommenderFactory {
     async fn store(&self, bundle: &Bundle) -> Result<Arc<dyn EmbeddingStore>, BuildError> {
         let (id, dim) = (bundle.id(), bundle.metadata.dim);
         if !self.config.redis.cluster.is_empty() {
-            let store = RedisClusterStore::connect(&self.config.redis.cluster, id, dim, self.config.redis.timeout());
+            let (nodes, timeout) = (&self.config.redis.cluster, self.config.redis.timeout());
+            let store = RedisClusterStore::connect(nodes, id, dim, timeout, &self.redis_tls);
             return Ok(Arc::new(store.await?));
         }
         if let Some(shards) = &self.shards {

@@ -47,9 +47,10 @@ impl App {
     /// does not stop the start.
     pub fn new(config: Config) -> Result<Self, BuildError> {
         let metrics = Arc::new(Metrics::new());
+        let tls = crate::redis::tls::RedisTls::load(&config.redis.tls)?;
         let shards = match config.redis.shards.as_slice() {
             [] => None,
-            urls => Some(Arc::new(ShardSet::new(urls, config.redis.timeout())?)),
+            urls => Some(Arc::new(ShardSet::with_tls(urls, config.redis.timeout(), &tls)?)),
         };
         let feature_log = FeatureLog::start(&config.feature_log, metrics.feature_log.clone())
             .map_err(|e| BuildError::FeatureLog(e.to_string()))?;
@@ -64,7 +65,8 @@ impl App {
         };
         let factory = RecommenderFactory::new(config.clone(), Arc::clone(&metrics), shards.clone())
             .with_feature_log(Arc::new(feature_log))
-            .with_catalogue(Arc::new(catalogue));
+            .with_catalogue(Arc::new(catalogue))
+            .with_redis_tls(tls);
         Ok(App { config, metrics, shards, factory: Arc::new(factory) })
     }
 

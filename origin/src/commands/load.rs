@@ -21,6 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bundle::{Metadata, read_embeddings};
 use crate::generate::{GenSpec, Generator};
+use crate::redis::tls::{RedisTls, TlsFiles};
 use crate::store::EmbeddingStore;
 use crate::store::redis_cluster::RedisClusterStore;
 use crate::store::redis_shards::{RedisShardStore, ShardMark};
@@ -213,6 +214,9 @@ pub struct LoadArgs {
     /// Load only shard `i` (0-based) of the --redis list: refills a shard that came back empty.
     #[arg(long)]
     pub shard: Option<usize>,
+    /// TLS files for `rediss://` URLs.
+    #[command(flatten)]
+    pub tls: TlsFiles,
 }
 
 /// What `cascade load` did (printed as JSON with `--json`).
@@ -276,16 +280,18 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadOutcome> {
         anyhow::ensure!(shard < args.shards.len(), "--shard {shard} is not in 0..{}", args.shards.len());
     }
     let timeout = Duration::from_secs(5);
+    let tls = RedisTls::load(&args.tls)?;
     let sharded = if args.cluster {
         None
     } else {
-        Some(RedisShardStore::connect(&args.shards, &bundle_id, dim, timeout)?.with_encoding(encoding))
+        Some(RedisShardStore::connect(&args.shards, &bundle_id, dim, timeout, &tls)?.with_encoding(encoding))
     };
     let cluster;
     let store: &dyn EmbeddingStore = match &sharded {
         Some(sharded) => sharded,
         None => {
-            cluster = RedisClusterStore::connect(&args.shards, &bundle_id, dim, timeout).await?.with_encoding(encoding);
+            cluster =
+                RedisClusterStore::connect(&args.shards, &bundle_id, dim, timeout, &tls).await?.with_encoding(encoding);
             &cluster
         }
     };

@@ -3,11 +3,16 @@
 //!
 //! 1. **Census** of every server in either list (once; kept in the checkpoint): how many
 //!    `cascade:*` keys there are and an order-independent checksum (wrapping sum of `stable_hash64(key, DUMP(key))`).
-//! 2. **Move**: each old server is walked with `SCAN`; a key whose id (`keys::shard_id_of`) now
-//!    belongs to another server is moved there with `MIGRATE … REPLACE KEYS …` (server to server,
-//!    TTL kept, the source copy deleted only once the target has it). After every batch the SCAN
-//!    cursor goes to the checkpoint, so an interrupted run resumes where it stopped; and since a
-//!    moved key no longer sits on its old server, re-running from scratch is also safe.
+//! 2. **Move**: each old server is walked with `SCAN`; the keys of a batch whose id
+//!    (`keys::shard_id_of`) now belongs to another server are moved there through this client:
+//!    `WATCH` them, `DUMP` + `PTTL`, `RESTORE … REPLACE` on the target (TTL kept), then delete
+//!    them from the source in a `MULTI`/`EXEC` that aborts if any changed since the `WATCH` (the
+//!    batch is then copied again). Through the client rather than `MIGRATE`, because a server
+//!    cannot open a `rediss://` connection or present ACL credentials on its own (`MIGRATE`
+//!    needs `tls-cluster`, and managed Redis services disable it), and a write racing the move
+//!    is never lost. After every batch the SCAN cursor goes to the checkpoint, so an interrupted
+//!    run resumes where it stopped; and since a moved key no longer sits on its old server,
+//!    re-running from scratch is also safe.
 //! 3. **Verify**: a second census must find the same count and checksum, every key on the new
 //!    shard its id maps to (a server dropped from the list must be empty), and no key on two
 //!    servers.
@@ -33,7 +38,8 @@ use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
 use crate::commands::load::progress;
-use crate::redis::url::RedisUrl;
+use crate::redis::tls::{RedisTls, TlsFiles};
+use crate::redis::url::redact;
 
 /// Move keys from one shard list to another (only those whose shard changed), resumably, then
 /// verify every key is on its shard exactly once with an unchanged checksum.
@@ -54,6 +60,9 @@ pub struct ReshardArgs {
     /// Stop (resumably) after moving this many keys in this run.
     #[arg(long)]
     pub max_moves: Option<u64>,
+    /// TLS files for `rediss://` URLs (credentials go in the URLs).
+    #[command(flatten)]
+    pub tls: TlsFiles,
 }
 
 /// Count and checksum of a shard list's keys.
@@ -112,22 +121,65 @@ pub enum Outcome {
     },
 }
 
-/// `(host, port, db)` of a shard URL, as `MIGRATE` needs them.
-fn host_port_db(url: &str) -> anyhow::Result<(String, u16, i64)> {
-    let parsed = RedisUrl::parse(url)?;
-    anyhow::ensure!(
-        parsed.is_plain(),
-        "{url}: reshard takes plain redis://host:port[/db] URLs (no TLS or credentials yet)"
-    );
-    Ok((parsed.host, parsed.port, parsed.db))
+async fn connect(url: &str, tls: &RedisTls) -> anyhow::Result<MultiplexedConnection> {
+    let fail = |e: redis::RedisError| anyhow::anyhow!("{}: {e}", redact(url));
+    let client = tls.client(url).map_err(fail)?;
+    // A copy of a full batch, or a SCAN on a loaded shard of a slow machine, can take longer
+    // than the client's default 500 ms response timeout.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
+    client.get_multiplexed_async_connection_with_config(&config).await.map_err(fail)
 }
 
-async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
-    let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
-    // A MIGRATE of a full batch, or a SCAN on a loaded shard of a slow machine, can take longer
-    // than the client's default 500 ms response timeout; MIGRATE carries its own timeout.
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
-    client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| anyhow::anyhow!("{url}: {e}"))
+/// Attempts at moving one batch whose keys keep changing under it, before giving up.
+const MOVE_ATTEMPTS: usize = 20;
+
+/// Moves `keys` from `source` to `target` (see the module's step 2); returns how many existed.
+async fn move_batch(
+    source: &mut MultiplexedConnection,
+    target: &mut MultiplexedConnection,
+    keys: &[String],
+) -> anyhow::Result<u64> {
+    // Keys restored by an earlier attempt: if one has since been deleted at the source, its stale
+    // copy must not stay on the target.
+    let mut restored: HashSet<&str> = HashSet::new();
+    for _ in 0..MOVE_ATTEMPTS {
+        redis::cmd("WATCH").arg(keys).query_async::<()>(source).await?;
+        let mut read = redis::pipe();
+        for key in keys {
+            read.cmd("DUMP").arg(key).cmd("PTTL").arg(key);
+        }
+        let values: Vec<(Option<Vec<u8>>, i64)> = read.query_async(source).await?;
+        let mut write = redis::pipe();
+        let mut present = Vec::new();
+        for (key, (dump, pttl)) in keys.iter().zip(values) {
+            match dump {
+                Some(dump) => {
+                    // PTTL -1: no expiry (RESTORE's 0); -2: gone since DUMP (skipped next time).
+                    write.cmd("RESTORE").arg(key).arg(pttl.max(0)).arg(dump).arg("REPLACE").ignore();
+                    present.push(key.as_str());
+                }
+                None if restored.contains(key.as_str()) => {
+                    write.cmd("DEL").arg(key).ignore();
+                }
+                None => {}
+            }
+        }
+        write.query_async::<()>(target).await?;
+        restored.extend(present.iter().copied());
+        if present.is_empty() {
+            redis::cmd("UNWATCH").query_async::<()>(source).await?;
+            return Ok(0);
+        }
+        // Aborted (nil) when a watched key changed since WATCH: copy the batch again.
+        let deleted: Option<(u64,)> = redis::pipe().atomic().del(&present).query_async(source).await?;
+        if deleted.is_some() {
+            return Ok(present.len() as u64);
+        }
+    }
+    anyhow::bail!(
+        "{} keys changed during {MOVE_ATTEMPTS} attempts to move them; pause writers and run again",
+        keys.len()
+    )
 }
 
 /// Longest wait for one reply during a reshard.
@@ -146,11 +198,11 @@ async fn scan(connection: &mut MultiplexedConnection, cursor: u64, batch: usize)
 
 /// Counts and checksums the keys on the servers `urls`, and checks each is, once, on the server
 /// its id maps to in `placement`.
-pub async fn census(urls: &[String], placement: &[String], batch: usize) -> anyhow::Result<Census> {
+pub async fn census(urls: &[String], placement: &[String], batch: usize, tls: &RedisTls) -> anyhow::Result<Census> {
     let mut result = Census::default();
     let mut seen: HashSet<u64> = HashSet::new();
     for url in urls {
-        let mut connection = connect(url).await?;
+        let mut connection = connect(url, tls).await?;
         let mut cursor = 0;
         loop {
             let (next, keys) = scan(&mut connection, cursor, batch).await?;
@@ -213,7 +265,11 @@ pub async fn run(args: ReshardArgs) -> anyhow::Result<Outcome> {
         let unique: HashSet<&String> = list.iter().collect();
         anyhow::ensure!(unique.len() == list.len(), "a shard list names the same server twice: {list:?}");
     }
-    let targets: Vec<(String, u16, i64)> = args.to.iter().map(|u| host_port_db(u)).collect::<Result<_, _>>()?;
+    let tls = RedisTls::load(&args.tls)?;
+    let mut targets = Vec::with_capacity(args.to.len());
+    for url in &args.to {
+        targets.push(connect(url, &tls).await?);
+    }
     // Every server involved: a key counts wherever it is, so a re-run after a finished (or
     // half-finished, checkpoint lost) reshard still accounts for every key.
     let mut servers = args.from.clone();
@@ -243,7 +299,7 @@ pub async fn run(args: ReshardArgs) -> anyhow::Result<Outcome> {
         Some(before) => before,
         None => {
             let started = Instant::now();
-            let before = census(&servers, &args.from, args.batch).await?;
+            let before = census(&servers, &args.from, args.batch, &tls).await?;
             eprintln!(
                 "census of {} servers: {} keys, checksum {:016x} ({:.1} s)",
                 servers.len(),
@@ -270,7 +326,7 @@ pub async fn run(args: ReshardArgs) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     for (index, url) in args.from.iter().enumerate() {
         let Some(mut cursor) = checkpoint.cursors[index] else { continue };
-        let mut connection = connect(url).await?;
+        let mut connection = connect(url, &tls).await?;
         loop {
             let (next, keys) = scan(&mut connection, cursor, args.batch).await?;
             let mut by_target: HashMap<usize, Vec<String>> = HashMap::new();
@@ -286,22 +342,12 @@ pub async fn run(args: ReshardArgs) -> anyhow::Result<Outcome> {
             }
             checkpoint.scanned += 1;
             for (target, keys) in by_target {
-                let (host, port, db) = &targets[target];
-                let moved = keys.len() as u64;
-                let reply: String = redis::cmd("MIGRATE")
-                    .arg(host)
-                    .arg(*port)
-                    .arg("")
-                    .arg(*db)
-                    .arg(60_000)
-                    .arg("REPLACE")
-                    .arg("KEYS")
-                    .arg(&keys)
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("MIGRATE {url} → {}: {e}", args.to[target]))?;
-                // NOKEY: every key vanished in between (moved by an earlier, interrupted run).
-                anyhow::ensure!(reply == "OK" || reply == "NOKEY", "MIGRATE {url} → {}: {reply}", args.to[target]);
+                // Keys gone in between (moved by an earlier, interrupted run) are not counted.
+                let moved = move_batch(&mut connection, &mut targets[target], &keys).await.map_err(|e| {
+                    // A pipeline's error lists every command's: the first says it.
+                    let text: String = e.to_string().chars().take(300).collect();
+                    anyhow::anyhow!("moving keys {} → {}: {text}", redact(url), redact(&args.to[target]))
+                })?;
                 checkpoint.moved += moved;
                 moved_this_run += moved;
                 bar.inc(moved);
@@ -337,7 +383,7 @@ pub async fn run(args: ReshardArgs) -> anyhow::Result<Outcome> {
         ideal * 100.0,
         if ideal > 0.0 { fraction / ideal } else { f64::NAN }
     );
-    let after = census(&servers, &args.to, args.batch).await?;
+    let after = census(&servers, &args.to, args.batch, &tls).await?;
     anyhow::ensure!(
         after.keys == before.keys && after.checksum == before.checksum,
         "verification failed: {} keys with checksum {:016x} before, {} with {:016x} after",
@@ -357,17 +403,4 @@ pub async fn run(args: ReshardArgs) -> anyhow::Result<Outcome> {
         after.keys, after.checksum
     );
     Ok(Outcome::Done { resumed, moved: checkpoint.moved, keys: before.keys, after })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shard_urls() {
-        assert_eq!(host_port_db("redis://127.0.0.1:7001").unwrap(), ("127.0.0.1".into(), 7001, 0));
-        assert_eq!(host_port_db("redis://cache-3:6380/2").unwrap(), ("cache-3".into(), 6380, 2));
-        assert!(host_port_db("rediss://x:1").is_err());
-        assert!(host_port_db("redis://user:pw@x:1").is_err());
-    }
 }

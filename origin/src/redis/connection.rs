@@ -1,12 +1,19 @@
-//! A plain TCP connection to one Redis server that owns its read buffer: the I/O half of the lean
-//! `MGET` reader (the parsing half is [`super::frame`]).
+//! A connection to one Redis server (plain TCP or TLS, authenticated when the URL says so) that
+//! owns its read buffer: the I/O half of the lean `MGET` reader (the parsing half is
+//! [`super::frame`]).
 
 use cascade_shared::embedding::decode_value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::frame::{self, FrameError};
 use super::pool::Element;
+use super::tls::RedisTls;
+use super::url::RedisUrl;
+
+/// A byte stream to a server: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
 
 /// A connection failure or a reply that is not the one expected (the shard counts as unavailable).
 #[derive(Debug, thiserror::Error)]
@@ -21,35 +28,47 @@ pub enum RespError {
 
 /// A connection and its read buffer: `buf[start..end]` holds bytes received and not yet parsed.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     buf: Vec<u8>,
     start: usize,
     end: usize,
 }
 
 impl Connection {
-    /// Connects to `address` (`host:port`) and selects `db` when it is not 0.
-    pub async fn open(address: &str, db: i64) -> Result<Self, RespError> {
-        let stream = TcpStream::connect(address).await?;
-        stream.set_nodelay(true)?;
+    /// Connects to the server of `url`: TLS for `rediss://`, then `AUTH` when the URL carries a
+    /// password, then `SELECT` when its database is not 0.
+    pub async fn open(url: &RedisUrl, tls: &RedisTls) -> Result<Self, RespError> {
+        let tcp = TcpStream::connect(url.address()).await?;
+        tcp.set_nodelay(true)?;
+        let stream: Box<dyn Stream> = if url.tls { Box::new(tls.wrap(&url.host, tcp).await?) } else { Box::new(tcp) };
         let mut connection = Connection { stream, buf: vec![0; 64 * 1024], start: 0, end: 0 };
-        if db != 0 {
-            let db = db.to_string();
+        if let Some(auth) = url.auth_command() {
+            // The reply names no secret: "-WRONGPASS invalid username-password pair…".
+            connection.simple_command(&auth, "AUTH").await?;
+        }
+        if url.db != 0 {
+            let db = url.db.to_string();
             let command = format!("*2\r\n$6\r\nSELECT\r\n${}\r\n{db}\r\n", db.len());
-            connection.stream.write_all(command.as_bytes()).await?;
-            loop {
-                if let Some((line, used)) = frame::line(connection.unparsed())? {
-                    if line.first() != Some(&b'+') {
-                        let reply = String::from_utf8_lossy(line);
-                        return Err(FrameError(format!("SELECT {db}: {reply}")).into());
-                    }
-                    connection.start += used;
-                    break;
-                }
-                connection.fill().await?;
-            }
+            connection.simple_command(command.as_bytes(), &format!("SELECT {db}")).await?;
         }
         Ok(connection)
+    }
+
+    /// Sends `command` and reads its one-line `+OK`-style reply; anything else is an error that
+    /// starts with `what`.
+    async fn simple_command(&mut self, command: &[u8], what: &str) -> Result<(), RespError> {
+        self.stream.write_all(command).await?;
+        loop {
+            if let Some((line, used)) = frame::line(self.unparsed())? {
+                if line.first() != Some(&b'+') {
+                    let reply = String::from_utf8_lossy(line);
+                    return Err(FrameError(format!("{what}: {reply}")).into());
+                }
+                self.start += used;
+                return Ok(());
+            }
+            self.fill().await?;
+        }
     }
 
     fn unparsed(&self) -> &[u8] {

@@ -8,6 +8,7 @@
 //! | [`frame`] | pure RESP2 parsing: lines, array headers, bulk strings (property-tested against redis-rs) |
 //! | [`connection`] | one TCP connection that owns its read buffer and reads an `MGET` reply |
 //! | [`pool`] | [`pool::MgetPool`]: idle lean connections per shard |
+//! | [`tls`] | [`tls::RedisTls`]: the CA and client certificate for `rediss://`, on every path |
 //!
 //! Its error is [`ShardError`] (which shard, what happened); the store and the caches turn it into
 //! their own.
@@ -16,6 +17,7 @@ pub mod connection;
 pub mod frame;
 pub mod pool;
 pub mod shards;
+pub mod tls;
 pub mod url;
 
 use serde::Deserialize;
@@ -35,11 +37,13 @@ pub struct RedisConfig {
     pub cluster: Vec<String>,
     /// Per-operation timeout, milliseconds: a slow shard counts as unavailable.
     pub timeout_ms: u64,
+    /// TLS files for `rediss://` URLs (`[redis.tls]`; credentials go in the URLs).
+    pub tls: tls::TlsFiles,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { shards: Vec::new(), cluster: Vec::new(), timeout_ms: 50 }
+        RedisConfig { shards: Vec::new(), cluster: Vec::new(), timeout_ms: 50, tls: tls::TlsFiles::default() }
     }
 }
 

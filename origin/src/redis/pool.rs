@@ -8,8 +8,8 @@
 //! byte vector, no channel hop to a driver task) over a small pool of [`Connection`]s, each owned
 //! by one request at a time. Every other command goes through redis-rs ([`super::ShardSet`]).
 //!
-//! Only plain URLs (`redis://host:port[/db]`, no credentials, TLS or parameters) take this path;
-//! the others keep the redis-rs one. A connection is returned to the pool only after a complete
+//! `redis://` and `rediss://` URLs with or without credentials take this path (TLS and `AUTH` at
+//! connect, [`super::tls`]); URLs with `?` parameters keep the redis-rs one. A connection is returned to the pool only after a complete
 //! reply, so a timeout or error (which drops the future mid-reply) can never leave a half-read
 //! reply for the next user.
 //!
@@ -27,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::connection::{Connection, RespError};
 use super::frame::FrameError;
+use super::tls::RedisTls;
 use super::url::RedisUrl;
 
 /// Idle connections kept per shard.
@@ -71,8 +72,8 @@ pub type Element = Option<Result<Vec<f32>, FormatError>>;
 
 /// Pooled plain connections to one Redis server.
 pub struct MgetPool {
-    address: String,
-    db: i64,
+    url: RedisUrl,
+    tls: RedisTls,
     idle: Mutex<Vec<Pooled>>,
     slots: Arc<Semaphore>,
     /// When the last connect failed, or a request was abandoned mid-reply.
@@ -84,13 +85,13 @@ pub struct MgetPool {
 }
 
 impl MgetPool {
-    /// A pool for `url`, or `None` when the URL needs what this reader does not do (TLS,
-    /// credentials, parameters) or does not parse.
-    pub fn for_url(url: &str) -> Option<Self> {
-        let url = RedisUrl::parse(url).ok().filter(RedisUrl::is_plain)?;
+    /// A pool for `url` (TLS with `tls`), or `None` when the URL has parameters this reader does
+    /// not interpret, or does not parse.
+    pub fn for_url(url: &str, tls: &RedisTls) -> Option<Self> {
+        let url = RedisUrl::parse(url).ok().filter(|url| !url.has_params)?;
         Some(MgetPool {
-            address: url.address(),
-            db: url.db,
+            url,
+            tls: tls.clone(),
             idle: Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(MAX_OPEN)),
             failed_at: Arc::new(Mutex::new(None)),
@@ -134,7 +135,7 @@ impl MgetPool {
             }
         }
         self.connects.fetch_add(1, Ordering::Relaxed);
-        match Connection::open(&self.address, self.db).await {
+        match Connection::open(&self.url, &self.tls).await {
             Ok(connection) => {
                 let failed_at = Arc::clone(&self.failed_at);
                 Ok(Pooled { connection, _slot: slot, failed_at, complete: false, reused: false })
@@ -181,7 +182,7 @@ impl MgetPool {
                 // A kept connection the server closed (it restarted, or dropped idle clients):
                 // the others kept with it are as stale. Forget them all and try once on a fresh
                 // connection; that the server is really down shows there.
-                tracing::debug!(%error, address = %self.address, "stale pooled connection; reconnecting");
+                tracing::debug!(%error, address = %self.url.address(), "stale pooled connection; reconnecting");
                 pooled.complete = true; // not a slow shard: no backoff
                 drop(pooled);
                 if let Ok(mut idle) = self.idle.lock() {
@@ -208,13 +209,12 @@ mod tests {
 
     #[test]
     fn urls_that_take_the_lean_path() {
-        assert_eq!(
-            MgetPool::for_url("redis://127.0.0.1:7000").map(|p| (p.address, p.db)),
-            Some(("127.0.0.1:7000".into(), 0))
-        );
-        assert_eq!(MgetPool::for_url("redis://cache/3").map(|p| (p.address, p.db)), Some(("cache:6379".into(), 3)));
-        assert!(MgetPool::for_url("rediss://cache:6380").is_none());
-        assert!(MgetPool::for_url("redis://user:pw@cache:6379").is_none());
+        let lean = |url: &str| MgetPool::for_url(url, &RedisTls::default()).map(|p| (p.url.address(), p.url.db));
+        assert_eq!(lean("redis://127.0.0.1:7000"), Some(("127.0.0.1:7000".into(), 0)));
+        assert_eq!(lean("redis://cache/3"), Some(("cache:6379".into(), 3)));
+        assert_eq!(lean("rediss://cache:6380"), Some(("cache:6380".into(), 0)));
+        assert_eq!(lean("redis://user:pw@cache:6379"), Some(("cache:6379".into(), 0)));
+        assert_eq!(lean("redis://cache:6379?protocol=resp3"), None);
     }
 
     /// A fake server on loopback that answers one canned reply per connection.
@@ -237,7 +237,9 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
         let port = closed.local_addr().map(|a| a.port()).unwrap_or_default();
         drop(closed);
-        let pool = Arc::new(MgetPool::for_url(&format!("redis://127.0.0.1:{port}")).unwrap_or_else(|| panic!()));
+        let pool = Arc::new(
+            MgetPool::for_url(&format!("redis://127.0.0.1:{port}"), &RedisTls::default()).unwrap_or_else(|| panic!()),
+        );
         let keys = Arc::new(vec!["a".to_string()]);
         let lookups: Vec<_> = (0..200)
             .map(|_| {
@@ -263,7 +265,9 @@ mod tests {
                 held.push(socket);
             }
         });
-        let pool = Arc::new(MgetPool::for_url(&format!("redis://{address}")).unwrap_or_else(|| panic!()));
+        let pool = Arc::new(
+            MgetPool::for_url(&format!("redis://{address}"), &RedisTls::default()).unwrap_or_else(|| panic!()),
+        );
         let lookups: Vec<_> = (0..200)
             .map(|_| {
                 let (pool, keys) = (Arc::clone(&pool), Arc::clone(&keys));
@@ -288,7 +292,7 @@ mod tests {
         let value: Vec<u8> = [1.0f32, -2.5].iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(value.len(), 8);
         let url = serve(b"*3\r\n$8\r\n\x00\x00\x80\x3f\x00\x00\x20\xc0\r\n$-1\r\n$3\r\nabc\r\n").await;
-        let pool = MgetPool::for_url(&url).unwrap_or_else(|| panic!("{url}"));
+        let pool = MgetPool::for_url(&url, &RedisTls::default()).unwrap_or_else(|| panic!("{url}"));
         let keys = vec!["a".to_string(), "b".to_string(), "c".to_string()];
         let got = pool.mget(&keys, 2).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(got[0], Some(Ok(vec![1.0, -2.5])));
@@ -296,12 +300,12 @@ mod tests {
         assert!(matches!(got[2], Some(Err(FormatError::ValueLength { len: 3, dim: 2 }))));
 
         let url = serve(b"-ERR wrong kind of value\r\n").await;
-        let pool = MgetPool::for_url(&url).unwrap_or_else(|| panic!("{url}"));
+        let pool = MgetPool::for_url(&url, &RedisTls::default()).unwrap_or_else(|| panic!("{url}"));
         let error = pool.mget(&keys, 2).await.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.contains("wrong kind"), "{error}");
 
         let url = serve(b"*2\r\n$8\r\nshort").await;
-        let pool = MgetPool::for_url(&url).unwrap_or_else(|| panic!("{url}"));
+        let pool = MgetPool::for_url(&url, &RedisTls::default()).unwrap_or_else(|| panic!("{url}"));
         assert!(pool.mget(&keys[..2], 2).await.is_err(), "a cut reply is an error, not a value");
     }
 }

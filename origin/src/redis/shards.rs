@@ -13,6 +13,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
 use super::pool::MgetPool;
+use super::tls::RedisTls;
 use super::url::redact;
 
 /// A shard that did not answer (down, or slower than the timeout), or a URL that cannot be used.
@@ -30,7 +31,7 @@ struct Shard {
     client: redis::Client,
     /// Connected on first use and retried on the next call after a failure.
     connection: OnceCell<ConnectionManager>,
-    /// The lean MGET reader, where the URL allows it.
+    /// The lean MGET reader (every URL without `?` parameters).
     mget: Option<MgetPool>,
 }
 
@@ -41,15 +42,21 @@ pub struct ShardSet {
 }
 
 impl ShardSet {
-    /// Shards at `urls` with a per-call `timeout`.
+    /// Shards at `urls` with a per-call `timeout`, plain or with the system's TLS roots.
     pub fn new(urls: &[String], timeout: Duration) -> Result<Self, ShardError> {
+        Self::with_tls(urls, timeout, &RedisTls::default())
+    }
+
+    /// Shards at `urls` with a per-call `timeout`; `rediss://` ones with `tls`.
+    pub fn with_tls(urls: &[String], timeout: Duration, tls: &RedisTls) -> Result<Self, ShardError> {
         let shards = urls
             .iter()
             .enumerate()
             .map(|(index, url)| {
-                let client = redis::Client::open(url.as_str())
+                let client = tls
+                    .client(url)
                     .map_err(|e| ShardError { shard: index, message: format!("bad URL {}: {e}", redact(url)) })?;
-                let mget = MgetPool::for_url(url);
+                let mget = MgetPool::for_url(url, tls);
                 Ok(Shard { url: url.clone(), client, connection: OnceCell::new(), mget })
             })
             .collect::<Result<Vec<_>, ShardError>>()?;
@@ -76,7 +83,7 @@ impl ShardSet {
         &self.shards[index].url
     }
 
-    /// A shard's lean `MGET` pool, when its URL is plain.
+    /// A shard's lean `MGET` pool (none for a URL with `?` parameters).
     pub fn mget_pool(&self, index: usize) -> Option<&MgetPool> {
         self.shards[index].mget.as_ref()
     }

@@ -3,7 +3,7 @@
 //! validation), so they cannot disagree about what a URL means.
 
 /// A parsed Redis URL: `redis[s]://[user[:password]@]host[:port][/db][?params]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl {
     /// Host name or address (IPv6 without brackets).
     pub host: String,
@@ -13,6 +13,10 @@ pub struct RedisUrl {
     pub db: i64,
     /// Whether the URL carries a user or password.
     pub has_credentials: bool,
+    /// The ACL user (percent-decoded; `None`: the `default` user).
+    pub username: Option<String>,
+    /// The password (percent-decoded); never printed (`Debug` hides it).
+    pub password: Option<String>,
     /// `rediss://` (TLS).
     pub tls: bool,
     /// Whether the URL has `?` parameters.
@@ -43,9 +47,17 @@ impl RedisUrl {
             None => (rest, false),
         };
         let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
-        let (has_credentials, host_port) = match authority.rsplit_once('@') {
-            Some((_credentials, host_port)) => (true, host_port),
-            None => (false, authority),
+        let (credentials, host_port) = match authority.rsplit_once('@') {
+            Some((credentials, host_port)) => (Some(credentials), host_port),
+            None => (None, authority),
+        };
+        let (username, password) = match credentials.map(|c| c.split_once(':').unwrap_or((c, ""))) {
+            None => (None, None),
+            Some((user, password)) => {
+                let decode = |part: &str| percent_decode(part).ok_or_else(|| fail("bad %-escape in the credentials"));
+                let user = Some(decode(user)?).filter(|u| !u.is_empty());
+                (user, Some(decode(password)?).filter(|p| !p.is_empty()))
+            }
         };
         let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
             let (host, after) = bracketed.split_once(']').ok_or_else(|| fail("unclosed [ in the host"))?;
@@ -69,7 +81,8 @@ impl RedisUrl {
             "" => 0,
             db => db.parse().ok().filter(|&d| d >= 0).ok_or_else(|| fail("database is not a non-negative number"))?,
         };
-        Ok(RedisUrl { host: host.to_string(), port, db, has_credentials, tls, has_params })
+        let has_credentials = credentials.is_some();
+        Ok(RedisUrl { host: host.to_string(), port, db, has_credentials, username, password, tls, has_params })
     }
 
     /// `host:port`, as `TcpStream::connect` takes it (IPv6 in brackets).
@@ -81,11 +94,54 @@ impl RedisUrl {
         }
     }
 
-    /// Whether a plain TCP connection with no handshake can serve this URL: no TLS, no
-    /// credentials, no parameters.
-    pub fn is_plain(&self) -> bool {
-        !self.tls && !self.has_credentials && !self.has_params
+    /// The `AUTH` command this URL asks for, RESP-encoded (`AUTH password` or `AUTH user
+    /// password`), as redis-rs sends it: none without a password.
+    pub fn auth_command(&self) -> Option<Vec<u8>> {
+        let password = self.password.as_deref()?;
+        let mut parts = vec!["AUTH"];
+        parts.extend(self.username.as_deref());
+        parts.push(password);
+        let mut command = format!("*{}\r\n", parts.len()).into_bytes();
+        for part in parts {
+            command.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+            command.extend_from_slice(part.as_bytes());
+            command.extend_from_slice(b"\r\n");
+        }
+        Some(command)
     }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisUrl")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("db", &self.db)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
+            .field("has_params", &self.has_params)
+            .finish()
+    }
+}
+
+/// `%XX` escapes decoded (as redis-rs decodes a URL's user and password); `None` for a bad escape
+/// or bytes that are not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// `url` with the password (everything between `://` and `@`) replaced by `***`, for logs.
@@ -103,7 +159,7 @@ mod tests {
     #[test]
     fn hosts_ports_and_databases() {
         let url = RedisUrl::parse("redis://127.0.0.1:7001").unwrap();
-        assert_eq!((url.address(), url.db, url.is_plain()), ("127.0.0.1:7001".into(), 0, true));
+        assert_eq!((url.address(), url.db, url.tls, url.has_credentials), ("127.0.0.1:7001".into(), 0, false, false));
         let url = RedisUrl::parse("redis://cache-3:6380/2").unwrap();
         assert_eq!((url.host.as_str(), url.port, url.db), ("cache-3", 6380, 2));
         assert_eq!(RedisUrl::parse("redis://cache/3").unwrap().address(), "cache:6379");
@@ -112,9 +168,27 @@ mod tests {
 
     #[test]
     fn what_needs_more_than_a_plain_connection() {
-        assert!(!RedisUrl::parse("rediss://cache:6380").unwrap().is_plain());
-        assert!(!RedisUrl::parse("redis://user:pw@cache:6379").unwrap().is_plain());
-        assert!(!RedisUrl::parse("redis://cache:6379?protocol=resp3").unwrap().is_plain());
+        assert!(RedisUrl::parse("rediss://cache:6380").unwrap().tls);
+        assert!(RedisUrl::parse("redis://user:pw@cache:6379").unwrap().has_credentials);
+        assert!(RedisUrl::parse("redis://cache:6379?protocol=resp3").unwrap().has_params);
+    }
+
+    #[test]
+    fn credentials_are_decoded_and_never_printed() {
+        let url = RedisUrl::parse("rediss://cascade:p%40ss%3Aword@cache:6380/1").unwrap();
+        assert_eq!((url.username.as_deref(), url.password.as_deref()), (Some("cascade"), Some("p@ss:word")));
+        assert!(url.tls && url.has_credentials);
+        assert!(!format!("{url:?}").contains("p@ss"), "{url:?}");
+        let auth = String::from_utf8(url.auth_command().unwrap()).unwrap();
+        assert_eq!(auth, "*3\r\n$4\r\nAUTH\r\n$7\r\ncascade\r\n$9\r\np@ss:word\r\n");
+        let default_user = RedisUrl::parse("redis://:secret@cache").unwrap();
+        assert_eq!(default_user.username, None);
+        assert_eq!(
+            String::from_utf8(default_user.auth_command().unwrap()).unwrap(),
+            "*2\r\n$4\r\nAUTH\r\n$6\r\nsecret\r\n"
+        );
+        assert_eq!(RedisUrl::parse("redis://cache").unwrap().auth_command(), None);
+        assert!(RedisUrl::parse("redis://u:%zz@cache").is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use crate::redis::tls::RedisTls;
 use async_trait::async_trait;
 use cascade_shared::embedding::{ValueEncoding, decode_value, encode_value_as};
 use cascade_shared::keys::{EntityKind, embedding_key};
@@ -37,8 +38,19 @@ fn unavailable(error: impl std::fmt::Display) -> StoreError {
 
 impl RedisClusterStore {
     /// Connects to the cluster through any of `nodes` (seed URLs).
-    pub async fn connect(nodes: &[String], bundle_id: &str, dim: usize, timeout: Duration) -> Result<Self, StoreError> {
-        let client = ClusterClient::builder(nodes.to_vec())
+    /// `rediss://` seeds connect with `tls`'s CA and client certificate.
+    pub async fn connect(
+        nodes: &[String],
+        bundle_id: &str,
+        dim: usize,
+        timeout: Duration,
+        tls: &RedisTls,
+    ) -> Result<Self, StoreError> {
+        let mut builder = ClusterClient::builder(nodes.to_vec());
+        if let Some(certificates) = tls.certificates() {
+            builder = builder.certs(certificates);
+        }
+        let client = builder
             .connection_timeout(timeout)
             .response_timeout(timeout)
             .overall_response_timeout(Some(timeout))

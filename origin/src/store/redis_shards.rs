@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use super::{ComponentHealth, EmbeddingStore, HealthState, Lookup, StoreError};
 use crate::redis::ShardSet;
 use crate::redis::pool::Element;
+use crate::redis::tls::RedisTls;
 use crate::redis::url::redact;
 use async_trait::async_trait;
 use cascade_shared::embedding::{ValueEncoding, decode_value, encode_value_as};
@@ -60,9 +61,16 @@ impl RedisShardStore {
         RedisShardStore { shards, bundle_id: bundle_id.to_string(), dim, encoding: ValueEncoding::F32, lost }
     }
 
-    /// A store over its own shard set at `urls` (in shard order), for tools and tests.
-    pub fn connect(urls: &[String], bundle_id: &str, dim: usize, timeout: Duration) -> Result<Self, StoreError> {
-        Ok(Self::new(Arc::new(ShardSet::new(urls, timeout)?), bundle_id, dim))
+    /// A store over its own shard set at `urls` (in shard order; `rediss://` ones with `tls`), for
+    /// tools and tests.
+    pub fn connect(
+        urls: &[String],
+        bundle_id: &str,
+        dim: usize,
+        timeout: Duration,
+        tls: &RedisTls,
+    ) -> Result<Self, StoreError> {
+        Ok(Self::new(Arc::new(ShardSet::with_tls(urls, timeout, tls)?), bundle_id, dim))
     }
 
     /// Writes values in `encoding` (reads accept either, by length).
