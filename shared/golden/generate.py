@@ -110,12 +110,12 @@ vectors = {
     "redis_keys": [
         {"kind": "user", "bundle": "b1", "id": "1", "key": "cascade:emb:u:b1:1"},
         {"kind": "item", "bundle": "b1", "id": "1", "key": "cascade:emb:i:b1:1"},
-        {"kind": "recs", "bundle": "b1", "id": "42", "key": "cascade:recs:b1:42"},
-        {"kind": "generation", "bundle": "", "id": "42", "key": "cascade:gen:42"},
-        {"kind": "purchases", "bundle": "", "id": "42", "key": "cascade:bought:42"},
-        {"kind": "recent", "bundle": "", "id": "42", "key": "cascade:recent:42"},
+        {"kind": "recs", "bundle": "b1", "id": "42", "key": "cascade:recs:b1:{42}"},
+        {"kind": "generation", "bundle": "", "id": "42", "key": "cascade:gen:{42}"},
+        {"kind": "purchases", "bundle": "", "id": "42", "key": "cascade:bought:{42}"},
+        {"kind": "recent", "bundle": "", "id": "42", "key": "cascade:recent:{42}"},
         {"kind": "l2", "bundle": "b1", "id": "42", "segment": "home.mobile.us", "generation": 3,
-         "key": "cascade:l2:b1:42:home.mobile.us:3"},
+         "key": "cascade:l2:b1:{42}:home.mobile.us:3"},
     ],
     "embedding_value": {"values": [1.0, -0.5, 3.25, 0.0], "hex": struct.pack("<4f", 1.0, -0.5, 3.25, 0.0).hex()},
     # float16 (IEEE half, round to nearest even): 0.1 is not exact, 65504 is the largest finite.

@@ -48,9 +48,12 @@ impl App {
     pub fn new(config: Config) -> Result<Self, BuildError> {
         let metrics = Arc::new(Metrics::new());
         let tls = crate::redis::tls::RedisTls::load(&config.redis.tls)?;
-        let shards = match config.redis.shards.as_slice() {
-            [] => None,
-            urls => Some(Arc::new(ShardSet::with_tls(urls, config.redis.timeout(), &tls)?)),
+        // User state, L2, precomputed lists and the catalogue: on the shards, else in the cluster
+        // (beside the embeddings), else in process.
+        let shards = match (config.redis.shards.as_slice(), config.redis.cluster.as_slice()) {
+            ([], []) => None,
+            ([], seeds) => Some(Arc::new(ShardSet::cluster(seeds, config.redis.timeout(), &tls)?)),
+            (urls, _) => Some(Arc::new(ShardSet::with_tls(urls, config.redis.timeout(), &tls)?)),
         };
         let feature_log = FeatureLog::start(&config.feature_log, metrics.feature_log.clone())
             .map_err(|e| BuildError::FeatureLog(e.to_string()))?;

@@ -114,9 +114,10 @@ fn config(args: &PrecomputeArgs) -> anyhow::Result<Config> {
     }
     config.validate()?;
     anyhow::ensure!(
-        !config.redis.shards.is_empty(),
-        "no Redis shards: pass --redis, set {} or redis.shards in --config",
-        cascade_shared::config::REDIS_SHARDS
+        !config.redis.shards.is_empty() || !config.redis.cluster.is_empty(),
+        "no Redis shards: pass --redis, set {} or {}, or redis.shards or redis.cluster in --config",
+        cascade_shared::config::REDIS_SHARDS,
+        cascade_shared::config::REDIS_CLUSTER
     );
     Ok(config)
 }

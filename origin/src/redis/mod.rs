@@ -3,7 +3,8 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`shards`] | [`ShardSet`]: N servers by position, jump hashing, lazy connections, a timeout per call |
+//! | [`shards`] | [`ShardSet`]: N servers by position with jump hashing, or one Redis Cluster; lazy connections, a timeout per call |
+//! | [`cluster`] | the cluster client, key slots, pipelines split by slot |
 //! | [`url`] | [`url::RedisUrl`]: the one parser of `redis://` URLs, and password redaction for logs |
 //! | [`frame`] | pure RESP2 parsing: lines, array headers, bulk strings (property-tested against redis-rs) |
 //! | [`connection`] | one TCP connection that owns its read buffer and reads an `MGET` reply |
@@ -13,6 +14,7 @@
 //! Its error is [`ShardError`] (which shard, what happened); the store and the caches turn it into
 //! their own.
 
+pub mod cluster;
 pub mod connection;
 pub mod frame;
 pub mod pool;
@@ -32,8 +34,8 @@ pub struct RedisConfig {
     /// Shard URLs (`redis://host:port`), in shard order: jump hashing names shards by position,
     /// so only append or remove at the end.
     pub shards: Vec<String>,
-    /// Seed URLs of a Redis Cluster: when set, embeddings live there (user state, L2 and
-    /// precomputed lists stay on `shards`, or in process without them).
+    /// Seed URLs of a Redis Cluster: when set, embeddings live there, and so do user state, L2,
+    /// precomputed lists and the catalogue unless `shards` are given too.
     pub cluster: Vec<String>,
     /// Per-operation timeout, milliseconds: a slow shard counts as unavailable.
     pub timeout_ms: u64,

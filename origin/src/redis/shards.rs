@@ -1,15 +1,20 @@
-//! [`ShardSet`]: the independent Redis servers of a deployment, addressed by position, with jump
-//! consistent hashing, lazy connections (a shard that is down at start does not stop the origin)
-//! and a timeout on every call (a slow shard counts as unavailable).
+//! [`ShardSet`]: where a deployment's Redis state lives: independent Redis servers addressed by
+//! position with jump consistent hashing, or one Redis Cluster (which places keys by slot itself,
+//! so it counts as a single "shard" 0 here). Connections are lazy (a shard that is down at start
+//! does not stop the origin) and every call has a timeout (a slow shard counts as unavailable).
 //!
-//! One `ShardSet` is built per process (by `crate::app`) and shared by everything that reaches the
-//! shards: the embedding store, user state, L2 and precomputed lists. Each shard has one
+//! One `ShardSet` is built per process (by `crate::app`) and shared by everything that reaches
+//! Redis: the embedding store, user state, L2, precomputed lists and the catalogue. With a
+//! cluster, a pipeline that spans slots is split by slot ([`super::cluster::split_by_slot`]);
+//! transactions touch one user's keys, which share a hash tag. Each independent shard has one
 //! multiplexed redis-rs connection and, for plain URLs, a pool of lean `MGET` connections.
 
 use std::time::Duration;
 
 use cascade_shared::hashing::shard_for;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use tokio::sync::OnceCell;
 
 use super::pool::MgetPool;
@@ -35,9 +40,45 @@ struct Shard {
     mget: Option<MgetPool>,
 }
 
-/// The shards, in configured order (jump hashing names them by position).
+/// One Redis Cluster, reached through its seed nodes.
+struct Cluster {
+    seeds: Vec<String>,
+    client: ClusterClient,
+    connection: OnceCell<ClusterConnection>,
+}
+
+enum Backend {
+    /// Independent servers, in configured order (jump hashing names them by position).
+    Shards(Vec<Shard>),
+    /// A cluster: placement is the cluster's.
+    Cluster(Box<Cluster>),
+}
+
+/// A connection to one shard, or to the cluster.
+enum Connection {
+    Shard(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    async fn run<T: redis::FromRedisValue>(&mut self, command: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Connection::Shard(connection) => command.query_async(connection).await,
+            Connection::Cluster(connection) => command.query_async(connection).await,
+        }
+    }
+
+    async fn run_pipeline<T: redis::FromRedisValue>(&mut self, pipeline: &redis::Pipeline) -> redis::RedisResult<T> {
+        match self {
+            Connection::Shard(connection) => pipeline.query_async(connection).await,
+            Connection::Cluster(connection) => pipeline.query_async(connection).await,
+        }
+    }
+}
+
+/// The shards, or the cluster.
 pub struct ShardSet {
-    shards: Vec<Shard>,
+    backend: Backend,
     timeout: Duration,
 }
 
@@ -60,32 +101,55 @@ impl ShardSet {
                 Ok(Shard { url: url.clone(), client, connection: OnceCell::new(), mget })
             })
             .collect::<Result<Vec<_>, ShardError>>()?;
-        Ok(ShardSet { shards, timeout })
+        Ok(ShardSet { backend: Backend::Shards(shards), timeout })
     }
 
-    /// Number of shards.
+    /// The Redis Cluster reached through `seeds`, with a per-call `timeout`; `rediss://` seeds
+    /// with `tls`.
+    pub fn cluster(seeds: &[String], timeout: Duration, tls: &RedisTls) -> Result<Self, ShardError> {
+        let client = super::cluster::client(seeds, timeout, tls)
+            .map_err(|e| ShardError { shard: 0, message: format!("redis cluster: {e}") })?;
+        let cluster = Cluster { seeds: seeds.to_vec(), client, connection: OnceCell::new() };
+        Ok(ShardSet { backend: Backend::Cluster(Box::new(cluster)), timeout })
+    }
+
+    /// Number of shards (a cluster counts as one).
     pub fn len(&self) -> usize {
-        self.shards.len()
+        match &self.backend {
+            Backend::Shards(shards) => shards.len(),
+            Backend::Cluster(_) => 1,
+        }
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.shards.is_empty()
+        self.len() == 0
     }
 
-    /// The shard that owns `id`.
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster(_))
+    }
+
+    /// The shard that owns `id` (0 in a cluster, which places keys itself).
     pub fn shard_of(&self, id: &str) -> usize {
-        shard_for(id, u32::try_from(self.shards.len()).unwrap_or(u32::MAX)) as usize
+        shard_for(id, u32::try_from(self.len()).unwrap_or(u32::MAX)) as usize
     }
 
-    /// A shard's URL.
+    /// A shard's URL (a cluster's first seed), for logs: pass it through `redact`.
     pub fn url(&self, index: usize) -> &str {
-        &self.shards[index].url
+        match &self.backend {
+            Backend::Shards(shards) => &shards[index].url,
+            Backend::Cluster(cluster) => cluster.seeds.first().map_or("", String::as_str),
+        }
     }
 
-    /// A shard's lean `MGET` pool (none for a URL with `?` parameters).
+    /// A shard's lean `MGET` pool (none for a URL with `?` parameters, or in a cluster).
     pub fn mget_pool(&self, index: usize) -> Option<&MgetPool> {
-        self.shards[index].mget.as_ref()
+        match &self.backend {
+            Backend::Shards(shards) => shards[index].mget.as_ref(),
+            Backend::Cluster(_) => None,
+        }
     }
 
     /// The per-call timeout.
@@ -93,17 +157,28 @@ impl ShardSet {
         self.timeout
     }
 
-    /// A connection to shard `index` (shared, multiplexed, reconnecting).
-    pub async fn connection(&self, index: usize) -> Result<ConnectionManager, ShardError> {
-        let shard = &self.shards[index];
+    /// A connection to shard `index` (shared, multiplexed, reconnecting), or to the cluster.
+    async fn connection(&self, index: usize) -> Result<Connection, ShardError> {
         let connect_budget = self.timeout.max(Duration::from_millis(200));
+        let shard = match &self.backend {
+            Backend::Shards(shards) => &shards[index],
+            Backend::Cluster(cluster) => {
+                let connect = cluster.connection.get_or_try_init(|| cluster.client.get_async_connection());
+                let message = match tokio::time::timeout(connect_budget, connect).await {
+                    Ok(Ok(connection)) => return Ok(Connection::Cluster(connection.clone())),
+                    Ok(Err(e)) => format!("redis cluster: {e}"),
+                    Err(_) => "redis cluster: connect timed out".to_string(),
+                };
+                return Err(ShardError { shard: 0, message });
+            }
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect_budget))
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1);
         let connect = shard.connection.get_or_try_init(|| shard.client.get_connection_manager_with_config(config));
         match tokio::time::timeout(connect_budget, connect).await {
-            Ok(Ok(connection)) => Ok(connection.clone()),
+            Ok(Ok(connection)) => Ok(Connection::Shard(connection.clone())),
             Ok(Err(e)) => Err(ShardError { shard: index, message: format!("{}: {e}", redact(&shard.url)) }),
             Err(_) => Err(ShardError { shard: index, message: format!("{}: connect timed out", redact(&shard.url)) }),
         }
@@ -118,20 +193,28 @@ impl ShardSet {
     ) -> Result<T, ShardError> {
         let mut connection = self.connection(index).await?;
         let budget = budget.unwrap_or(self.timeout);
-        match tokio::time::timeout(budget, command.query_async(&mut connection)).await {
+        match tokio::time::timeout(budget, connection.run(command)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(ShardError { shard: index, message: e.to_string() }),
             Err(_) => Err(ShardError { shard: index, message: format!("no answer within {budget:?}") }),
         }
     }
 
-    /// Runs a pipeline on shard `index` within `budget` (the shard's timeout when `None`).
+    /// Runs a pipeline on shard `index` within `budget` (the shard's timeout when `None`). In a
+    /// cluster, a plain pipeline whose keys span slots is sent as one pipeline per slot, at once.
     pub async fn pipeline(
         &self,
         index: usize,
         pipeline: &redis::Pipeline,
         budget: Option<Duration>,
     ) -> Result<(), ShardError> {
+        if self.is_cluster()
+            && !pipeline.is_transaction()
+            && let Some(parts) = super::cluster::split_by_slot(pipeline)
+        {
+            let sent = futures::future::join_all(parts.iter().map(|part| self.pipeline_query::<()>(0, part, budget)));
+            return sent.await.into_iter().collect();
+        }
         self.pipeline_query(index, pipeline, budget).await
     }
 
@@ -144,7 +227,7 @@ impl ShardSet {
     ) -> Result<T, ShardError> {
         let mut connection = self.connection(index).await?;
         let budget = budget.unwrap_or(self.timeout);
-        match tokio::time::timeout(budget, pipeline.query_async::<T>(&mut connection)).await {
+        match tokio::time::timeout(budget, connection.run_pipeline::<T>(pipeline)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(ShardError { shard: index, message: e.to_string() }),
             Err(_) => Err(ShardError { shard: index, message: format!("no answer within {budget:?}") }),

@@ -82,7 +82,9 @@ impl RedisTls {
             }
             (None, None) => None,
             _ => {
-                return Err(TlsError("redis TLS: a client certificate needs its key, and a key its certificate".into()));
+                return Err(TlsError(
+                    "redis TLS: a client certificate needs its key, and a key its certificate".into(),
+                ));
             }
         };
         let tls = RedisTls {

@@ -11,12 +11,12 @@
 
 use std::time::Duration;
 
+use crate::redis::cluster::key_slot;
 use crate::redis::tls::RedisTls;
 use async_trait::async_trait;
 use cascade_shared::embedding::{ValueEncoding, decode_value, encode_value_as};
 use cascade_shared::keys::{EntityKind, embedding_key};
 use futures::StreamExt;
-use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 
 use super::{ComponentHealth, EmbeddingStore, HealthState, Lookup, StoreError};
@@ -46,18 +46,7 @@ impl RedisClusterStore {
         timeout: Duration,
         tls: &RedisTls,
     ) -> Result<Self, StoreError> {
-        let mut builder = ClusterClient::builder(nodes.to_vec());
-        if let Some(certificates) = tls.certificates() {
-            builder = builder.certs(certificates);
-        }
-        let client = builder
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
-            .overall_response_timeout(Some(timeout))
-            .retries(0)
-            .max_connection_attempts(std::num::NonZeroUsize::MIN)
-            .build()
-            .map_err(unavailable)?;
+        let client = crate::redis::cluster::client(nodes, timeout, tls).map_err(unavailable)?;
         let connection = client.get_async_connection().await.map_err(unavailable)?;
         Ok(RedisClusterStore {
             connection,
@@ -105,26 +94,6 @@ impl RedisClusterStore {
             }
         }
     }
-}
-
-/// The cluster hash slot of `key`: CRC16 (XMODEM) of the key, or of its `{hash tag}`, mod 16384.
-pub fn key_slot(key: &[u8]) -> u16 {
-    let tagged = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            rest.iter().position(|&b| b == b'}').filter(|&close| close > 0).map(|close| &rest[..close])
-        })
-        .unwrap_or(key);
-    let mut crc: u16 = 0;
-    for &byte in tagged {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
-        }
-    }
-    crc % 16_384
 }
 
 #[async_trait]
@@ -211,19 +180,5 @@ impl EmbeddingStore for RedisClusterStore {
 
     fn describe(&self) -> String {
         format!("redis cluster ({} seed nodes)", self.nodes.len())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slots_match_redis() {
-        // CRC16/XMODEM("123456789") = 0x31C3; Redis's own examples for the rest.
-        assert_eq!(key_slot(b"123456789"), 0x31C3);
-        assert_eq!(key_slot(b"foo"), 12_182);
-        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"{user1000}.followers"));
-        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"), "an empty tag hashes the whole key");
     }
 }
