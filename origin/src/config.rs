@@ -150,6 +150,9 @@ impl Config {
         if let Some(v) = env(env_names::REDIS_SHARDS) {
             config.redis.shards = split_list(&v);
         }
+        if let Some(v) = env(env_names::REDIS_PREVIOUS_SHARDS) {
+            config.redis.previous_shards = split_list(&v);
+        }
         if let Some(v) = env(env_names::REDIS_CLUSTER) {
             config.redis.cluster = split_list(&v);
         }
@@ -197,10 +200,18 @@ impl Config {
         }
         let urls = self.redis.shards.iter().enumerate().map(|(index, url)| ("shards", index, url));
         let cluster = self.redis.cluster.iter().enumerate().map(|(index, url)| ("cluster", index, url));
-        for (list, index, url) in urls.chain(cluster) {
+        let previous =
+            self.redis.previous_shards.iter().enumerate().map(|(index, url)| ("previous_shards", index, url));
+        for (list, index, url) in urls.chain(cluster).chain(previous) {
             if let Err(error) = crate::redis::url::RedisUrl::parse(url) {
                 return Err(config_error(&format!("redis.{list}[{index}]"), error.to_string()));
             }
+        }
+        if !self.redis.previous_shards.is_empty() && self.redis.shards.is_empty() {
+            return Err(config_error(
+                "redis.previous_shards",
+                "an online reshard moves keys to `shards`: set them too",
+            ));
         }
         if let Err(error) = crate::redis::tls::RedisTls::load(&self.redis.tls) {
             return Err(config_error("redis.tls", error.to_string()));
@@ -357,5 +368,10 @@ mod tests {
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
         let err = load(&[("CASCADE_REDIS_TLS_CERT", "/nonexistent/client.pem")], None).unwrap_err();
         assert_eq!(err.field, "redis.tls");
+        // An online reshard's previous placement needs the new one.
+        let err = load(&[("CASCADE_REDIS_PREVIOUS_SHARDS", "redis://127.0.0.1:7000")], None).unwrap_err();
+        assert_eq!(err.field, "redis.previous_shards");
+        let err = load(&[("CASCADE_REDIS_SHARDS", "redis://a:1"), ("CASCADE_REDIS_PREVIOUS_SHARDS", "a:1")], None);
+        assert_eq!(err.unwrap_err().field, "redis.previous_shards[0]");
     }
 }

@@ -22,6 +22,8 @@ pub const FEATURE_LOG: &str = "CASCADE_FEATURE_LOG";
 pub const REDIS_SHARDS: &str = "CASCADE_REDIS_SHARDS";
 /// Comma-separated seed URLs of a Redis Cluster holding the embeddings (instead of the shards).
 pub const REDIS_CLUSTER: &str = "CASCADE_REDIS_CLUSTER";
+/// During an online reshard: the shard list being left (comma-separated URLs).
+pub const REDIS_PREVIOUS_SHARDS: &str = "CASCADE_REDIS_PREVIOUS_SHARDS";
 /// PEM file of the CA for `rediss://` servers.
 pub const REDIS_TLS_CA: &str = "CASCADE_REDIS_TLS_CA";
 /// PEM client certificate for `rediss://` servers that check clients.
@@ -50,6 +52,7 @@ pub const ALL: &[&str] = &[
     BUNDLE,
     REDIS_SHARDS,
     REDIS_CLUSTER,
+    REDIS_PREVIOUS_SHARDS,
     REDIS_TLS_CA,
     REDIS_TLS_CERT,
     REDIS_TLS_KEY,

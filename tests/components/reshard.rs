@@ -102,3 +102,111 @@ async fn four_shards_to_five_interrupted_resumed_and_verified() {
     let refused = run_cascade(&["reshard", "--from", &five, "--to", &four_again]).unwrap_err().to_string();
     assert!(refused.contains("outside the key schema") && refused.contains("cascade:emb:u:b1:a:b"), "{refused}");
 }
+
+/// Four shards to five while an origin keeps taking purchases and serving lists: the origin runs
+/// with `previous_shards` (the four) and `shards` (the five), moving each user's keys on first
+/// access and reading embeddings not moved yet at their old shard; `cascade reshard --online`
+/// moves the rest. Every acknowledged purchase is afterwards on its user's new shard, every list
+/// during the move was ranked in real time (no user looked unknown), and the reshard's own
+/// verification finds every key on its shard exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_shards_to_five_online_while_events_flow() {
+    use cascade_e2e::{Origin, bundle_dir, user_recs};
+    use cascade_shared::keys::purchases_key;
+    use cascade_shared::wire::Source;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const KEY: &str = "online-reshard-key-0123456789";
+
+    let servers = RedisServer::start_many(5).await.unwrap();
+    let all: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
+    let (four, five) = (all[..4].join(","), all.join(","));
+    let bundle = bundle_dir().unwrap();
+    run_cascade(&["load", "--bundle", bundle.to_str().unwrap(), "--redis", &four, "--users-only"]).unwrap();
+    // Another bundle's keys beside it, so that the move lasts long enough to overlap the traffic.
+    run_cascade(&["load", "--generate", "users=30000,items=10,dim=8", "--redis", &four, "--users-only"]).unwrap();
+    let env = |extra: Vec<(&'static str, String)>| {
+        let mut env = vec![("CASCADE_BUNDLE", bundle.display().to_string()), ("CASCADE_API_KEYS", KEY.to_string())];
+        env.extend(extra);
+        env
+    };
+    let users: Vec<String> = (1..=120).map(|n| format!("u{n}")).collect();
+    let mut acked: Vec<(String, String)> = Vec::new();
+    // State written before the move, on the old placement.
+    let old = Origin::start(&env(vec![("CASCADE_REDIS_SHARDS", four.clone())])).await.unwrap();
+    let items: Vec<String> = user_recs(&old, KEY, "u1", "n=30").await.items.into_iter().map(|i| i.id).collect();
+    let before: Vec<cascade_client::Event> = users[..60]
+        .iter()
+        .enumerate()
+        .map(|(n, user)| cascade_client::Event::new(user, cascade_client::EventKind::Purchase, Some(&items[n % 30])))
+        .collect();
+    assert_eq!(old.client(KEY).send_events(before.clone()).await.unwrap().accepted, 60);
+    acked.extend(before.iter().map(|e| (e.user_id.clone(), e.item_id.clone().unwrap())));
+    drop(old);
+
+    // Every origin in moving mode, then the reshard while events and list requests flow.
+    let origin = Arc::new(
+        Origin::start(&env(vec![
+            ("CASCADE_REDIS_SHARDS", five.clone()),
+            ("CASCADE_REDIS_PREVIOUS_SHARDS", four.clone()),
+        ]))
+        .await
+        .unwrap(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (origin, stop, users, items) = (Arc::clone(&origin), Arc::clone(&stop), users.clone(), items.clone());
+        tokio::spawn(async move {
+            let (client, mut acked, mut sources) = (origin.client(KEY), Vec::new(), Vec::new());
+            let started = std::time::Instant::now();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let mut n = 0usize;
+            // Bounded: until told to stop, at most 60 s and 5,000 rounds.
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline && n < 5_000 {
+                let (user, item) = (&users[(n * 7) % users.len()], &items[(n * 11) % items.len()]);
+                let event = cascade_client::Event::new(user, cascade_client::EventKind::Purchase, Some(item));
+                if matches!(client.send_events(vec![event]).await.map(|a| a.accepted), Ok(1)) {
+                    acked.push((user.clone(), item.clone(), started.elapsed()));
+                }
+                let reader = &users[(n * 13 + 5) % users.len()];
+                sources.push(user_recs(&origin, KEY, reader, "n=10").await.source);
+                n += 1;
+            }
+            (acked, sources)
+        })
+    };
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await; // events flowing before the move starts
+    let reshard = tokio::task::spawn_blocking(move || {
+        run_cascade_json(&["reshard", "--from", &four, "--to", &five, "--online", "--batch", "100"])
+    });
+    let move_began = started.elapsed();
+    let outcome = reshard.await.unwrap().unwrap();
+    let move_ended = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await; // and after it
+    stop.store(true, Ordering::Relaxed);
+    let (during, sources) = traffic.await.unwrap();
+    assert_eq!(outcome["outcome"], "done", "{outcome}");
+    let after = &outcome["after"];
+    assert_eq!((after["misplaced"].as_u64(), after["duplicates"].as_u64()), (Some(0), Some(0)), "{outcome}");
+    assert!(outcome["moved"].as_u64().unwrap() > 0, "{outcome}");
+    let in_move = during.iter().filter(|(_, _, at)| (move_began..move_ended).contains(at)).count();
+    assert!(in_move >= 10, "{in_move} events acknowledged while the reshard ran ({move_began:?}..{move_ended:?})");
+    let not_real_time = sources.iter().filter(|s| **s != Source::Realtime && **s != Source::CacheL1).count();
+    assert_eq!(not_real_time, 0, "lists during the move: {sources:?}");
+
+    // No acknowledged purchase lost: each is in its user's set on the user's new shard.
+    acked.extend(during.into_iter().map(|(user, item, _)| (user, item)));
+    for (user, item) in &acked {
+        let mut c = connection(&all[shard_for(user, 5) as usize]).await;
+        let there: bool = redis::cmd("SISMEMBER").arg(purchases_key(user)).arg(item).query_async(&mut c).await.unwrap();
+        assert!(there, "{user} bought {item}: acknowledged, then lost");
+    }
+    println!(
+        "online reshard: {} moves in {:?}; {} purchases acknowledged ({in_move} while it ran), {} lists, all kept",
+        outcome["moved"],
+        move_ended - move_began,
+        acked.len(),
+        sources.len()
+    );
+}

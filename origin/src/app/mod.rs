@@ -53,7 +53,13 @@ impl App {
         let shards = match (config.redis.shards.as_slice(), config.redis.cluster.as_slice()) {
             ([], []) => None,
             ([], seeds) => Some(Arc::new(ShardSet::cluster(seeds, config.redis.timeout(), &tls)?)),
-            (urls, _) => Some(Arc::new(ShardSet::with_tls(urls, config.redis.timeout(), &tls)?)),
+            (urls, _) => {
+                let shards = ShardSet::with_tls(urls, config.redis.timeout(), &tls)?;
+                Some(Arc::new(match config.redis.previous_shards.as_slice() {
+                    [] => shards,
+                    previous => shards.moving_from(ShardSet::with_tls(previous, config.redis.timeout(), &tls)?)?,
+                }))
+            }
         };
         let feature_log = FeatureLog::start(&config.feature_log, metrics.feature_log.clone())
             .map_err(|e| BuildError::FeatureLog(e.to_string()))?;

@@ -26,9 +26,27 @@ impl RedisUserState {
         RedisUserState { shards }
     }
 
-    /// Runs `command` on the shard that owns `user`.
+    /// Runs `command` on the shard that owns `user` (after moving the user's state there, during
+    /// an online reshard).
     async fn query<T: redis::FromRedisValue>(&self, user: &str, command: &redis::Cmd) -> Result<T, StoreError> {
+        self.moved(user).await?;
         Ok(self.shards.query(self.shards.shard_of(user), command, None).await?)
+    }
+
+    /// Runs `pipeline` on the shard that owns `user`, as [`RedisUserState::query`].
+    async fn pipeline(&self, user: &str, pipeline: &redis::Pipeline) -> Result<(), StoreError> {
+        self.moved(user).await?;
+        Ok(self.shards.pipeline(self.shards.shard_of(user), pipeline, None).await?)
+    }
+
+    /// During an online reshard, moves the user's state keys to their new shard first
+    /// (`redis::moving`); L2 lists are not moved (a cache: a miss recomputes).
+    async fn moved(&self, user: &str) -> Result<(), StoreError> {
+        if self.shards.previous().is_some() {
+            let keys = [generation_key(user), purchases_key(user), recent_key(user)];
+            self.shards.ensure_moved(user, &keys).await?;
+        }
+        Ok(())
     }
 }
 
@@ -58,7 +76,7 @@ impl UserStateBackend for RedisUserState {
         pipeline.atomic().cmd("LPUSH").arg(&key).arg(item).ignore();
         pipeline.cmd("LTRIM").arg(&key).arg(0).arg(SESSION_ITEMS as i64 - 1).ignore();
         pipeline.cmd("EXPIRE").arg(&key).arg(SESSION_TTL.as_secs()).ignore();
-        Ok(self.shards.pipeline(self.shards.shard_of(user), &pipeline, None).await?)
+        self.pipeline(user, &pipeline).await
     }
 
     async fn recent(&self, user: &str) -> Result<Vec<String>, StoreError> {
@@ -85,7 +103,7 @@ impl UserStateBackend for RedisUserState {
         if effects == Effects::default() {
             return Ok(());
         }
-        Ok(self.shards.pipeline(self.shards.shard_of(user), &pipeline, None).await?)
+        self.pipeline(user, &pipeline).await
     }
 
     async fn l2_get(&self, key: &ListKey) -> Result<Option<Vec<RecItem>>, StoreError> {

@@ -31,9 +31,21 @@ fn unavailable(error: impl std::fmt::Display) -> CatalogueError {
     CatalogueError::Unavailable(error.to_string())
 }
 
+impl RedisCatalogueStore {
+    /// During an online reshard, moves the catalogue's keys to their new shard first.
+    async fn moved(&self) -> Result<(), CatalogueError> {
+        if self.shards.previous().is_some() {
+            let keys = [catalogue_state_key(), catalogue_version_key()];
+            self.shards.ensure_moved(CATALOGUE_SHARD_ID, &keys).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl CatalogueStore for RedisCatalogueStore {
     async fn load(&self) -> Result<(u64, HashMap<String, ItemState>), CatalogueError> {
+        self.moved().await?;
         let mut pipeline = redis::pipe();
         pipeline.atomic().cmd("GET").arg(catalogue_version_key()).cmd("HGETALL").arg(catalogue_state_key());
         let (version, raw): (Option<u64>, HashMap<String, Vec<u8>>) =
@@ -52,6 +64,7 @@ impl CatalogueStore for RedisCatalogueStore {
     }
 
     async fn version(&self) -> Result<u64, CatalogueError> {
+        self.moved().await?;
         let version: Option<u64> = self
             .shards
             .query(self.shard, redis::cmd("GET").arg(catalogue_version_key()), None)
@@ -61,6 +74,7 @@ impl CatalogueStore for RedisCatalogueStore {
     }
 
     async fn save(&self, changed: &[(String, Option<ItemState>)]) -> Result<(), CatalogueError> {
+        self.moved().await?;
         let mut pipeline = redis::pipe();
         pipeline.atomic();
         for (id, state) in changed {

@@ -55,6 +55,7 @@ impl RedisPrecomputed {
 impl PrecomputedLists for RedisPrecomputed {
     async fn get(&self, user: &str) -> Result<Option<Vec<RecItem>>, StoreError> {
         let key = precomputed_key(&self.bundle_id, user);
+        self.shards.ensure_moved(user, std::slice::from_ref(&key)).await?;
         let value: Option<Vec<u8>> = self
             .shards
             .query(self.shards.shard_of(user), redis::cmd("GET").arg(&key), None)

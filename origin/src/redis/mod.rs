@@ -9,6 +9,7 @@
 //! | [`frame`] | pure RESP2 parsing: lines, array headers, bulk strings (property-tested against redis-rs) |
 //! | [`connection`] | one TCP connection that owns its read buffer and reads an `MGET` reply |
 //! | [`pool`] | [`pool::MgetPool`]: idle lean connections per shard |
+//! | [`moving`] | an online reshard's moves: `RESTORE` that never replaces, `DUMP` pipelines |
 //! | [`tls`] | [`tls::RedisTls`]: the CA and client certificate for `rediss://`, on every path |
 //!
 //! Its error is [`ShardError`] (which shard, what happened); the store and the caches turn it into
@@ -17,6 +18,7 @@
 pub mod cluster;
 pub mod connection;
 pub mod frame;
+pub mod moving;
 pub mod pool;
 pub mod shards;
 pub mod tls;
@@ -37,6 +39,9 @@ pub struct RedisConfig {
     /// Seed URLs of a Redis Cluster: when set, embeddings live there, and so do user state, L2,
     /// precomputed lists and the catalogue unless `shards` are given too.
     pub cluster: Vec<String>,
+    /// During an online `cascade reshard`: the shard list being left (its `--from`), while
+    /// `shards` is the new one (its `--to`). See `redis::moving`.
+    pub previous_shards: Vec<String>,
     /// Per-operation timeout, milliseconds: a slow shard counts as unavailable.
     pub timeout_ms: u64,
     /// TLS files for `rediss://` URLs (`[redis.tls]`; credentials go in the URLs).
@@ -45,7 +50,13 @@ pub struct RedisConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { shards: Vec::new(), cluster: Vec::new(), timeout_ms: 50, tls: tls::TlsFiles::default() }
+        RedisConfig {
+            shards: Vec::new(),
+            cluster: Vec::new(),
+            previous_shards: Vec::new(),
+            timeout_ms: 50,
+            tls: tls::TlsFiles::default(),
+        }
     }
 }
 

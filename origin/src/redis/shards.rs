@@ -80,7 +80,18 @@ impl Connection {
 pub struct ShardSet {
     backend: Backend,
     timeout: Duration,
+    /// During an online reshard: the placement being left ([`super::moving`]).
+    moving: Option<Box<Moving>>,
 }
+
+/// The previous placement of an online reshard, and the key groups this process has moved.
+struct Moving {
+    previous: ShardSet,
+    moved: moka::sync::Cache<String, ()>,
+}
+
+/// Key groups remembered as moved per process (a forgotten one costs one more `DUMP`).
+const MOVED_CAPACITY: u64 = 1_000_000;
 
 impl ShardSet {
     /// Shards at `urls` with a per-call `timeout`, plain or with the system's TLS roots.
@@ -101,7 +112,7 @@ impl ShardSet {
                 Ok(Shard { url: url.clone(), client, connection: OnceCell::new(), mget })
             })
             .collect::<Result<Vec<_>, ShardError>>()?;
-        Ok(ShardSet { backend: Backend::Shards(shards), timeout })
+        Ok(ShardSet { backend: Backend::Shards(shards), timeout, moving: None })
     }
 
     /// The Redis Cluster reached through `seeds`, with a per-call `timeout`; `rediss://` seeds
@@ -110,7 +121,68 @@ impl ShardSet {
         let client = super::cluster::client(seeds, timeout, tls)
             .map_err(|e| ShardError { shard: 0, message: format!("redis cluster: {e}") })?;
         let cluster = Cluster { seeds: seeds.to_vec(), client, connection: OnceCell::new() };
-        Ok(ShardSet { backend: Backend::Cluster(Box::new(cluster)), timeout })
+        Ok(ShardSet { backend: Backend::Cluster(Box::new(cluster)), timeout, moving: None })
+    }
+
+    /// The same shards while an online reshard moves keys here from `previous` (the `--from`
+    /// list): reads and writes go here, each id's keys moved on first access
+    /// ([`ShardSet::ensure_moved`]); embeddings missing here are read there ([`ShardSet::previous`]).
+    pub fn moving_from(mut self, previous: ShardSet) -> Result<Self, ShardError> {
+        if self.is_cluster() || previous.is_cluster() {
+            let message = "an online reshard moves keys between independent shards; a cluster reshards itself".into();
+            return Err(ShardError { shard: 0, message });
+        }
+        let moved = moka::sync::Cache::new(MOVED_CAPACITY);
+        self.moving = Some(Box::new(Moving { previous, moved }));
+        Ok(self)
+    }
+
+    /// The placement being left, during an online reshard.
+    pub fn previous(&self) -> Option<&ShardSet> {
+        self.moving.as_deref().map(|moving| &moving.previous)
+    }
+
+    /// The shard `id` had in the placement being left, when it differs from its shard now.
+    pub fn previous_shard_of(&self, id: &str) -> Option<usize> {
+        let previous = self.previous()?;
+        let (from, to) = (previous.shard_of(id), self.shard_of(id));
+        (previous.url(from) != self.url(to)).then_some(from)
+    }
+
+    /// Whether shard `index` joined in the online reshard under way (its server is not in the
+    /// placement being left).
+    pub fn is_new_in_move(&self, index: usize) -> bool {
+        self.previous().is_some_and(|previous| (0..previous.len()).all(|old| previous.url(old) != self.url(index)))
+    }
+
+    /// During an online reshard, moves `keys` (a group of the id `id`'s keys: its user state, its
+    /// precomputed list) from the id's old shard to its shard now, once per process; a no-op
+    /// otherwise, or when the id's shard did not change. See [`super::moving`].
+    pub async fn ensure_moved(&self, id: &str, keys: &[String]) -> Result<(), ShardError> {
+        let (Some(moving), Some(from), Some(group)) = (&self.moving, self.previous_shard_of(id), keys.first()) else {
+            return Ok(());
+        };
+        if moving.moved.contains_key(group) {
+            return Ok(());
+        }
+        let to = self.shard_of(id);
+        let values: Vec<(Option<Vec<u8>>, i64)> =
+            moving.previous.pipeline_query(from, &super::moving::dump_pipeline(keys), None).await?;
+        let present: Vec<(&str, &[u8], i64)> = keys
+            .iter()
+            .zip(&values)
+            .filter_map(|(key, (dump, pttl))| dump.as_deref().map(|dump| (key.as_str(), dump, *pttl)))
+            .collect();
+        if !present.is_empty() {
+            let names: Vec<&str> = present.iter().map(|(key, _, _)| *key).collect();
+            let replies: Vec<redis::RedisResult<()>> =
+                self.pipeline_query(to, &super::moving::restore_pipeline(present), None).await?;
+            super::moving::restored_or_there(replies)
+                .map_err(|e| ShardError { shard: to, message: format!("moving {id}'s keys: {e}") })?;
+            moving.previous.query::<i64>(from, redis::cmd("DEL").arg(&names), None).await?;
+        }
+        moving.moved.insert(group.clone(), ());
+        Ok(())
     }
 
     /// Number of shards (a cluster counts as one).

@@ -106,6 +106,11 @@ impl RedisShardStore {
         if mark.is_some() {
             return Ok(HealthState::Ok);
         }
+        if self.shards.is_new_in_move(index) {
+            // Being filled by an online reshard (ids not there yet are read at their old shard);
+            // the reshard copies the marks when it is done.
+            return Ok(HealthState::Ok);
+        }
         let other_marks: u64 = self.shards.query(index, redis::cmd("HLEN").arg(MARKERS_KEY), None).await?;
         if other_marks > 0 {
             return Ok(HealthState::WrongBundle);
@@ -124,26 +129,26 @@ impl RedisShardStore {
         groups
     }
 
-    /// `MGET` of `ids[positions]` on one shard, decoded: the lean reader when the URL allows, else
-    /// redis-rs.
+    /// `MGET` of `ids[positions]` on one shard of `shards` (this store's, or the placement an
+    /// online reshard is leaving), decoded: the lean reader when the URL allows, else redis-rs.
     async fn mget(
         &self,
+        shards: &ShardSet,
         shard: usize,
         kind: EntityKind,
         ids: &[String],
         positions: &[usize],
     ) -> Result<Vec<Element>, StoreError> {
-        if let Some(pool) = self.shards.mget_pool(shard) {
-            let timeout = self.shards.timeout();
+        if let Some(pool) = shards.mget_pool(shard) {
+            let timeout = shards.timeout();
             let prefix = embedding_key_prefix(kind, &self.bundle_id);
             let wanted = positions.iter().map(|&p| ids[p].as_str());
             let call = pool.mget_prefixed(&prefix, wanted, positions.len(), self.dim);
             return match tokio::time::timeout(timeout, call).await {
                 Ok(Ok(elements)) => Ok(elements),
-                Ok(Err(error)) => Err(StoreError::Unavailable {
-                    shard,
-                    message: format!("{}: {error}", redact(self.shards.url(shard))),
-                }),
+                Ok(Err(error)) => {
+                    Err(StoreError::Unavailable { shard, message: format!("{}: {error}", redact(shards.url(shard))) })
+                }
                 Err(_) => Err(StoreError::Unavailable { shard, message: format!("no answer within {timeout:?}") }),
             };
         }
@@ -151,8 +156,40 @@ impl RedisShardStore {
         for &position in positions {
             command.arg(embedding_key(kind, &self.bundle_id, &ids[position]));
         }
-        let values: Vec<Option<Vec<u8>>> = self.shards.query(shard, &command, None).await?;
+        let values: Vec<Option<Vec<u8>>> = shards.query(shard, &command, None).await?;
         Ok(values.into_iter().map(|value| value.map(|bytes| decode_value(&bytes, self.dim))).collect())
+    }
+
+    /// During an online reshard: the ids of `positions` found nowhere at their new shard, looked
+    /// up at their old one (not moved yet).
+    async fn read_behind(&self, kind: EntityKind, ids: &[String], results: &mut [Lookup]) {
+        let Some(previous) = self.shards.previous() else { return };
+        let mut groups = vec![Vec::new(); previous.len()];
+        for (position, id) in ids.iter().enumerate() {
+            if matches!(results[position], Ok(None))
+                && let Some(old) = self.shards.previous_shard_of(id)
+            {
+                groups[old].push(position);
+            }
+        }
+        let reads = groups.iter().enumerate().filter(|(_, positions)| !positions.is_empty()).map(
+            |(shard, positions)| async move { (positions, self.mget(previous, shard, kind, ids, positions).await) },
+        );
+        for (positions, answer) in join_all(reads).await {
+            for (index, &position) in positions.iter().enumerate() {
+                results[position] = match &answer {
+                    Ok(values) => match &values[index] {
+                        None => Ok(None),
+                        Some(Ok(vector)) => Ok(Some(vector.clone())),
+                        Some(Err(e)) => Err(StoreError::Corrupt {
+                            key: embedding_key(kind, &self.bundle_id, &ids[position]),
+                            message: e.to_string(),
+                        }),
+                    },
+                    Err(error) => Err(error.clone()),
+                };
+            }
+        }
     }
 }
 
@@ -160,10 +197,11 @@ impl RedisShardStore {
 impl EmbeddingStore for RedisShardStore {
     async fn get_batch(&self, kind: EntityKind, ids: &[String]) -> Vec<Lookup> {
         let groups = self.group_by_shard(ids);
-        let requests =
-            groups.iter().enumerate().filter(|(_, positions)| !positions.is_empty()).map(
-                |(shard, positions)| async move { (shard, positions, self.mget(shard, kind, ids, positions).await) },
-            );
+        let requests = groups.iter().enumerate().filter(|(_, positions)| !positions.is_empty()).map(
+            |(shard, positions)| async move {
+                (shard, positions, self.mget(&self.shards, shard, kind, ids, positions).await)
+            },
+        );
         let mut results: Vec<Lookup> = vec![Ok(None); ids.len()];
         for (shard, positions, answer) in join_all(requests).await {
             match answer {
@@ -189,6 +227,7 @@ impl EmbeddingStore for RedisShardStore {
                 }
             }
         }
+        self.read_behind(kind, ids, &mut results).await;
         results
     }
 

@@ -4,10 +4,11 @@
 use std::collections::HashSet;
 
 use cascade_shared::hashing::{shard_for, stable_hash64};
-use cascade_shared::keys::{is_shard_local, is_volatile, shard_id_of};
+use cascade_shared::keys::{MARKERS_KEY, is_shard_local, is_volatile, shard_id_of};
 use redis::aio::MultiplexedConnection;
 
 use super::Census;
+use crate::redis::moving::{dump_pipeline, restore_pipeline, restored_or_there};
 use crate::redis::tls::RedisTls;
 use crate::redis::url::redact;
 
@@ -28,48 +29,75 @@ pub(super) async fn move_batch(
     source: &mut MultiplexedConnection,
     target: &mut MultiplexedConnection,
     keys: &[String],
+    online: bool,
 ) -> anyhow::Result<u64> {
-    // Keys restored by an earlier attempt: if one has since been deleted at the source, its stale
-    // copy must not stay on the target.
+    // Offline, the source is the truth: a copy restored by an earlier attempt is replaced, or
+    // deleted if the source key has since gone. Online, writers write the target, so a copy
+    // there is newer and wins (`redis::moving`).
     let mut restored: HashSet<&str> = HashSet::new();
     for _ in 0..MOVE_ATTEMPTS {
         redis::cmd("WATCH").arg(keys).query_async::<()>(source).await?;
-        let mut read = redis::pipe();
-        for key in keys {
-            read.cmd("DUMP").arg(key).cmd("PTTL").arg(key);
-        }
-        let values: Vec<(Option<Vec<u8>>, i64)> = read.query_async(source).await?;
-        let mut write = redis::pipe();
-        let mut present = Vec::new();
-        for (key, (dump, pttl)) in keys.iter().zip(values) {
-            match dump {
-                Some(dump) => {
-                    // PTTL -1: no expiry (RESTORE's 0); -2: gone since DUMP (skipped next time).
-                    write.cmd("RESTORE").arg(key).arg(pttl.max(0)).arg(dump).arg("REPLACE").ignore();
-                    present.push(key.as_str());
-                }
-                None if restored.contains(key.as_str()) => {
-                    write.cmd("DEL").arg(key).ignore();
-                }
-                None => {}
+        let values: Vec<(Option<Vec<u8>>, i64)> = dump_pipeline(keys).query_async(source).await?;
+        let present: Vec<(&str, &[u8], i64)> = keys
+            .iter()
+            .zip(&values)
+            .filter_map(|(key, (dump, pttl))| dump.as_deref().map(|dump| (key.as_str(), dump, *pttl)))
+            .collect();
+        let names: Vec<&str> = present.iter().map(|(key, _, _)| *key).collect();
+        if online {
+            let replies: Vec<redis::RedisResult<()>> = restore_pipeline(present).query_async(target).await?;
+            restored_or_there(replies)?;
+        } else {
+            let mut write = redis::pipe();
+            for (key, dump, pttl) in present {
+                // PTTL -1: no expiry (RESTORE's 0); -2: gone since DUMP (skipped next time).
+                write.cmd("RESTORE").arg(key).arg(pttl.max(0)).arg(dump).arg("REPLACE").ignore();
             }
+            for gone in keys.iter().filter(|k| restored.contains(k.as_str()) && !names.contains(&k.as_str())) {
+                write.cmd("DEL").arg(gone).ignore();
+            }
+            write.query_async::<()>(target).await?;
+            restored.extend(names.iter().copied());
         }
-        write.query_async::<()>(target).await?;
-        restored.extend(present.iter().copied());
-        if present.is_empty() {
+        if names.is_empty() {
             redis::cmd("UNWATCH").query_async::<()>(source).await?;
             return Ok(0);
         }
-        // Aborted (nil) when a watched key changed since WATCH: copy the batch again.
-        let deleted: Option<(u64,)> = redis::pipe().atomic().del(&present).query_async(source).await?;
+        // Aborted (nil) when a watched key changed since WATCH (offline: written; online: moved
+        // by an origin): copy the batch again.
+        let deleted: Option<(u64,)> = redis::pipe().atomic().del(&names).query_async(source).await?;
         if deleted.is_some() {
-            return Ok(present.len() as u64);
+            return Ok(names.len() as u64);
         }
     }
     anyhow::bail!(
-        "{} keys changed during {MOVE_ATTEMPTS} attempts to move them; pause writers and run again",
+        "{} keys changed during {MOVE_ATTEMPTS} attempts to move them; pause writers (or use --online with origins in moving mode) and run again",
         keys.len()
     )
+}
+
+/// Gives each server of `to` that is not in `from` the shard marks (`cascade:markers`: which
+/// bundles were loaded) the old servers hold, so that the origin's health check does not take it
+/// for a shard that lost its data. Returns how many marks were written.
+pub(super) async fn copy_marks(from: &[String], to: &[String], tls: &RedisTls) -> anyhow::Result<usize> {
+    let mut marks: std::collections::BTreeMap<String, String> = Default::default();
+    for url in from {
+        let held: std::collections::HashMap<String, String> =
+            redis::cmd("HGETALL").arg(MARKERS_KEY).query_async(&mut connect(url, tls).await?).await?;
+        for (bundle, mark) in held {
+            marks.entry(bundle).or_insert(mark);
+        }
+    }
+    let mut written = 0;
+    for url in to.iter().filter(|url| !from.contains(url)) {
+        let mut connection = connect(url, tls).await?;
+        for (bundle, mark) in &marks {
+            let added: i64 =
+                redis::cmd("HSETNX").arg(MARKERS_KEY).arg(bundle).arg(mark).query_async(&mut connection).await?;
+            written += added as usize;
+        }
+    }
+    Ok(written)
 }
 
 /// Longest wait for one reply during a reshard.

@@ -24,9 +24,19 @@
 //! moved, and a success report would be a lie. Ids are validated where they enter (HTTP, bundle
 //! files, `load`), so such a key comes only from outside Cascade.
 //!
-//! Run it while writers are paused (or replay their writes after): a key written to its old shard
-//! after that shard was scanned stays there. Switch `CASCADE_REDIS_SHARDS` to the new list when it
-//! reports success.
+//! Two ways to run it:
+//! - **Writers paused** (the default): a key written to its old shard after that shard was
+//!   scanned would stay there. Switch `CASCADE_REDIS_SHARDS` to the new list when it reports
+//!   success.
+//! - **`--online`, writers writing**: first give every origin `previous_shards = <--from>` and
+//!   `shards = <--to>` (`redis::moving`: they write the new placement only and move a user's keys
+//!   on first access); a copy already at the target then wins over the one being moved, and the
+//!   verification checks placement (every key on its shard exactly once) and that no key was
+//!   lost (at least as many keys after as before), since live writers change the checksum. Then
+//!   drop `previous_shards`.
+//!
+//! After verification each new server gets the bundles' shard marks (`cascade:markers`) from the
+//! old ones, so the health check does not take a freshly filled shard for one that lost its data.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -39,7 +49,7 @@ use serde::{Deserialize, Serialize};
 mod copy;
 
 pub use copy::census;
-use copy::{connect, move_batch, scan};
+use copy::{connect, copy_marks, move_batch, scan};
 
 use crate::commands::load::progress;
 use crate::redis::tls::{RedisTls, TlsFiles};
@@ -64,6 +74,10 @@ pub struct ReshardArgs {
     /// Stop (resumably) after moving this many keys in this run.
     #[arg(long)]
     pub max_moves: Option<u64>,
+    /// Writers keep writing: every origin runs with `previous_shards` = --from and `shards` =
+    /// --to (see the module's description).
+    #[arg(long)]
+    pub online: bool,
     /// TLS files for `rediss://` URLs (credentials go in the URLs).
     #[command(flatten)]
     pub tls: TlsFiles,
@@ -220,11 +234,12 @@ pub async fn run(args: ReshardArgs) -> anyhow::Result<Outcome> {
             checkpoint.scanned += 1;
             for (target, keys) in by_target {
                 // Keys gone in between (moved by an earlier, interrupted run) are not counted.
-                let moved = move_batch(&mut connection, &mut targets[target], &keys).await.map_err(|e| {
-                    // A pipeline's error lists every command's: the first says it.
-                    let text: String = e.to_string().chars().take(300).collect();
-                    anyhow::anyhow!("moving keys {} → {}: {text}", redact(url), redact(&args.to[target]))
-                })?;
+                let moved =
+                    move_batch(&mut connection, &mut targets[target], &keys, args.online).await.map_err(|e| {
+                        // A pipeline's error lists every command's: the first says it.
+                        let text: String = e.to_string().chars().take(300).collect();
+                        anyhow::anyhow!("moving keys {} → {}: {text}", redact(url), redact(&args.to[target]))
+                    })?;
                 checkpoint.moved += moved;
                 moved_this_run += moved;
                 bar.inc(moved);
@@ -262,7 +277,7 @@ pub async fn run(args: ReshardArgs) -> anyhow::Result<Outcome> {
     );
     let after = census(&servers, &args.to, args.batch, &tls).await?;
     anyhow::ensure!(
-        after.keys == before.keys && after.checksum == before.checksum,
+        (args.online && after.keys >= before.keys) || (after.keys == before.keys && after.checksum == before.checksum),
         "verification failed: {} keys with checksum {:016x} before, {} with {:016x} after",
         before.keys,
         before.checksum,
@@ -275,9 +290,20 @@ pub async fn run(args: ReshardArgs) -> anyhow::Result<Outcome> {
         after.misplaced,
         after.duplicates
     );
-    eprintln!(
-        "verified: {} keys, each on its shard exactly once, checksum {:016x} unchanged",
-        after.keys, after.checksum
-    );
+    if args.online {
+        eprintln!(
+            "verified: {} keys ({} before; writers added the rest), each on its shard exactly once",
+            after.keys, before.keys
+        );
+    } else {
+        eprintln!(
+            "verified: {} keys, each on its shard exactly once, checksum {:016x} unchanged",
+            after.keys, after.checksum
+        );
+    }
+    let marks = copy_marks(&args.from, &args.to, &tls).await?;
+    if marks > 0 {
+        eprintln!("{marks} shard marks copied to the new servers");
+    }
     Ok(Outcome::Done { resumed, moved: checkpoint.moved, keys: before.keys, after })
 }
