@@ -11,6 +11,15 @@
 //! core comes from `benches/retrieval.rs` (100K items, `IVF1265_HNSW32,Flat`, nprobe 16: about
 //! 6,000 queries/s per core) and is scaled by `sqrt(100K / items)`, since with `4·sqrt(n)` lists and
 //! a fixed nprobe a query scans vectors in proportion to `sqrt(n)`.
+//!
+//! The serving side, with `--qps` (requests/s at the edge), as the seed lesson's capacity plan
+//! does it: the edge's segment cache answers `--edge-hit-rate` of them, the origin's L1/L2
+//! `--cache-hit-rate` of the rest, and what remains are real-time lists (one FAISS query and
+//! `--candidates` ranked rows each). Origin cores come from the rates measured here per core
+//! (`hit_path` for cache hits, `miss_path`'s highest open-loop rate at p99 <= 25 ms for real-time
+//! lists, ranking in process), planned at 70% busy; the ranker's capacity, should ranking move to
+//! its own machines (`[ranker.remote]`), from `ranker` on CPU here and on an H200. Every rate is
+//! printed with the benchmark it comes from.
 
 use std::fmt::Write;
 
@@ -20,6 +29,18 @@ pub const REDIS_OVERHEAD_F32: u64 = 249;
 pub const REDIS_OVERHEAD_F16: u64 = 184;
 /// Measured FAISS queries/s per core at 100K items (nprobe 16, 128 dims).
 pub const FAISS_QPS_PER_CORE_AT_100K: f64 = 6_000.0;
+/// L1-hit answers/s per origin core: `hit_path`, 8,962/s on 2 cores shared with the client.
+pub const HIT_LISTS_PER_CORE: f64 = 4_480.0;
+/// Real-time lists/s per origin core at p99 <= 25 ms, ranking in process: `miss_path`'s
+/// `max_rate_p99_25ms`, 1,000/s on 2 cores (Small tier, 100 candidates).
+pub const REALTIME_LISTS_PER_CORE: f64 = 500.0;
+/// Ranker rows/s per CPU core: `ranker`, batched 100-row calls, 733,351 rows/s on 2 cores.
+pub const RANKER_ROWS_PER_CORE: f64 = 366_675.0;
+/// Ranker rows/s per GPU: `ranker` on an NVIDIA H200, batched 100-row calls (bound by the Rust
+/// side, not the GPU: README "GPU").
+pub const RANKER_ROWS_PER_H200: f64 = 2_104_153.0;
+/// Share of a core or GPU the plan fills, leaving headroom for peaks and failover.
+pub const BUSY: f64 = 0.7;
 
 /// A plan's inputs.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +59,14 @@ pub struct PlanInput {
     pub qps: u64,
     /// Cores per retrieval node.
     pub cores_per_node: u64,
+    /// Share of requests the edge's segment cache answers.
+    pub edge_hit_rate: f64,
+    /// Share of the origin's requests its L1/L2 answers.
+    pub cache_hit_rate: f64,
+    /// Candidates ranked per real-time list.
+    pub candidates: u64,
+    /// Cores per origin node.
+    pub origin_cores: u64,
 }
 
 /// Memory and shard counts for a deployment.
@@ -64,6 +93,18 @@ pub struct PlanArgs {
     /// Cores per retrieval node.
     #[arg(long, default_value_t = 16)]
     pub cores_per_node: u64,
+    /// Share of --qps the edge's segment cache answers (the seed lesson's CDN: 0.3).
+    #[arg(long, default_value_t = 0.3)]
+    pub edge_hit_rate: f64,
+    /// Share of the origin's requests its L1/L2 caches answer (the seed lesson's: 0.6).
+    #[arg(long, default_value_t = 0.6)]
+    pub cache_hit_rate: f64,
+    /// Candidates ranked per real-time list (`retrieval.candidates`).
+    #[arg(long, default_value_t = 100)]
+    pub candidates: u64,
+    /// Cores per origin node.
+    #[arg(long, default_value_t = 8)]
+    pub origin_cores: u64,
 }
 
 impl PlanArgs {
@@ -74,6 +115,11 @@ impl PlanArgs {
             "--users/--items, --dim and --node-memory-gib must be positive"
         );
         anyhow::ensure!(self.cores_per_node > 0, "--cores-per-node must be positive");
+        anyhow::ensure!(self.origin_cores > 0, "--origin-cores must be positive");
+        for (name, rate) in [("--edge-hit-rate", self.edge_hit_rate), ("--cache-hit-rate", self.cache_hit_rate)] {
+            anyhow::ensure!((0.0..=1.0).contains(&rate), "{name} must be within 0..=1 (a share)");
+        }
+        anyhow::ensure!((1..=10_000).contains(&self.candidates), "--candidates must be within 1..=10000");
         Ok(PlanInput {
             users: self.users,
             items: self.items,
@@ -82,6 +128,10 @@ impl PlanArgs {
             node_memory: self.node_memory_gib << 30,
             qps: self.qps,
             cores_per_node: self.cores_per_node,
+            edge_hit_rate: self.edge_hit_rate,
+            cache_hit_rate: self.cache_hit_rate,
+            candidates: self.candidates,
+            origin_cores: self.origin_cores,
         })
     }
 }
@@ -97,8 +147,20 @@ pub struct Plan {
     pub shards: u64,
     /// FAISS IVF-Flat index size.
     pub faiss_bytes: u64,
-    /// Retrieval nodes for `qps` (each holding the whole index), at least 1.
+    /// Retrieval nodes for the real-time lists' queries (each holding the whole index), at least 1.
     pub faiss_nodes: u64,
+    /// Requests/s reaching the origin (edge misses and signed-in users).
+    pub origin_rps: f64,
+    /// Real-time lists/s (origin cache misses).
+    pub realtime_rps: f64,
+    /// Origin nodes (at `origin_cores` each, 70% busy, ranking in process), at least 1.
+    pub origin_nodes: u64,
+    /// Rows/s the ranker scores.
+    pub ranker_rows_per_s: f64,
+    /// CPU cores to rank them on machines of their own (70% busy).
+    pub ranker_cpu_cores: u64,
+    /// H200 GPUs to rank them (70% busy).
+    pub ranker_gpus: u64,
 }
 
 /// Computes a plan.
@@ -113,8 +175,27 @@ pub fn plan(input: PlanInput) -> Plan {
     let faiss_bytes = input.items * (input.dim * 4 + 8);
     let per_core = FAISS_QPS_PER_CORE_AT_100K * (100_000.0 / input.items.max(1) as f64).sqrt();
     let per_node = per_core * input.cores_per_node.max(1) as f64;
-    let faiss_nodes = ((input.qps as f64 / per_node).ceil() as u64).max(1);
-    Plan { raw_bytes, redis_bytes, shards, faiss_bytes, faiss_nodes }
+    let origin_rps = input.qps as f64 * (1.0 - input.edge_hit_rate);
+    let realtime_rps = origin_rps * (1.0 - input.cache_hit_rate);
+    let faiss_nodes = ((realtime_rps / per_node).ceil() as u64).max(1);
+    let origin_core_seconds = (origin_rps - realtime_rps) / HIT_LISTS_PER_CORE + realtime_rps / REALTIME_LISTS_PER_CORE;
+    let origin_nodes = ((origin_core_seconds / BUSY / input.origin_cores.max(1) as f64).ceil() as u64).max(1);
+    let ranker_rows_per_s = realtime_rps * input.candidates as f64;
+    let ranker_cpu_cores = (ranker_rows_per_s / RANKER_ROWS_PER_CORE / BUSY).ceil() as u64;
+    let ranker_gpus = (ranker_rows_per_s / RANKER_ROWS_PER_H200 / BUSY).ceil() as u64;
+    Plan {
+        raw_bytes,
+        redis_bytes,
+        shards,
+        faiss_bytes,
+        faiss_nodes,
+        origin_rps,
+        realtime_rps,
+        origin_nodes,
+        ranker_rows_per_s,
+        ranker_cpu_cores,
+        ranker_gpus,
+    }
 }
 
 fn human(bytes: u64) -> String {
@@ -170,10 +251,40 @@ pub fn render(input: PlanInput) -> String {
     );
     let _ = writeln!(
         out,
-        "faiss: IVF-Flat (float32 + 8-byte id per item); nodes for {} queries/s at {} cores each, \
+        "faiss: IVF-Flat (float32 + 8-byte id per item); nodes for the real-time lists' queries at {} cores each, \
          {FAISS_QPS_PER_CORE_AT_100K} q/s per core at 100K items (benches/retrieval.rs) scaled by sqrt(100K/items)",
-        input.qps, input.cores_per_node
+        input.cores_per_node
     );
+    if input.qps > 0 {
+        let p = plan(input);
+        let _ = writeln!(
+            out,
+            "serving {} req/s: the edge answers {:.0}%, the origin gets {:.0}/s; its L1/L2 answer {:.0}%, \
+             leaving {:.0} real-time lists/s ({} candidates each)",
+            input.qps,
+            input.edge_hit_rate * 100.0,
+            p.origin_rps,
+            input.cache_hit_rate * 100.0,
+            p.realtime_rps,
+            input.candidates
+        );
+        let _ = writeln!(
+            out,
+            "  origin: {} nodes of {} cores (cache hits at {HIT_LISTS_PER_CORE}/s per core, benches/hit_path.rs; \
+             real-time lists at {REALTIME_LISTS_PER_CORE}/s per core with ranking in process, benches/miss_path.rs; {:.0}% busy)",
+            p.origin_nodes,
+            input.origin_cores,
+            BUSY * 100.0
+        );
+        let _ = writeln!(
+            out,
+            "  ranker on its own machines: {:.0} rows/s = {} CPU cores ({RANKER_ROWS_PER_CORE} rows/s per core) \
+             or {} H200 GPUs ({RANKER_ROWS_PER_H200} rows/s each, batched 100-row calls), benches/ranker.rs",
+            p.ranker_rows_per_s, p.ranker_cpu_cores, p.ranker_gpus
+        );
+        let _ =
+            writeln!(out, "  faiss: {} nodes, each with the whole index; redis: {} shards", p.faiss_nodes, p.shards);
+    }
     out
 }
 
@@ -181,8 +292,25 @@ pub fn render(input: PlanInput) -> String {
 mod tests {
     use super::*;
 
+    /// 64 GiB Redis nodes, 16-core retrieval nodes, no traffic, nothing cached.
+    fn base(users: u64, items: u64, dim: u64) -> PlanInput {
+        PlanInput {
+            users,
+            items,
+            dim,
+            f16: false,
+            node_memory: 64 << 30,
+            qps: 0,
+            cores_per_node: 16,
+            edge_hit_rate: 0.0,
+            cache_hit_rate: 0.0,
+            candidates: 100,
+            origin_cores: 8,
+        }
+    }
+
     fn raw(users: u64, items: u64, dim: u64) -> u64 {
-        plan(PlanInput { users, items, dim, f16: false, node_memory: 64 << 30, qps: 0, cores_per_node: 16 }).raw_bytes
+        plan(base(users, items, dim)).raw_bytes
     }
 
     #[test]
@@ -195,15 +323,7 @@ mod tests {
 
     #[test]
     fn f16_halves_and_shards_scale() {
-        let input = PlanInput {
-            users: 100_000_000,
-            items: 10_000_000,
-            dim: 128,
-            f16: false,
-            node_memory: 16 << 30,
-            qps: 100_000,
-            cores_per_node: 16,
-        };
+        let input = PlanInput { node_memory: 16 << 30, qps: 100_000, ..base(100_000_000, 10_000_000, 128) };
         let half = plan(PlanInput { f16: true, ..input });
         assert_eq!(half.raw_bytes * 2, plan(input).raw_bytes);
         assert!(plan(input).shards > half.shards);
@@ -211,22 +331,39 @@ mod tests {
         // 110M keys at 512 + 249 bytes; IVF index of 10M items.
         assert_eq!(plan(input).redis_bytes, 110_000_000 * (512 + 249));
         assert_eq!(plan(input).faiss_bytes, 10_000_000 * 520);
-        // 100K q/s at 6,000·sqrt(0.01) = 600 q/s per core, 16 cores: 11 nodes.
+        // Nothing cached: 100K real-time q/s at 6,000·sqrt(0.01) = 600 q/s per core, 16 cores: 11 nodes.
         assert_eq!(plan(input).faiss_nodes, 11);
+    }
+
+    #[test]
+    fn the_seed_lessons_deployment_sized_from_rates_measured_here() {
+        // 100M users, 50K req/s, 30% answered at the edge, 60% of the rest by L1/L2.
+        let input = PlanInput {
+            qps: 50_000,
+            edge_hit_rate: 0.3,
+            cache_hit_rate: 0.6,
+            f16: true,
+            node_memory: 16 << 30,
+            ..base(100_000_000, 10_000_000, 128)
+        };
+        let p = plan(input);
+        assert!((p.origin_rps - 35_000.0).abs() < 1e-6 && (p.realtime_rps - 14_000.0).abs() < 1e-6);
+        // 21,000 hits / 4,480 + 14,000 real-time / 500 = 32.7 core-seconds; at 70% of 8 cores: 6 nodes.
+        assert_eq!(p.origin_nodes, 6);
+        // 1.4M rows/s: 6 CPU cores at 366,675 rows/s each, or 1 H200 at 2.1M (70% busy).
+        assert_eq!((p.ranker_cpu_cores, p.ranker_gpus), (6, 1));
+        // 14,000 queries/s at 9,600 per 16-core node: 2 FAISS nodes.
+        assert_eq!(p.faiss_nodes, 2);
+        let text = render(input);
+        assert!(text.contains("6 nodes of 8 cores") && text.contains("1 H200"), "{text}");
+        assert!(text.contains("benches/miss_path.rs") && text.contains("benches/ranker.rs"), "{text}");
+        // No traffic: no serving lines.
+        assert!(!render(PlanInput { qps: 0, ..input }).contains("origin:"));
     }
 
     #[test]
     fn measured_small_tier_matches_the_plan() {
         // benches/scale.rs: 1M float32 users took 760.8 MB of Redis; the plan says 761 MB.
-        let users = plan(PlanInput {
-            users: 1_000_000,
-            items: 0,
-            dim: 128,
-            f16: false,
-            node_memory: 64 << 30,
-            qps: 0,
-            cores_per_node: 16,
-        });
-        assert_eq!(users.redis_bytes, 761_000_000);
+        assert_eq!(plan(base(1_000_000, 0, 128)).redis_bytes, 761_000_000);
     }
 }
