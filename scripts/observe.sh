@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Watches a running origin: Prometheus (with Cascade's alert rules) scraping it, the Redis
-# exporter for bytes per key when Redis URLs are given, and Grafana with the provisioned dashboard
-# when it is installed.
+# Watches a running origin: Prometheus (with Cascade's alert rules) scraping it and serving the
+# dashboard's panels as a console page (scripts/dashboard_console.py), the Redis exporter for
+# bytes per key when Redis URLs are given, and Grafana with the provisioned dashboard when it is
+# installed.
 #
 #   scripts/observe.sh [ORIGIN_URL (http://127.0.0.1:8080)] [REDIS_URL ...]
 #
@@ -41,10 +42,18 @@ cp deploy/prometheus/alerts.yml "$work/"
 sed -e "s|\"127.0.0.1:8080\"|\"$target\"|" -e "s|\\[\"127.0.0.1:9121\"\\]|[${exporters%,}]|" \
   deploy/prometheus/prometheus.yml >"$work/prometheus.yml"
 promtool check config "$work/prometheus.yml" >/dev/null
+# The dashboard's panels as a Prometheus console (generated from the Grafana JSON, so they agree),
+# drawn with the console library Debian ships among Prometheus's examples.
+mkdir -p "$work/consoles"
+python3 scripts/dashboard_console.py deploy/grafana/dashboards/cascade.json >"$work/consoles/cascade.html"
+libraries=/usr/share/doc/prometheus/examples/console_libraries
+[ -f "$libraries/prom.lib" ] || libraries=/etc/prometheus/console_libraries
 prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data" \
+  --web.console.templates="$work/consoles" --web.console.libraries="$libraries" \
   --web.listen-address=127.0.0.1:9090 >"$work/prometheus.log" 2>&1 &
 pids+=($!)
 echo "observe: Prometheus on http://127.0.0.1:9090 scraping $origin (alerts: /alerts)"
+echo "observe: the dashboard's panels, live: http://127.0.0.1:9090/consoles/cascade.html"
 grafana=$(command -v grafana-server || command -v grafana || true)
 if [ -n "$grafana" ]; then
   GF_PATHS_PROVISIONING=$PWD/deploy/grafana/provisioning GF_PATHS_DATA=$work/grafana \

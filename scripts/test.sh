@@ -34,9 +34,21 @@ cargo build -p cascade-origin --bin cascade
 step "OpenAPI: docs/openapi.json and docs/edge-openapi.json are valid OpenAPI 3.1 (the router tests check they are current)"
 python -m openapi_spec_validator docs/openapi.json docs/edge-openapi.json
 
-step "Prometheus: deploy/prometheus's config and alert rules are valid, and the alerts fire on their test series"
+step "Prometheus: deploy/prometheus's config and alert rules are valid, the alerts fire on their test series, the dashboard's console page is complete"
 promtool check config deploy/prometheus/prometheus.yml
 promtool test rules deploy/prometheus/alerts_test.yml
+# The dashboard as a Prometheus console page: one graph per panel, every query carried over.
+python3 - <<'PY'
+import json, subprocess
+dashboard = json.load(open("deploy/grafana/dashboards/cascade.json"))
+page = subprocess.run(["python3", "scripts/dashboard_console.py"], check=True, capture_output=True, text=True).stdout
+panels = [p for p in dashboard["panels"] if p.get("targets")]
+assert page.count("new PromConsole.Graph(") == len(panels), "one console graph per dashboard panel"
+for panel in panels:
+    for target in panel["targets"]:
+        assert json.dumps(target["expr"]) in page, f"{panel['title']}: {target['expr']} missing from the console"
+print(f"dashboard console: {len(panels)} panels, every query")
+PY
 
 step "Kubernetes: deploy/k8s validates against the Kubernetes 1.30 schemas (strict), and its cascade.toml loads"
 kubernetes-validate --quiet --strict -k 1.30.0 deploy/k8s/origin.yaml deploy/k8s/precompute.yaml deploy/k8s/redis-shards.yaml
