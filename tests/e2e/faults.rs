@@ -60,7 +60,10 @@ async fn every_fault_degrades_and_recovers_without_a_5xx_or_a_lost_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_keeps_answering_while_the_origin_restarts() {
     let mut rig = Rig::start(16).await.unwrap();
-    let report = run_origin_killed_behind_worker(&mut rig, 40.0, [2.0, 2.0, 4.0]).await.unwrap();
+    // An 8 s "after" window: on a loaded 2-core machine the restarted origin's start-up can
+    // brown out its first seconds (user lists from the fallback chain while the runtime lags); a
+    // 4 s window once saw only segment lists there (the bench measures recovery time itself).
+    let report = run_origin_killed_behind_worker(&mut rig, 40.0, [2.0, 2.0, 8.0]).await.unwrap();
     let context = format!("{report:#}");
     assert_eq!(report["all"]["server_errors"], 0, "stale segment lists and segment fallbacks, no 5xx: {context}");
     assert_eq!(report["all"]["no_answer"], 0, "{context}");
