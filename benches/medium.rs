@@ -59,7 +59,9 @@ fn timed(path: &std::path::Path) -> Value {
     let mut fields = text.split_whitespace().rev().take(2).collect::<Vec<_>>();
     fields.reverse();
     match fields.as_slice() {
-        [secs, kb] => json!({"seconds": secs.parse::<f64>().ok(), "peak_rss_bytes": kb.parse::<f64>().ok().map(|k| k * 1024.0)}),
+        [secs, kb] => {
+            json!({"seconds": secs.parse::<f64>().ok(), "peak_rss_bytes": kb.parse::<f64>().ok().map(|k| k * 1024.0)})
+        }
         _ => json!(null),
     }
 }
@@ -104,8 +106,18 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let recall = run_cascade_json(&[
-        "index", "eval", "--bundle", &bundle_str, "--factory", "file", "--nprobe", &NPROBE.to_string(), "--k", "100",
-        "--queries", "1000",
+        "index",
+        "eval",
+        "--bundle",
+        &bundle_str,
+        "--factory",
+        "file",
+        "--nprobe",
+        &NPROBE.to_string(),
+        "--k",
+        "100",
+        "--queries",
+        "1000",
     ])?;
     eprintln!("medium: index eval {recall}");
 
