@@ -85,19 +85,7 @@ async fn main() -> anyhow::Result<()> {
     eprint!("{}", run_cascade(&["load", "--bundle", &bundle_str, "--redis", &list, "--users-only", "--f16"])?);
     let load_secs = loaded.elapsed().as_secs_f64();
     let redis_bytes = redis_used_memory(&urls).await?;
-    let planned = plan(PlanInput {
-        users: USERS,
-        items: 0,
-        dim: 128,
-        f16: true,
-        node_memory: 64 << 30,
-        qps: 0,
-        cores_per_node: 16,
-        edge_hit_rate: 0.0,
-        cache_hit_rate: 0.0,
-        candidates: 100,
-        origin_cores: 8,
-    });
+    let planned = plan(PlanInput::memory(USERS, 0, 128, true));
     let plan_error = (planned.redis_bytes as f64 - redis_bytes) / redis_bytes * 100.0;
     eprintln!(
         "medium: 10M float16 users in Redis: {:.2} GB measured, {:.2} GB planned ({plan_error:+.1}%), loaded in {load_secs:.0} s",
