@@ -1,8 +1,11 @@
-//! The feature log's cost on the request path: the same origin with the log on (every list and
-//! event written, 1% of real-time lists with their query vector) and off, side by side in one run,
-//! on the hit path (32 users' lists from L1) and the miss path (a one-entry L1: every request real
-//! time over FAISS and the ranker), closed loop at concurrency 32, which origin goes first
-//! alternating over two rounds. The target: at most 5% fewer requests/s with the log on.
+//! The cost of observability on the request path, one feature at a time, each on and off side by
+//! side in one run: the feature log (every list and event written, 1% of real-time lists with
+//! their query vector), and trace export (OTLP to a collector in this process, every request
+//! sampled: `sample_ratio = 1.0`, the worst case, and 1%, as deploy/k8s configures it; the
+//! collector stand-in answers and discards). Each on the hit path (32 users' lists from L1)
+//! and the miss path (a one-entry L1: every request real time over FAISS and the ranker), closed
+//! loop at concurrency 32, which origin goes first alternating over two rounds. The target: at
+//! most 5% fewer requests/s with the feature on.
 //!
 //!     scripts/bench.sh log_overhead    (or: cargo bench -p cascade-e2e --bench log_overhead)
 //!
@@ -10,7 +13,7 @@
 
 use std::sync::Arc;
 
-use cascade_e2e::{Origin, TempDir, bench_dir, bench_secs, bundle_dir, closed_loop, requests_per_sec};
+use cascade_e2e::{Origin, OtlpCollector, TempDir, bench_dir, bench_secs, bundle_dir, closed_loop, requests_per_sec};
 use serde_json::json;
 
 const API_KEY: &str = "bench-internal-key-0123456789";
@@ -33,14 +36,24 @@ async fn main() -> anyhow::Result<()> {
     let users = cascade_shared::embedding::decode_file(&std::fs::read(bundle.join("users.emb"))?)?;
     let dir = TempDir::new("cascade-log-overhead")?;
     let log = dir.path().join("log");
+    let collector = OtlpCollector::start_discarding().await?;
     let mut report = json!({"benchmark": "log_overhead", "concurrency": CONCURRENCY, "seconds": seconds});
-    for (path, l1) in [("hit", "100000"), ("miss", "1")] {
+    // OVERHEAD_FEATURES=tracing,tracing_1pct runs only those.
+    let only = std::env::var("OVERHEAD_FEATURES").ok();
+    let features = ["feature_log", "tracing", "tracing_1pct"]
+        .into_iter()
+        .filter(|f| only.as_deref().is_none_or(|only| only.split(',').any(|o| o == *f)));
+    for (feature, path, l1) in features.flat_map(|f| [(f, "hit", "100000"), (f, "miss", "1")]) {
         let mut origins = Vec::new();
         for mode in ["off", "on"] {
-            let config = dir.path().join(format!("{path}-{mode}.toml"));
+            let config = dir.path().join(format!("{feature}-{path}-{mode}.toml"));
             let mut text = format!("[cache]\nl1_capacity = {l1}\n");
-            if mode == "on" {
+            if mode == "on" && feature == "feature_log" {
                 text.push_str(&format!("[feature_log]\ndir = {:?}\n", log.join(path).display().to_string()));
+            }
+            if mode == "on" && feature.starts_with("tracing") {
+                let ratio = if feature == "tracing_1pct" { 0.01 } else { 1.0 };
+                text.push_str(&format!("[tracing]\notlp_endpoint = {:?}\nsample_ratio = {ratio}\n", collector.url));
             }
             std::fs::write(&config, text)?;
             origins.push((mode, start(&bundle, &config).await?));
@@ -70,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
             }
             for (mode, origin) in order {
                 let result = closed_loop(&origin.url, Arc::clone(&paths), API_KEY, CONCURRENCY, seconds).await?;
-                eprintln!("{path} path, log {mode}, round {round}: {result}");
+                eprintln!("{feature}, {path} path, {mode}, round {round}: {result}");
                 if let Some(runs) = rates[*mode].as_array_mut() {
                     runs.push(result);
                 }
@@ -81,12 +94,20 @@ async fn main() -> anyhow::Result<()> {
         let written = std::fs::read_dir(log.join(path))
             .map(|files| files.filter_map(Result::ok).filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum::<u64>())
             .unwrap_or(0);
-        eprintln!("{path} path: log on / off = {ratio:.3} requests/s; {written} bytes of log");
-        report[path] = json!({"runs": rates, "ratio_on_to_off": ratio, "log_bytes": written});
+        let exported = collector.bytes_received();
+        eprintln!(
+            "{feature}, {path} path: on / off = {ratio:.3} requests/s; {written} bytes of log, {exported} bytes of spans so far"
+        );
+        if feature == "feature_log" {
+            report[feature][path] = json!({"runs": rates, "ratio_on_to_off": ratio, "log_bytes": written});
+        } else {
+            report[feature][path] =
+                json!({"runs": rates, "ratio_on_to_off": ratio, "span_bytes_exported_so_far": exported});
+        }
     }
-    report["target"] = json!("ratio_on_to_off >= 0.95 on both paths");
+    report["target"] = json!("ratio_on_to_off >= 0.95 on both paths, for each feature");
     report["note"] = json!(
-        "release origins (embedded default, the bench bundle) beside the client on the same 2 cores; the log on the same disk"
+        "release origins (embedded default, the bench bundle) beside the client on the same 2 cores; the log on the same disk; the OTLP collector in the client's process"
     );
     let text = serde_json::to_string_pretty(&report)?;
     std::fs::write(bench_dir()?.join("log_overhead.json"), &text)?;

@@ -493,31 +493,49 @@ impl OipServer {
 }
 
 /// An OpenTelemetry collector stand-in written for the tests: an OTLP/HTTP JSON receiver on
-/// loopback (`POST /v1/traces`) that keeps every span it is sent, with its service's name.
+/// loopback (`POST /v1/traces`) that keeps every span it is sent, with its service's name (or,
+/// for benchmarks, only counts the exports' bytes).
 pub struct OtlpCollector {
     /// `http://127.0.0.1:port`, the OTLP endpoint to configure.
     pub url: String,
     spans: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl OtlpCollector {
     /// Starts the receiver.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::launch(true).await
+    }
+
+    /// Starts a receiver that answers every export and keeps nothing but its byte count (a
+    /// benchmark's stand-in for a collector on another machine).
+    pub async fn start_discarding() -> anyhow::Result<Self> {
+        Self::launch(false).await
+    }
+
+    /// Bytes of export bodies received so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn launch(keep: bool) -> anyhow::Result<Self> {
         let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let kept = std::sync::Arc::clone(&spans);
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (kept, counted) = (std::sync::Arc::clone(&spans), std::sync::Arc::clone(&received));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let kept = std::sync::Arc::clone(&kept);
+                let (kept, counted) = (std::sync::Arc::clone(&kept), std::sync::Arc::clone(&counted));
                 tokio::spawn(async move {
-                    let _ = receive(stream, &kept).await;
+                    let _ = receive(stream, keep.then_some(&*kept), &counted).await;
                 });
             }
         });
-        Ok(OtlpCollector { url, spans, task })
+        Ok(OtlpCollector { url, spans, received, task })
     }
 
     /// Every span received so far, each with `service` added (its resource's `service.name`).
@@ -532,10 +550,12 @@ impl Drop for OtlpCollector {
     }
 }
 
-/// Reads one HTTP/1.1 request (a JSON body with Content-Length) and answers 200; keeps its spans.
+/// Reads one HTTP/1.1 request (a JSON body with Content-Length) and answers 200; counts its bytes
+/// and keeps its spans in `kept`, when given.
 async fn receive(
     mut stream: tokio::net::TcpStream,
-    kept: &std::sync::Mutex<Vec<serde_json::Value>>,
+    kept: Option<&std::sync::Mutex<Vec<serde_json::Value>>>,
+    counted: &std::sync::atomic::AtomicU64,
 ) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buffer = Vec::new();
@@ -559,14 +579,20 @@ async fn receive(
         anyhow::ensure!(read > 0, "closed inside the body");
         buffer.extend_from_slice(&chunk[..read]);
     }
-    let body: serde_json::Value = serde_json::from_slice(&buffer[head_end..head_end + length])?;
+    counted.fetch_add(length as u64, std::sync::atomic::Ordering::Relaxed);
+    let body: serde_json::Value = match kept {
+        Some(_) => serde_json::from_slice(&buffer[head_end..head_end + length])?,
+        None => serde_json::Value::Null,
+    };
     for resource in body["resourceSpans"].as_array().into_iter().flatten() {
         let service = resource["resource"]["attributes"][0]["value"]["stringValue"].clone();
         for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
             for span in scope["spans"].as_array().into_iter().flatten() {
                 let mut span = span.clone();
                 span["service"] = service.clone();
-                kept.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(span);
+                if let Some(kept) = kept {
+                    kept.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(span);
+                }
             }
         }
     }
