@@ -155,7 +155,17 @@ async fn all_state_lives_in_the_cluster_and_is_shared_by_every_origin() {
     let (a, b) = (cascade_e2e::Origin::start(&env).await.unwrap(), cascade_e2e::Origin::start(&env).await.unwrap());
     let first = cascade_e2e::user_recs(&a, KEY, "u101", "n=10").await;
     assert_eq!(first.source, Source::Realtime, "{}", a.output());
-    // L2: B finds A's list (A writes it in the background).
+    // L2: B finds A's list. A writes it in the background: wait until it is in the cluster, or B
+    // would compute its own and keep it in its L1.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let l2: Vec<String> = redis::cmd("KEYS").arg("cascade:l2:*{u101}*").query_async(&mut connection).await.unwrap();
+        if !l2.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "A's L2 list never reached the cluster");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let from_b = loop {
         let list = cascade_e2e::user_recs(&b, KEY, "u101", "n=10").await;
