@@ -43,6 +43,8 @@ setup_apt() {
   command -v gzip >/dev/null || missing+=(gzip)
   # Headless browser for the edge demo page test (tests/e2e/edge.rs).
   command -v chromium >/dev/null || missing+=(chromium)
+  # The TLS Redis test makes its certificates with the openssl command (tests/support/secure_redis.rs).
+  command -v openssl >/dev/null || missing+=(openssl)
   # promtool checks deploy/prometheus (alert rules and their tests); scripts/observe.sh runs it.
   command -v promtool >/dev/null || missing+=(prometheus)
   if [ ${#missing[@]} -gt 0 ]; then
