@@ -14,6 +14,7 @@
 
 use std::time::Instant;
 
+use cascade_e2e::faults::{proc_status_bytes, redis_used_memory};
 use cascade_e2e::{Origin, RedisServer, bench_dir, open_loop, run_cascade, run_cascade_json};
 use cascade_origin::commands::plan::{PlanInput, plan};
 use rand::Rng;
@@ -25,33 +26,6 @@ const P99_TARGET_MS: f64 = 25.0;
 const STEP_SECS: f64 = 4.0;
 /// The serving configuration's nprobe (`retrieval.nprobe`'s default).
 const NPROBE: usize = 16;
-
-async fn redis_used_memory(urls: &[String]) -> anyhow::Result<f64> {
-    let mut total = 0.0;
-    for url in urls {
-        let mut connection = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
-        let info: String = redis::cmd("INFO").arg("memory").query_async(&mut connection).await?;
-        total += info
-            .lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .ok_or_else(|| anyhow::anyhow!("INFO memory has no used_memory"))?;
-    }
-    Ok(total)
-}
-
-/// A process's resident and peak memory, bytes, from /proc.
-fn memory_of(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb * 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 /// `seconds max_rss_kb` as `/usr/bin/time -f "%e %M"` wrote it.
 fn timed(path: &std::path::Path) -> Value {
@@ -124,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
     let warm: Vec<String> = (0..1_000).map(|_| path()).collect();
     let warmed = open_loop(&http, &origin.url, &warm, API_KEY, 250.0, 4.0).await;
     eprintln!("medium: warm-up {warmed}");
-    let (rss_ready, _) = memory_of(origin.pid());
+    let rss_ready = proc_status_bytes(origin.pid(), "VmRSS");
 
     let mut curve = Vec::new();
     let mut max_rate = 0.0;
@@ -141,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
     }
-    let (rss_end, rss_peak) = memory_of(origin.pid());
+    let (rss_end, rss_peak) = (proc_status_bytes(origin.pid(), "VmRSS"), proc_status_bytes(origin.pid(), "VmHWM"));
     let result = json!({
         "benchmark": "medium",
         "run": true,

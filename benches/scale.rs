@@ -31,14 +31,6 @@ async fn info_field(url: &str, section: &str, field: &str) -> anyhow::Result<f64
         .ok_or_else(|| anyhow::anyhow!("INFO {section} has no {field}"))
 }
 
-async fn used_memory(urls: &[String]) -> anyhow::Result<f64> {
-    let mut total = 0.0;
-    for url in urls {
-        total += info_field(url, "memory", "used_memory").await?;
-    }
-    Ok(total)
-}
-
 async fn keys(urls: &[String]) -> anyhow::Result<u64> {
     let mut total = 0;
     for url in urls {
@@ -66,7 +58,7 @@ async fn flush(urls: &[String]) -> anyhow::Result<()> {
 
 /// Loads with `args` and measures wall time, keys and memory added.
 async fn measured_load(urls: &[String], args: &[&str], vectors: u64, value_bytes: u64) -> anyhow::Result<Value> {
-    let before = used_memory(urls).await?;
+    let before = cascade_e2e::faults::redis_used_memory(urls).await?;
     let keys_before = keys(urls).await?;
     let started = Instant::now();
     let log = run_cascade(args)?;
@@ -74,7 +66,7 @@ async fn measured_load(urls: &[String], args: &[&str], vectors: u64, value_bytes
     eprint!("{log}");
     let added_keys = keys(urls).await? - keys_before;
     anyhow::ensure!(added_keys == vectors, "expected {vectors} new keys, found {added_keys}");
-    let added = used_memory(urls).await? - before;
+    let added = cascade_e2e::faults::redis_used_memory(urls).await? - before;
     let per_key = added / vectors as f64;
     Ok(json!({
         "vectors": vectors,

@@ -330,12 +330,32 @@ pub fn recovery_ms(samples: &[Sample], clear: Duration, baseline_share: f64) -> 
 
 /// The resident memory of process `pid`, MiB (0 if unreadable).
 pub fn rss_mib(pid: u32) -> f64 {
+    proc_status_bytes(pid, "VmRSS") / (1024.0 * 1024.0)
+}
+
+/// A memory field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`: the peak), bytes (0 if unreadable).
+pub fn proc_status_bytes(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field).and_then(|rest| rest.strip_prefix(':')))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
+        .map_or(0.0, |kib| kib * 1024.0)
+}
+
+/// `used_memory` summed over the Redis servers at `urls`, bytes.
+pub async fn redis_used_memory(urls: &[String]) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for url in urls {
+        let mut connection = redis_connection(url).await?;
+        let info = redis_cmd(&mut connection, &["INFO", "memory"]).await?;
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("{url}: INFO memory has no used_memory"))?;
+    }
+    Ok(total)
 }
 
 /// `total_connections_received` of the Redis server at `url`.
