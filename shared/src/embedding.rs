@@ -124,13 +124,27 @@ pub fn encode_value_as(values: &[f32], encoding: ValueEncoding) -> Vec<u8> {
 /// Decodes a value of `dim` float32s (`4·dim` bytes) or float16s (`2·dim` bytes): the length
 /// tells them apart, so readers need no setting and a store can move from one to the other.
 pub fn decode_value(bytes: &[u8], dim: usize) -> Result<Vec<f32>, FormatError> {
+    let mut out = vec![0.0; dim];
+    decode_value_into(bytes, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode_value`] into a caller's row of `out.len()` floats (no allocation: the store's hot
+/// path fills reused buffers with it). On an error `out` is left as it was.
+pub fn decode_value_into(bytes: &[u8], out: &mut [f32]) -> Result<(), FormatError> {
+    let dim = out.len();
     if bytes.len() == dim * 4 {
-        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        for (value, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *value = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
     } else if bytes.len() == dim * 2 {
-        Ok(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
+        for (value, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *value = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+        }
     } else {
-        Err(FormatError::ValueLength { len: bytes.len(), dim })
+        return Err(FormatError::ValueLength { len: bytes.len(), dim });
     }
+    Ok(())
 }
 
 /// The header of an export file.

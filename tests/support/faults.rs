@@ -343,6 +343,18 @@ pub fn proc_status_bytes(pid: u32, field: &str) -> f64 {
         .map_or(0.0, |kib| kib * 1024.0)
 }
 
+/// CPU time (user + system) process `pid` has used so far, seconds (0 if unreadable; Linux's
+/// 100 ticks a second).
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces, so split after its closing paren):
+    // state is the 3rd field of the line, utime the 14th, stime the 15th.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// `used_memory` summed over the Redis servers at `urls`, bytes.
 pub async fn redis_used_memory(urls: &[String]) -> anyhow::Result<f64> {
     let mut total = 0.0;

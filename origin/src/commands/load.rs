@@ -22,9 +22,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::bundle::{Metadata, read_embeddings};
 use crate::generate::{GenSpec, Generator};
 use crate::redis::tls::{RedisTls, TlsFiles};
-use crate::store::EmbeddingStore;
 use crate::store::redis_cluster::RedisClusterStore;
 use crate::store::redis_shards::{RedisShardStore, ShardMark};
+use crate::store::{EmbeddingRows, EmbeddingStore};
 
 /// Batches in flight at once.
 const IN_FLIGHT: usize = 4;
@@ -84,6 +84,13 @@ impl Rows<'_> {
                 range.map(|row| (table.ids[row as usize].clone(), table.row(row as usize).to_vec())).collect()
             }
             Rows::Generated(generator) => generator.rows(kind, range),
+        }
+    }
+
+    fn dim(&self) -> usize {
+        match self {
+            Rows::Table(table) => table.header.dim,
+            Rows::Generated(generator) => generator.spec().dim,
         }
     }
 
@@ -158,15 +165,16 @@ pub async fn load_rows(
                 ids.retain(|id| filter.keeps(id));
             }
             async move {
-                let lookups = store.get_batch(kind, &ids).await;
-                (ids, lookups)
+                let mut found = EmbeddingRows::new(rows.dim());
+                store.get_rows(kind, &ids, &mut found).await;
+                (ids, found)
             }
         })
         .buffered(IN_FLIGHT);
-    while let Some((ids, lookups)) = reads.next().await {
+    while let Some((ids, found)) = reads.next().await {
         expected += ids.len();
-        for (id, lookup) in ids.iter().zip(lookups) {
-            match lookup {
+        for (index, id) in ids.iter().enumerate() {
+            match found.get(index) {
                 Ok(Some(_)) => {
                     verified += 1;
                     if let Some(filter) = filter {

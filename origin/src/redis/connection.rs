@@ -2,12 +2,12 @@
 //! owns its read buffer: the I/O half of the lean `MGET` reader (the parsing half is
 //! [`super::frame`]).
 
-use cascade_shared::embedding::decode_value;
+use cascade_shared::embedding::decode_value_into;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::frame::{self, FrameError};
-use super::pool::Element;
+use super::pool::MgetRows;
 use super::tls::RedisTls;
 use super::url::RedisUrl;
 
@@ -100,9 +100,10 @@ impl Connection {
         Ok(self.stream.write_all(command).await?)
     }
 
-    /// Reads an `MGET` reply of `expected` values, each decoded as `dim` floats (float32 or
-    /// float16, by length) as soon as its bytes are in the buffer.
-    pub async fn read_mget_reply(&mut self, expected: usize, dim: usize) -> Result<Vec<Element>, RespError> {
+    /// Reads an `MGET` reply of `expected` values into `rows` (reset to `expected` rows), each
+    /// decoded as `rows.dim()` floats (float32 or float16, by length) straight from the read
+    /// buffer as soon as its bytes are in it: no value is copied or allocated on its own.
+    pub async fn read_mget_into(&mut self, expected: usize, rows: &mut MgetRows) -> Result<(), RespError> {
         loop {
             if let Some(used) = frame::array_header(self.unparsed(), expected)? {
                 self.start += used;
@@ -110,11 +111,14 @@ impl Connection {
             }
             self.fill().await?;
         }
-        let mut out = Vec::with_capacity(expected);
+        rows.reset(expected);
         let mut remaining = expected;
+        let mut next = 0;
         loop {
-            let used = frame::bulks(self.unparsed(), &mut remaining, |value| {
-                out.push(value.map(|bytes| decode_value(bytes, dim)));
+            let used = frame::bulks(&self.buf[self.start..self.end], &mut remaining, |value| {
+                let decoded = value.map(|bytes| decode_value_into(bytes, rows.row_mut(next)));
+                rows.fill(next, decoded);
+                next += 1;
             })?;
             self.start += used;
             if remaining == 0 {
@@ -125,6 +129,6 @@ impl Connection {
         if self.start != self.end {
             return Err(FrameError("bytes after the MGET reply".into()).into());
         }
-        Ok(out)
+        Ok(())
     }
 }

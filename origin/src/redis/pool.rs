@@ -50,12 +50,12 @@ struct Pooled {
 }
 
 impl Pooled {
-    /// One command and its `MGET` reply.
-    async fn exchange(&mut self, command: &[u8], count: usize, dim: usize) -> Result<Vec<Element>, RespError> {
+    /// One command and its `MGET` reply, decoded into `rows`.
+    async fn exchange(&mut self, command: &[u8], count: usize, rows: &mut MgetRows) -> Result<(), RespError> {
         self.connection.send(command).await?;
-        let elements = self.connection.read_mget_reply(count, dim).await?;
+        self.connection.read_mget_into(count, rows).await?;
         self.complete = true;
-        Ok(elements)
+        Ok(())
     }
 }
 
@@ -67,8 +67,80 @@ impl Drop for Pooled {
     }
 }
 
-/// One decoded `MGET` element: `None` for a missing key.
-pub type Element = Option<Result<Vec<f32>, FormatError>>;
+/// What an `MGET` found for one key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fill {
+    /// A value, decoded into the key's row.
+    Value,
+    /// No such key.
+    Nil,
+    /// A value that is not `dim` floats (the row is left as it was).
+    Bad(FormatError),
+}
+
+/// An `MGET` reply decoded into one buffer the caller keeps between calls: row `i` (`dim` floats)
+/// is key `i`'s value when its fill is [`Fill::Value`]. Decoding a batch allocates nothing once
+/// the buffer has grown to the batch's size (the store bench measured a vector per value, and its
+/// free, as the largest client-side cost).
+#[derive(Debug, Default)]
+pub struct MgetRows {
+    dim: usize,
+    values: Vec<f32>,
+    fills: Vec<Fill>,
+}
+
+impl MgetRows {
+    /// An empty buffer for rows of `dim` floats.
+    pub fn new(dim: usize) -> Self {
+        MgetRows { dim, values: Vec::new(), fills: Vec::new() }
+    }
+
+    /// Floats per row.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Rows of the last reply.
+    pub fn len(&self) -> usize {
+        self.fills.len()
+    }
+
+    /// Whether the last reply had no rows.
+    pub fn is_empty(&self) -> bool {
+        self.fills.is_empty()
+    }
+
+    /// Makes room for `count` rows, all [`Fill::Nil`], keeping the allocation.
+    pub fn reset(&mut self, count: usize) {
+        self.fills.clear();
+        self.fills.resize(count, Fill::Nil);
+        self.values.resize(count * self.dim, 0.0);
+    }
+
+    /// Row `index`'s floats (meaningful when its fill is [`Fill::Value`]).
+    pub fn row(&self, index: usize) -> &[f32] {
+        &self.values[index * self.dim..(index + 1) * self.dim]
+    }
+
+    /// Row `index`'s floats, to decode into.
+    pub fn row_mut(&mut self, index: usize) -> &mut [f32] {
+        &mut self.values[index * self.dim..(index + 1) * self.dim]
+    }
+
+    /// What key `index` held.
+    pub fn fill_of(&self, index: usize) -> &Fill {
+        &self.fills[index]
+    }
+
+    /// Records what key `index` held: nothing, or the outcome of decoding its value.
+    pub fn fill(&mut self, index: usize, decoded: Option<Result<(), FormatError>>) {
+        self.fills[index] = match decoded {
+            None => Fill::Nil,
+            Some(Ok(())) => Fill::Value,
+            Some(Err(error)) => Fill::Bad(error),
+        };
+    }
+}
 
 /// Pooled plain connections to one Redis server.
 pub struct MgetPool {
@@ -148,36 +220,25 @@ impl MgetPool {
     }
 
     /// `MGET keys`, each value decoded as `dim` floats (float32 or float16, by length).
-    pub async fn mget(&self, keys: &[String], dim: usize) -> Result<Vec<Element>, RespError> {
-        self.mget_prefixed("", keys.iter().map(String::as_str), keys.len(), dim).await
+    pub async fn mget(&self, keys: &[String], dim: usize) -> Result<MgetRows, RespError> {
+        let mut rows = MgetRows::new(dim);
+        self.mget_prefixed_into("", keys.iter().map(String::as_str), keys.len(), &mut rows).await?;
+        Ok(rows)
     }
 
     /// `MGET` of `prefix + id` for each of the `count` ids, written straight into the command
-    /// buffer (no key strings are built).
-    pub async fn mget_prefixed<'a>(
+    /// buffer (no key strings are built), the values decoded into `rows`.
+    pub async fn mget_prefixed_into<'a>(
         &self,
         prefix: &str,
         ids: impl Iterator<Item = &'a str>,
         count: usize,
-        dim: usize,
-    ) -> Result<Vec<Element>, RespError> {
-        use std::io::Write;
-        let mut command = Vec::with_capacity(32 + count * (prefix.len() + 24));
-        let _ = write!(command, "*{}\r\n$4\r\nMGET\r\n", count + 1);
-        let mut written = 0;
-        for id in ids {
-            let _ = write!(command, "${}\r\n", prefix.len() + id.len());
-            command.extend_from_slice(prefix.as_bytes());
-            command.extend_from_slice(id.as_bytes());
-            command.extend_from_slice(b"\r\n");
-            written += 1;
-        }
-        if written != count {
-            return Err(super::frame::FrameError(format!("{written} ids for a count of {count}")).into());
-        }
+        rows: &mut MgetRows,
+    ) -> Result<(), RespError> {
+        let command = mget_command(prefix, ids, count)?;
         let mut pooled = self.checkout().await?;
-        let elements = match pooled.exchange(&command, count, dim).await {
-            Ok(elements) => elements,
+        match pooled.exchange(&command, count, rows).await {
+            Ok(()) => {}
             Err(RespError::Io(error)) if pooled.reused => {
                 // A kept connection the server closed (it restarted, or dropped idle clients):
                 // the others kept with it are as stale. Forget them all and try once on a fresh
@@ -189,17 +250,41 @@ impl MgetPool {
                     idle.clear();
                 }
                 pooled = self.checkout().await?;
-                pooled.exchange(&command, count, dim).await?
+                pooled.exchange(&command, count, rows).await?;
             }
             Err(error) => return Err(error),
-        };
+        }
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
         {
             idle.push(pooled);
         }
-        Ok(elements)
+        Ok(())
     }
+}
+
+/// The RESP encoding of `MGET prefix+id …` for `count` ids (lengths written with `itoa`, not
+/// `fmt`: it showed in the store bench's profile).
+fn mget_command<'a>(prefix: &str, ids: impl Iterator<Item = &'a str>, count: usize) -> Result<Vec<u8>, RespError> {
+    let mut digits = itoa::Buffer::new();
+    let mut command = Vec::with_capacity(32 + count * (prefix.len() + 24));
+    command.push(b'*');
+    command.extend_from_slice(digits.format(count + 1).as_bytes());
+    command.extend_from_slice(b"\r\n$4\r\nMGET\r\n");
+    let mut written = 0;
+    for id in ids {
+        command.push(b'$');
+        command.extend_from_slice(digits.format(prefix.len() + id.len()).as_bytes());
+        command.extend_from_slice(b"\r\n");
+        command.extend_from_slice(prefix.as_bytes());
+        command.extend_from_slice(id.as_bytes());
+        command.extend_from_slice(b"\r\n");
+        written += 1;
+    }
+    if written != count {
+        return Err(FrameError(format!("{written} ids for a count of {count}")).into());
+    }
+    Ok(command)
 }
 
 #[cfg(test)]
@@ -295,9 +380,9 @@ mod tests {
         let pool = MgetPool::for_url(&url, &RedisTls::default()).unwrap_or_else(|| panic!("{url}"));
         let keys = vec!["a".to_string(), "b".to_string(), "c".to_string()];
         let got = pool.mget(&keys, 2).await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(got[0], Some(Ok(vec![1.0, -2.5])));
-        assert_eq!(got[1], None);
-        assert!(matches!(got[2], Some(Err(FormatError::ValueLength { len: 3, dim: 2 }))));
+        assert_eq!((got.len(), got.fill_of(0), got.row(0)), (3, &Fill::Value, &[1.0, -2.5][..]));
+        assert_eq!(got.fill_of(1), &Fill::Nil);
+        assert_eq!(got.fill_of(2), &Fill::Bad(FormatError::ValueLength { len: 3, dim: 2 }));
 
         let url = serve(b"-ERR wrong kind of value\r\n").await;
         let pool = MgetPool::for_url(&url, &RedisTls::default()).unwrap_or_else(|| panic!("{url}"));

@@ -13,6 +13,9 @@
 pub mod memory;
 pub mod redis_cluster;
 pub mod redis_shards;
+pub mod rows;
+
+pub use rows::{EmbeddingRows, RowState};
 
 use async_trait::async_trait;
 use cascade_shared::keys::EntityKind;
@@ -61,6 +64,14 @@ pub use crate::health::{ComponentHealth, HealthState};
 pub trait EmbeddingStore: Send + Sync {
     /// Looks up many ids at once; the result has one entry per id, in order.
     async fn get_batch(&self, kind: EntityKind, ids: &[String]) -> Vec<Lookup>;
+
+    /// Looks up many ids into `rows` (reset to one row per id, in order): the answers of
+    /// [`Self::get_batch`] without a vector per id, for callers that look up in bulk (`load`'s
+    /// verification, the store bench). Stores with a lean batch path override it.
+    async fn get_rows(&self, kind: EntityKind, ids: &[String], rows: &mut EmbeddingRows) {
+        let lookups = self.get_batch(kind, ids).await;
+        rows.fill_from(lookups, |index| ids[index].clone());
+    }
 
     /// Writes many embeddings; returns how many were written.
     async fn set_batch(&self, kind: EntityKind, entries: &[(String, Vec<f32>)]) -> Result<usize, StoreError>;

@@ -17,15 +17,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::{ComponentHealth, EmbeddingStore, HealthState, Lookup, StoreError};
+use super::{ComponentHealth, EmbeddingRows, EmbeddingStore, HealthState, Lookup, RowState, StoreError};
 use crate::redis::ShardSet;
-use crate::redis::pool::Element;
+use crate::redis::pool::{Fill, MgetRows};
 use crate::redis::tls::RedisTls;
 use crate::redis::url::redact;
 use async_trait::async_trait;
-use cascade_shared::embedding::{ValueEncoding, decode_value, encode_value_as};
+use cascade_shared::embedding::{ValueEncoding, decode_value_into, encode_value_as};
 use cascade_shared::keys::{EntityKind, MARKERS_KEY, embedding_key, embedding_key_prefix};
 use futures::future::join_all;
 
@@ -37,7 +38,12 @@ pub struct RedisShardStore {
     encoding: ValueEncoding,
     /// Per shard, whether the last health check found it lost its data ([`LOST`]) or not.
     lost: Vec<AtomicU8>,
+    /// Reply buffers for the per-shard `MGET`s of batch lookups, kept between calls.
+    replies: Mutex<Vec<MgetRows>>,
 }
+
+/// Reply buffers kept for reuse (enough for a few batches in flight over many shards).
+const KEPT_REPLY_BUFFERS: usize = 64;
 
 /// A shard state in [`RedisShardStore::lost`]: its data is fine, or was lost.
 const FINE: u8 = 0;
@@ -58,7 +64,14 @@ impl RedisShardStore {
     /// A store over `shards` for the embeddings of `bundle_id`.
     pub fn new(shards: Arc<ShardSet>, bundle_id: &str, dim: usize) -> Self {
         let lost = (0..shards.len()).map(|_| AtomicU8::new(FINE)).collect();
-        RedisShardStore { shards, bundle_id: bundle_id.to_string(), dim, encoding: ValueEncoding::F32, lost }
+        RedisShardStore {
+            shards,
+            bundle_id: bundle_id.to_string(),
+            dim,
+            encoding: ValueEncoding::F32,
+            lost,
+            replies: Mutex::new(Vec::new()),
+        }
     }
 
     /// A store over its own shard set at `urls` (in shard order; `rediss://` ones with `tls`), for
@@ -130,22 +143,22 @@ impl RedisShardStore {
     }
 
     /// `MGET` of `ids[positions]` on one shard of `shards` (this store's, or the placement an
-    /// online reshard is leaving), decoded: the lean reader when the URL allows, else redis-rs.
+    /// online reshard is leaving), decoded into `replies`: the lean reader when the URL allows,
+    /// else redis-rs.
     async fn mget(
         &self,
         shards: &ShardSet,
         shard: usize,
-        kind: EntityKind,
-        ids: &[String],
-        positions: &[usize],
-    ) -> Result<Vec<Element>, StoreError> {
+        (kind, ids, positions): (EntityKind, &[String], &[usize]),
+        replies: &mut MgetRows,
+    ) -> Result<(), StoreError> {
         if let Some(pool) = shards.mget_pool(shard) {
             let timeout = shards.timeout();
             let prefix = embedding_key_prefix(kind, &self.bundle_id);
             let wanted = positions.iter().map(|&p| ids[p].as_str());
-            let call = pool.mget_prefixed(&prefix, wanted, positions.len(), self.dim);
+            let call = pool.mget_prefixed_into(&prefix, wanted, positions.len(), replies);
             return match tokio::time::timeout(timeout, call).await {
-                Ok(Ok(elements)) => Ok(elements),
+                Ok(Ok(())) => Ok(()),
                 Ok(Err(error)) => {
                     Err(StoreError::Unavailable { shard, message: format!("{}: {error}", redact(shards.url(shard))) })
                 }
@@ -157,38 +170,71 @@ impl RedisShardStore {
             command.arg(embedding_key(kind, &self.bundle_id, &ids[position]));
         }
         let values: Vec<Option<Vec<u8>>> = shards.query(shard, &command, None).await?;
-        Ok(values.into_iter().map(|value| value.map(|bytes| decode_value(&bytes, self.dim))).collect())
+        replies.reset(values.len());
+        for (index, value) in values.iter().enumerate() {
+            let decoded = value.as_ref().map(|bytes| decode_value_into(bytes, replies.row_mut(index)));
+            replies.fill(index, decoded);
+        }
+        Ok(())
     }
 
-    /// During an online reshard: the ids of `positions` found nowhere at their new shard, looked
-    /// up at their old one (not moved yet).
-    async fn read_behind(&self, kind: EntityKind, ids: &[String], results: &mut [Lookup]) {
-        let Some(previous) = self.shards.previous() else { return };
-        let mut groups = vec![Vec::new(); previous.len()];
-        for (position, id) in ids.iter().enumerate() {
-            if matches!(results[position], Ok(None))
-                && let Some(old) = self.shards.previous_shard_of(id)
-            {
-                groups[old].push(position);
-            }
-        }
-        let reads = groups.iter().enumerate().filter(|(_, positions)| !positions.is_empty()).map(
-            |(shard, positions)| async move { (positions, self.mget(previous, shard, kind, ids, positions).await) },
+    /// The `MGET`s of `groups` (positions of `ids` per shard of `shards`), all at once, each
+    /// decoded into a kept reply buffer and copied into the callers' `rows`; an id found nowhere
+    /// is `missing(shard)`.
+    async fn read_groups(
+        &self,
+        shards: &ShardSet,
+        (kind, ids): (EntityKind, &[String]),
+        groups: &[Vec<usize>],
+        rows: &mut EmbeddingRows,
+        missing: impl Fn(usize) -> RowState,
+    ) {
+        let requests = groups.iter().enumerate().filter(|(_, positions)| !positions.is_empty()).map(
+            |(shard, positions)| async move {
+                let mut replies = self.take_reply_buffer();
+                let answer = self.mget(shards, shard, (kind, ids, positions), &mut replies).await;
+                (shard, positions, replies, answer)
+            },
         );
-        for (positions, answer) in join_all(reads).await {
-            for (index, &position) in positions.iter().enumerate() {
-                results[position] = match &answer {
-                    Ok(values) => match &values[index] {
-                        None => Ok(None),
-                        Some(Ok(vector)) => Ok(Some(vector.clone())),
-                        Some(Err(e)) => Err(StoreError::Corrupt {
-                            key: embedding_key(kind, &self.bundle_id, &ids[position]),
-                            message: e.to_string(),
-                        }),
-                    },
-                    Err(error) => Err(error.clone()),
-                };
+        for (shard, positions, replies, answer) in join_all(requests).await {
+            match answer {
+                Ok(()) => {
+                    for (index, &position) in positions.iter().enumerate() {
+                        let state = match replies.fill_of(index) {
+                            Fill::Value => {
+                                rows.row_mut(position).copy_from_slice(replies.row(index));
+                                RowState::Found
+                            }
+                            Fill::Nil => missing(shard),
+                            Fill::Bad(error) => RowState::Failed(StoreError::Corrupt {
+                                key: embedding_key(kind, &self.bundle_id, &ids[position]),
+                                message: error.to_string(),
+                            }),
+                        };
+                        rows.set(position, state);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(shard, %error, "embedding shard unavailable");
+                    for &position in positions {
+                        rows.set(position, RowState::Failed(error.clone()));
+                    }
+                }
             }
+            self.keep_reply_buffer(replies);
+        }
+    }
+
+    fn take_reply_buffer(&self) -> MgetRows {
+        let kept = self.replies.lock().ok().and_then(|mut kept| kept.pop());
+        kept.unwrap_or_else(|| MgetRows::new(self.dim))
+    }
+
+    fn keep_reply_buffer(&self, replies: MgetRows) {
+        if let Ok(mut kept) = self.replies.lock()
+            && kept.len() < KEPT_REPLY_BUFFERS
+        {
+            kept.push(replies);
         }
     }
 }
@@ -196,39 +242,34 @@ impl RedisShardStore {
 #[async_trait]
 impl EmbeddingStore for RedisShardStore {
     async fn get_batch(&self, kind: EntityKind, ids: &[String]) -> Vec<Lookup> {
+        let mut rows = EmbeddingRows::new(self.dim);
+        self.get_rows(kind, ids, &mut rows).await;
+        rows.to_lookups()
+    }
+
+    async fn get_rows(&self, kind: EntityKind, ids: &[String], rows: &mut EmbeddingRows) {
+        debug_assert_eq!(rows.dim(), self.dim, "rows for this store's dimension");
+        rows.reset(ids.len());
         let groups = self.group_by_shard(ids);
-        let requests = groups.iter().enumerate().filter(|(_, positions)| !positions.is_empty()).map(
-            |(shard, positions)| async move {
-                (shard, positions, self.mget(&self.shards, shard, kind, ids, positions).await)
-            },
-        );
-        let mut results: Vec<Lookup> = vec![Ok(None); ids.len()];
-        for (shard, positions, answer) in join_all(requests).await {
-            match answer {
-                Ok(values) => {
-                    for (&position, value) in positions.iter().zip(values) {
-                        results[position] = match value {
-                            None if self.lost[shard].load(Ordering::Relaxed) == LOST => {
-                                Err(StoreError::MissingOnDegradedShard { shard })
-                            }
-                            None => Ok(None),
-                            Some(decoded) => decoded.map(Some).map_err(|e| StoreError::Corrupt {
-                                key: embedding_key(kind, &self.bundle_id, &ids[position]),
-                                message: e.to_string(),
-                            }),
-                        };
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(shard, %error, "embedding shard unavailable");
-                    for &position in positions {
-                        results[position] = Err(error.clone());
-                    }
+        let missing = |shard: usize| match self.lost[shard].load(Ordering::Relaxed) {
+            LOST => RowState::Failed(StoreError::MissingOnDegradedShard { shard }),
+            _ => RowState::Missing,
+        };
+        self.read_groups(&self.shards, (kind, ids), &groups, rows, missing).await;
+
+        // During an online reshard: ids found nowhere at their new shard, read at their old one
+        // (not moved yet).
+        if let Some(previous) = self.shards.previous() {
+            let mut behind = vec![Vec::new(); previous.len()];
+            for (position, id) in ids.iter().enumerate() {
+                if *rows.state(position) == RowState::Missing
+                    && let Some(old) = self.shards.previous_shard_of(id)
+                {
+                    behind[old].push(position);
                 }
             }
+            self.read_groups(previous, (kind, ids), &behind, rows, |_| RowState::Missing).await;
         }
-        self.read_behind(kind, ids, &mut results).await;
-        results
     }
 
     async fn set_batch(&self, kind: EntityKind, entries: &[(String, Vec<f32>)]) -> Result<usize, StoreError> {
