@@ -75,7 +75,7 @@ struct FaultyBackend {
 }
 
 impl ScoreBackend for FaultyBackend {
-    fn score_batch(&mut self, rows: &[f32]) -> Result<Vec<f32>, RankError> {
+    fn score_batch(&mut self, rows: &mut [f32]) -> Result<Vec<f32>, RankError> {
         let panics = &self.faults.rank_panics;
         if panics.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
             panic!("injected ranker panic (fault injection)");
@@ -99,10 +99,10 @@ mod tests {
             Ok(rows.to_vec())
         }));
         faults.set(FaultSettings { rank_panics: 1, rank_slowdown: 4, ..FaultSettings::default() });
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scorer.score_batch(&[1.0])));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scorer.score_batch(&mut [1.0])));
         assert!(panicked.is_err(), "the first call panics");
         let started = Instant::now();
-        assert_eq!(scorer.score_batch(&[2.0]), Ok(vec![2.0]), "then calls go through");
+        assert_eq!(scorer.score_batch(&mut [2.0]), Ok(vec![2.0]), "then calls go through");
         assert!(started.elapsed() >= Duration::from_millis(20), "4x slower: {:?}", started.elapsed());
         assert_eq!(faults.get().rank_panics, 0);
     }

@@ -69,8 +69,10 @@ pub struct BatchConfig {
 /// A model the batcher can call: scores a row-major batch of rows, one score per row. Each
 /// inference thread owns one (models are not shared across threads).
 pub trait ScoreBackend: Send {
-    /// Scores `rows` (a whole number of rows of the batcher's width).
-    fn score_batch(&mut self, rows: &[f32]) -> Result<Vec<f32>, RankError>;
+    /// Scores `rows` (a whole number of rows of the batcher's width). The rows are lent
+    /// exclusively: a backend may hand the buffer to the model as it is (no copy into a tensor),
+    /// and the model may overwrite it; the batcher does not read it afterwards.
+    fn score_batch(&mut self, rows: &mut [f32]) -> Result<Vec<f32>, RankError>;
 }
 
 /// Any closure over a batch is a backend (tests and benchmarks use plain functions).
@@ -78,7 +80,7 @@ impl<F> ScoreBackend for F
 where
     F: FnMut(&[f32]) -> Result<Vec<f32>, RankError> + Send,
 {
-    fn score_batch(&mut self, rows: &[f32]) -> Result<Vec<f32>, RankError> {
+    fn score_batch(&mut self, rows: &mut [f32]) -> Result<Vec<f32>, RankError> {
         self(rows)
     }
 }
@@ -292,7 +294,7 @@ fn run_batch(
     merged: &mut Vec<f32>,
 ) {
     let now = Instant::now();
-    let (live, expired): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|job| job.deadline > now);
+    let (mut live, expired): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|job| job.deadline > now);
     for job in expired {
         metrics.expired.inc();
         let _ = job.reply.send(Err(RankError::DeadlineExceeded));
@@ -304,20 +306,20 @@ fn run_batch(
     for job in &live {
         metrics.queue_wait_seconds.observe(now.duration_since(job.queued).as_secs_f64());
     }
+    metrics.batch_requests.observe(live.len() as f64);
+    metrics.batch_rows.observe(total as f64);
     // One request's rows go to the model as they are; several are merged into the reused buffer.
-    let input: &[f32] = match live.as_slice() {
-        [only] => &only.rows,
-        _ => {
+    let input: &mut [f32] = match live.as_mut_slice() {
+        [only] => &mut only.rows,
+        live => {
             merged.clear();
             merged.reserve(total * width);
-            for job in &live {
+            for job in live.iter() {
                 merged.extend_from_slice(&job.rows);
             }
             merged
         }
     };
-    metrics.batch_requests.observe(live.len() as f64);
-    metrics.batch_rows.observe(total as f64);
     let started = Instant::now();
     // The backend is foreign code (libtorch through tch): a panic there must cost this batch, not
     // the thread. The backend is reused after a panic; tch's handles hold no Rust invariants.

@@ -284,7 +284,7 @@ pub fn check_reference(
 }
 
 impl ScoreBackend for RemoteBackend {
-    fn score_batch(&mut self, rows: &[f32]) -> Result<Vec<f32>, RankError> {
+    fn score_batch(&mut self, rows: &mut [f32]) -> Result<Vec<f32>, RankError> {
         let now = Instant::now();
         let (outcome, error) = if self.breaker.allows(now) {
             match self.client.infer(rows) {
