@@ -159,20 +159,8 @@ fn ranker_on_threads(
 /// 2x1 ranker, and the batcher at 1.2-1.4x of it).
 fn ceiling_rows_per_s(bundle: &Bundle, device: tch::Device, rows: i64, seconds: f64) -> anyhow::Result<f64> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    tch::set_num_threads(i32::try_from(cores).unwrap_or(1));
-    let mut module = tch::CModule::load_on_device(bundle.model_path(), device)?;
-    module.set_eval();
-    let input = tch::Tensor::rand([rows, bundle.metadata.input_width as i64], (tch::Kind::Float, device));
-    let _ = tch::no_grad(|| module.forward_ts(&[&input]))?;
-    let started = Instant::now();
-    let mut passes = 0u64;
-    while started.elapsed().as_secs_f64() < seconds {
-        let output = tch::no_grad(|| module.forward_ts(&[&input]))?;
-        // Wait for the result (CUDA is asynchronous) by reading one value back.
-        let _ = output.double_value(&[0]);
-        passes += 1;
-    }
-    Ok(passes as f64 * rows as f64 / started.elapsed().as_secs_f64())
+    let shape = (rows, bundle.metadata.input_width as i64);
+    passes_rows_per_s(bundle.model_path(), device, (shape, cores), seconds)
 }
 
 /// The same on `threads` threads at once, each with its own copy of the model and one libtorch
@@ -185,22 +173,8 @@ fn ceiling_on_threads(
 ) -> anyhow::Result<f64> {
     let runs: Vec<_> = (0..threads)
         .map(|_| {
-            let (path, width) = (bundle.model_path(), bundle.metadata.input_width as i64);
-            std::thread::spawn(move || -> anyhow::Result<f64> {
-                tch::set_num_threads(1);
-                let mut module = tch::CModule::load_on_device(path, device)?;
-                module.set_eval();
-                let input = tch::Tensor::rand([rows, width], (tch::Kind::Float, device));
-                let _ = tch::no_grad(|| module.forward_ts(&[&input]))?;
-                let started = Instant::now();
-                let mut passes = 0u64;
-                while started.elapsed().as_secs_f64() < seconds {
-                    let output = tch::no_grad(|| module.forward_ts(&[&input]))?;
-                    let _ = output.double_value(&[0]);
-                    passes += 1;
-                }
-                Ok(passes as f64 * rows as f64 / started.elapsed().as_secs_f64())
-            })
+            let (path, shape) = (bundle.model_path(), (rows, bundle.metadata.input_width as i64));
+            std::thread::spawn(move || passes_rows_per_s(path, device, (shape, 1), seconds))
         })
         .collect();
     let mut total = 0.0;
@@ -208,6 +182,30 @@ fn ceiling_on_threads(
         total += run.join().map_err(|_| anyhow::anyhow!("ceiling thread panicked"))??;
     }
     Ok(total)
+}
+
+/// Forward passes of a `(rows, width)` input back to back for `seconds` on this thread, with
+/// `intra_op_threads` libtorch threads and a copy of the model of its own: rows per second.
+fn passes_rows_per_s(
+    path: std::path::PathBuf,
+    device: tch::Device,
+    ((rows, width), intra_op_threads): ((i64, i64), usize),
+    seconds: f64,
+) -> anyhow::Result<f64> {
+    tch::set_num_threads(i32::try_from(intra_op_threads).unwrap_or(1));
+    let mut module = tch::CModule::load_on_device(path, device)?;
+    module.set_eval();
+    let input = tch::Tensor::rand([rows, width], (tch::Kind::Float, device));
+    let _ = tch::no_grad(|| module.forward_ts(&[&input]))?;
+    let started = Instant::now();
+    let mut passes = 0u64;
+    while started.elapsed().as_secs_f64() < seconds {
+        let output = tch::no_grad(|| module.forward_ts(&[&input]))?;
+        // Wait for the result (CUDA is asynchronous) by reading one value back.
+        let _ = output.double_value(&[0]);
+        passes += 1;
+    }
+    Ok(passes as f64 * rows as f64 / started.elapsed().as_secs_f64())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
