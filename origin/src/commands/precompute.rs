@@ -61,10 +61,15 @@ pub struct PrecomputeArgs {
     /// Users ranked together: one FAISS call and a few large model calls per chunk.
     #[arg(long, default_value_t = 512)]
     pub batch_users: usize,
-    /// libtorch threads for the model (default: every core; an offline job has the machine to
-    /// itself, where `serve` keeps `ranker.intra_op_threads`, 1, for latency).
+    /// Copies of the model scoring at once, each on its own thread (default: one per core; an
+    /// offline job has the machine to itself).
     #[arg(long)]
     pub model_threads: Option<usize>,
+    /// libtorch threads inside each copy's model call (default 1: on this machine's 2 cores two
+    /// copies of one thread each scored 1.55-1.83M rows/s where one copy of two threads scored
+    /// 0.85-1.12M; see benches/ranker.rs).
+    #[arg(long, default_value_t = 1)]
+    pub intra_op_threads: usize,
 }
 
 /// What a run did (printed as JSON with `--json`).
@@ -107,8 +112,10 @@ fn config(args: &PrecomputeArgs) -> anyhow::Result<Config> {
     let mut config = Config::load(args.config.as_deref(), &|name| std::env::var(name).ok())?;
     config.bundle = args.bundle.clone();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    config.ranker.intra_op_threads = args.model_threads.unwrap_or(cores);
-    anyhow::ensure!((1..=256).contains(&config.ranker.intra_op_threads), "--model-threads must be within 1..=256");
+    config.ranker.threads = args.model_threads.unwrap_or(cores);
+    config.ranker.intra_op_threads = args.intra_op_threads;
+    anyhow::ensure!((1..=256).contains(&config.ranker.threads), "--model-threads must be within 1..=256");
+    anyhow::ensure!((1..=256).contains(&config.ranker.intra_op_threads), "--intra-op-threads must be within 1..=256");
     if !args.shards.is_empty() {
         config.redis.shards = args.shards.clone();
     }
