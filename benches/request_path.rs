@@ -40,10 +40,45 @@ async fn main() -> anyhow::Result<()> {
     );
     // Warm up both paths, then measure them one after the other in the same run.
     closed_loop(&origin.url, users.clone(), API_KEY, concurrency, 1).await?;
-    let realtime = closed_loop(&origin.url, users, API_KEY, concurrency, seconds).await?;
+    let realtime = closed_loop(&origin.url, users.clone(), API_KEY, concurrency, seconds).await?;
     let segment = closed_loop(&origin.url, segments, API_KEY, concurrency, seconds).await?;
     let ratio =
         segment["requests_per_sec"].as_f64().unwrap_or(0.0) / realtime["requests_per_sec"].as_f64().unwrap_or(1.0);
+
+    // The ranker's thread layout on the real-time path: a second origin with two inference
+    // threads (two copies of the model, one libtorch thread each) against the default one,
+    // alternating rounds, which goes first swapping.
+    let two_config = scratch.path().join("cascade-two-threads.toml");
+    std::fs::write(&two_config, "[cache]\nl1_capacity = 1\n[ranker]\nthreads = 2\nintra_op_threads = 1\n")?;
+    let two = Origin::start(&[
+        ("CASCADE_CONFIG", two_config.display().to_string()),
+        ("CASCADE_BUNDLE", bundle.display().to_string()),
+        ("CASCADE_API_KEYS", API_KEY.to_string()),
+        ("CASCADE_LOG", "warn".to_string()),
+    ])
+    .await?;
+    closed_loop(&two.url, users.clone(), API_KEY, concurrency, 1).await?;
+    let round_secs = (seconds / 2).max(2);
+    let (mut one_thread, mut two_threads) = (Vec::new(), Vec::new());
+    for round in 0..4 {
+        let order = if round % 2 == 0 { [&origin.url, &two.url] } else { [&two.url, &origin.url] };
+        for url in order {
+            let figures = closed_loop(url, users.clone(), API_KEY, concurrency, round_secs).await?;
+            let rate = figures["requests_per_sec"].as_f64().unwrap_or(0.0);
+            if url == &origin.url { one_thread.push(rate) } else { two_threads.push(rate) }
+        }
+        eprintln!(
+            "round {round}: ranker.threads 1: {:.0} req/s, 2: {:.0} req/s",
+            one_thread[round], two_threads[round]
+        );
+    }
+    let total = |rates: &[f64]| rates.iter().sum::<f64>();
+    let layouts = json!({
+        "threads_1_requests_per_sec": one_thread,
+        "threads_2_requests_per_sec": two_threads,
+        "two_over_one": total(&two_threads) / total(&one_thread),
+        "note": "real-time user lists, closed loop, rounds alternating which origin goes first; threads 2 = two model copies of one libtorch thread each",
+    });
     let report = json!({
         "benchmark": "request_path",
         "concurrency": concurrency,
@@ -51,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         "realtime_user_recs": realtime,
         "segment_recs": segment,
         "segment_over_realtime_throughput": ratio,
+        "ranker_threads": layouts,
         "bundle": bundle.display().to_string(),
         "note": "closed loop over loopback HTTP, client and server on the same machine",
     });
