@@ -32,21 +32,18 @@ pub fn unix_now() -> Duration {
 
 /// Request id, logging span and request metrics.
 pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let request_id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_valid_request_id(v))
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        request.headers_mut().insert(REQUEST_ID, value);
-    }
-    let route =
-        request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    // The id as a header value, made once and cloned (a refcount) onto the request and the answer.
+    let request_id = match request.headers().get(&REQUEST_ID) {
+        Some(value) if value.to_str().is_ok_and(is_valid_request_id) => value.clone(),
+        _ => new_request_id(),
+    };
+    request.headers_mut().insert(REQUEST_ID, request_id.clone());
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let id = request_id.to_str().unwrap_or_default();
     let method = request.method().clone();
     let started = Instant::now();
-    let span = tracing::info_span!("request", %request_id, %method, %route, trace_id = tracing::field::Empty);
+    let span = tracing::info_span!("request", request_id = id, %method, route, trace_id = tracing::field::Empty);
     let joined = state.tracer.as_ref().and_then(|tracer| {
         let traceparent = request.headers().get(cascade_shared::trace::HEADER).and_then(|v| v.to_str().ok());
         tracer.join(traceparent)
@@ -59,16 +56,25 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
     let elapsed = started.elapsed().as_secs_f64();
-    state.metrics.requests.with_label_values(&[&route, status.as_str()]).inc();
-    state.metrics.request_seconds.with_label_values(&[&route]).observe(elapsed);
+    state.metrics.requests.with_label_values(&[route, status.as_str()]).inc();
+    state.metrics.request_seconds.with_label_values(&[route]).observe(elapsed);
     tracing::info!(parent: &span, status = status.as_u16(), ms = elapsed * 1000.0, "served");
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
     if let (Some(tracer), Some(joined)) = (&state.tracer, joined) {
-        traced(tracer, joined, &mut response, format!("{method} {route}"), started, request_id);
+        traced(tracer, joined, &mut response, format!("{method} {route}"), started, id.to_string());
     }
+    response.headers_mut().insert(REQUEST_ID, request_id);
     response
+}
+
+/// A new request id: 128 random bits as 32 lowercase hex digits, without a `format!`.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u128>();
+    let mut digits = [0u8; 32];
+    for (index, digit) in digits.iter_mut().enumerate() {
+        *digit = HEX[((bits >> (124 - 4 * index)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&digits).unwrap_or_else(|_| HeaderValue::from_static("00000000000000000000000000000000"))
 }
 
 /// Records the request's spans and names its trace in `Server-Timing` (`trace;desc=<trace id>`).
@@ -182,5 +188,20 @@ pub async fn authenticate_internal(State(state): State<AppState>, request: Reque
         Ok(Caller::Internal) => next.run(request).await,
         Ok(Caller::Edge) => ApiError::from(AuthError::InternalOnly("this route")).into_response(),
         Err(error) => ApiError::from(error).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_request_ids_are_32_lowercase_hex_digits_and_valid() {
+        let (a, b) = (new_request_id(), new_request_id());
+        let a = a.to_str().unwrap_or_default().to_string();
+        assert_eq!(a.len(), 32, "{a}");
+        assert!(a.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)), "{a}");
+        assert!(is_valid_request_id(&a), "{a}");
+        assert_ne!(a, b.to_str().unwrap_or_default(), "128 random bits each");
     }
 }
