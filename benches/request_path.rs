@@ -15,6 +15,19 @@ use serde_json::json;
 
 const API_KEY: &str = "bench-internal-key-0123456789";
 
+/// `cascade serve` on `bundle` configured by the TOML `config` (written to `file`), logging
+/// warnings only (`Origin::with_config` keeps the default log level, which logs every request).
+async fn start_origin(bundle: &std::path::Path, file: &std::path::Path, config: &str) -> anyhow::Result<Origin> {
+    std::fs::write(file, config)?;
+    Origin::start(&[
+        ("CASCADE_CONFIG", file.display().to_string()),
+        ("CASCADE_BUNDLE", bundle.display().to_string()),
+        ("CASCADE_API_KEYS", API_KEY.to_string()),
+        ("CASCADE_LOG", "warn".to_string()),
+    ])
+    .await
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let seconds: u64 = bench_secs(10);
@@ -22,15 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let bundle = bundle_dir()?;
     // One L1 entry: every user request runs the real-time pipeline (hit_path measures L1).
     let scratch = cascade_e2e::TempDir::new("cascade-bench-config")?;
-    let config = scratch.path().join("cascade.toml");
-    std::fs::write(&config, "[cache]\nl1_capacity = 1\n")?;
-    let origin = Origin::start(&[
-        ("CASCADE_CONFIG", config.display().to_string()),
-        ("CASCADE_BUNDLE", bundle.display().to_string()),
-        ("CASCADE_API_KEYS", API_KEY.to_string()),
-        ("CASCADE_LOG", "warn".to_string()),
-    ])
-    .await?;
+    let origin = start_origin(&bundle, &scratch.path().join("cascade.toml"), "[cache]\nl1_capacity = 1\n").await?;
     let users: Arc<Vec<String>> = Arc::new((0..500).map(|u| format!("/v1/users/u{u}/recs?n=20")).collect());
     let segments: Arc<Vec<String>> = Arc::new(
         ["home.desktop.us", "browse.mobile.de", "search.tablet.zz"]
@@ -48,15 +53,8 @@ async fn main() -> anyhow::Result<()> {
     // The ranker's thread layout on the real-time path: a second origin with two inference
     // threads (two copies of the model, one libtorch thread each) against the default one,
     // alternating rounds, which goes first swapping.
-    let two_config = scratch.path().join("cascade-two-threads.toml");
-    std::fs::write(&two_config, "[cache]\nl1_capacity = 1\n[ranker]\nthreads = 2\nintra_op_threads = 1\n")?;
-    let two = Origin::start(&[
-        ("CASCADE_CONFIG", two_config.display().to_string()),
-        ("CASCADE_BUNDLE", bundle.display().to_string()),
-        ("CASCADE_API_KEYS", API_KEY.to_string()),
-        ("CASCADE_LOG", "warn".to_string()),
-    ])
-    .await?;
+    let two_threads_config = "[cache]\nl1_capacity = 1\n[ranker]\nthreads = 2\nintra_op_threads = 1\n";
+    let two = start_origin(&bundle, &scratch.path().join("cascade-two-threads.toml"), two_threads_config).await?;
     closed_loop(&two.url, users.clone(), API_KEY, concurrency, 1).await?;
     let round_secs = (seconds / 2).max(2);
     let (mut one_thread, mut two_threads) = (Vec::new(), Vec::new());

@@ -10,7 +10,7 @@ use std::time::Duration;
 use cascade_e2e::{RedisServer, TempDir, bundle_dir, run_cascade, run_cascade_json};
 use cascade_origin::generate::{GenSpec, Generator};
 use cascade_origin::store::redis_shards::RedisShardStore;
-use cascade_origin::store::{EmbeddingStore, StoreError};
+use cascade_origin::store::{EmbeddingRows, EmbeddingStore, StoreError};
 use cascade_shared::hashing::shard_for;
 use cascade_shared::keys::{EntityKind, embedding_key};
 use serde_json::Value;
@@ -80,6 +80,17 @@ async fn generated_data_is_deterministic_loaded_verified_and_bit_exact() {
     for ((_, want), got) in rows.iter().zip(store.get_batch(EntityKind::User, &ids).await) {
         assert_eq!(got.unwrap().unwrap(), *want);
     }
+    // The same through get_rows, into a buffer kept for another dimension (it is replaced), then
+    // reused for a shorter batch with an unknown id.
+    let mut kept = EmbeddingRows::new(3);
+    store.get_rows(EntityKind::User, &ids, &mut kept).await;
+    assert_eq!((kept.dim(), kept.len(), kept.found()), (16, 500, 500));
+    for (index, (_, want)) in rows.iter().enumerate() {
+        assert_eq!(kept.get(index), Ok(Some(&want[..])), "row {index}");
+    }
+    let some = vec![ids[3].clone(), "nobody".to_string()];
+    store.get_rows(EntityKind::User, &some, &mut kept).await;
+    assert_eq!((kept.len(), kept.get(0), kept.get(1)), (2, Ok(Some(&rows[3].1[..])), Ok(None)));
 
     // float16 halves each value; reads decode either width with no setting.
     let f16 = run_cascade_json(&["load", "--generate", SPEC, "--redis", &list, "--users-only", "--f16"]).unwrap();

@@ -248,7 +248,10 @@ impl EmbeddingStore for RedisShardStore {
     }
 
     async fn get_rows(&self, kind: EntityKind, ids: &[String], rows: &mut EmbeddingRows) {
-        debug_assert_eq!(rows.dim(), self.dim, "rows for this store's dimension");
+        if rows.dim() != self.dim {
+            // Rows kept for another dimension (another bundle's store): this store's replace them.
+            *rows = EmbeddingRows::new(self.dim);
+        }
         rows.reset(ids.len());
         let groups = self.group_by_shard(ids);
         let missing = |shard: usize| match self.lost[shard].load(Ordering::Relaxed) {
