@@ -60,6 +60,9 @@ if [ -f "$movielens/ratings.csv" ]; then
     python "$bundles/train-$previous.py" --out "$CASCADE_PREVIOUS_BUNDLE.tmp" --movielens "$movielens"
     rm -rf "$CASCADE_PREVIOUS_BUNDLE" && mv "$CASCADE_PREVIOUS_BUNDLE.tmp" "$CASCADE_PREVIOUS_BUNDLE"
   fi
+else
+  # A clone elsewhere than beside ../shared (e.g. a fresh clone in /tmp) has no MovieLens.
+  echo "bench: no MovieLens at $movielens (CASCADE_MOVIELENS=<path of ml-latest-small> names it): model_cost and retrieval's MovieLens part write that they did not run" >&2
 fi
 # `scripts/bench.sh` runs every benchmark; `scripts/bench.sh retrieval edge` runs those.
 if [ $# -gt 0 ]; then
