@@ -117,9 +117,14 @@ impl Rig {
             proxies.push(FaultProxy::start(&format!("127.0.0.1:{}", shard.port)).await?);
         }
         let config = dir.path().join("cascade.toml");
+        // FAULTS_PACE_AFTER_REFUSALS=4 measures the origin with pacing on (README, "Failure behaviour").
+        let pacing = std::env::var("FAULTS_PACE_AFTER_REFUSALS").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
         std::fs::write(
             &config,
-            format!("[serving]\nfault_injection = true\nmax_in_flight = {max_in_flight}\n[cache]\nl1_ttl_secs = 1\n"),
+            format!(
+                "[serving]\nfault_injection = true\nmax_in_flight = {max_in_flight}\npace_after_refusals = {pacing}\n\
+                 [cache]\nl1_ttl_secs = 1\n"
+            ),
         )?;
         let origin_env = vec![
             ("CASCADE_CONFIG", config.display().to_string()),

@@ -111,16 +111,19 @@ fn bypasses_admission(path: &str) -> bool {
 /// Admission control, the outermost layer: a permit per API request, or a prebuilt 503 with
 /// `Retry-After` at once. A refusal gets no request id, span, log line or labelled metric: under a
 /// 3x flood the refusals were most of the origin's work (README, "Failure behaviour"). Counted in
-/// `cascade_requests_shed_total`, summarised in the log at most once a second.
+/// `cascade_requests_shed_total`, summarised in the log at most once a second. Refusals in a row
+/// on one connection pause its reading ([`super::pacing`]).
 pub async fn shed(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if bypasses_admission(request.uri().path()) {
         return next.run(request).await;
     }
     let Ok(_permit) = state.admission.clone().try_acquire_owned() else {
+        super::pacing::refused();
         state.metrics.shed.inc();
         log_shedding(state.metrics.shed.get());
         return super::error::shed_response();
     };
+    super::pacing::admitted();
     state.metrics.in_flight.inc();
     let response = next.run(request).await;
     state.metrics.in_flight.dec();

@@ -22,6 +22,7 @@
 //! | [`error`] | [`error::ApiError`]: the one map from domain errors to status, code and `Retry-After` |
 //! | [`server_timing`] | the `Server-Timing` header |
 //! | [`server`] | the accept loop: header-read timeout, connection cap, graceful stop |
+//! | [`pacing`] | connections refused again and again are read only after a pause |
 //! | [`openapi`] | the OpenAPI document, made from the same declarations as the router |
 //!
 //! Every response carries `x-request-id` (the caller's, or a new one) and the recs responses a
@@ -36,6 +37,7 @@ pub mod error;
 pub mod handlers;
 pub mod middleware;
 pub mod openapi;
+pub mod pacing;
 pub mod server;
 pub mod server_timing;
 

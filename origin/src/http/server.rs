@@ -11,7 +11,10 @@
 //!   connection closes (new ones wait in the kernel's backlog); the cap keeps the origin inside its
 //!   file descriptor limit;
 //! - the request timeout is the router's ([`super::middleware::time_limit`]), so it covers the
-//!   handler, not the socket.
+//!   handler, not the socket;
+//! - **pacing** ([`super::pacing`]): a connection refused by admission control several times in a
+//!   row is not read for a while (its next request waits in the kernel), so callers that ignore
+//!   `Retry-After` cannot keep the cores busy with refusals.
 //!
 //! On shutdown the listener closes, every connection finishes its current request, and the call
 //! returns once all are closed.
@@ -36,6 +39,8 @@ pub struct ServerLimits {
     pub header_read_timeout: Duration,
     /// Connections open at once.
     pub max_connections: usize,
+    /// Refusals in a row before a connection is paced ([`super::pacing`]); 0: never.
+    pub pace_after_refusals: u32,
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then drains the connections.
@@ -69,6 +74,8 @@ pub async fn serve(
             }
         };
         let _ = socket.set_nodelay(true);
+        let pace = Arc::new(super::pacing::Pace::new(limits.pace_after_refusals));
+        let socket = super::pacing::Paced::new(socket, Arc::clone(&pace));
         let service = TowerToHyperService::new(
             router.clone().map_request(|request: Request<Incoming>| request.map(axum::body::Body::new)),
         );
@@ -77,7 +84,7 @@ pub async fn serve(
             // The guard `wait_for` returns is not `Send`: drop it before anything else awaits.
             let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
         };
-        tokio::spawn(async move {
+        tokio::spawn(super::pacing::scope(pace, async move {
             let _slot = slot;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
@@ -90,7 +97,7 @@ pub async fn serve(
                     let _ = connection.await;
                 }
             }
-        });
+        }));
     }
     drop(listener);
     let _ = stop.send(true);
@@ -124,8 +131,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_refused_again_and_again_is_read_only_after_a_pause() {
+        use super::super::pacing::{FIRST_PAUSE, PACE_AFTER, refused};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        // Each call's time, seen by the handler: a refusal as admission control makes one.
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&calls);
+        let router = Router::new().route(
+            "/",
+            get(move || {
+                seen.lock().unwrap().push(std::time::Instant::now());
+                refused();
+                async { (axum::http::StatusCode::SERVICE_UNAVAILABLE, "overloaded") }
+            }),
+        );
+        let limits = ServerLimits {
+            header_read_timeout: Duration::from_secs(5),
+            max_connections: 8,
+            pace_after_refusals: PACE_AFTER,
+        };
+        tokio::spawn(serve(listener, router, limits, std::future::pending()));
+        let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+        let requests = PACE_AFTER as usize + 1;
+        for _ in 0..requests {
+            socket.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+            let mut answer = Vec::new();
+            while !answer.ends_with(b"overloaded") {
+                let mut chunk = [0u8; 512];
+                let n = socket.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&answer));
+                answer.extend_from_slice(&chunk[..n]);
+            }
+            assert!(
+                answer.starts_with(b"HTTP/1.1 503"),
+                "every refusal is answered: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), requests);
+        // The handler ran for the PACE_AFTER-th refusal before the pause began, so the next request
+        // cannot have been read before the pause ended: a lower bound, whatever the machine's load.
+        let gap = calls[requests - 1] - calls[requests - 2];
+        assert!(gap >= FIRST_PAUSE, "the request after {PACE_AFTER} refusals waited {gap:?}");
+    }
+
+    #[tokio::test]
     async fn a_slow_header_is_cut_off_and_connections_are_capped() {
-        let limits = ServerLimits { header_read_timeout: Duration::from_millis(600), max_connections: 2 };
+        let limits = ServerLimits {
+            header_read_timeout: Duration::from_millis(600),
+            max_connections: 2,
+            pace_after_refusals: super::super::pacing::PACE_AFTER,
+        };
         let (address, _stop) = start(limits).await;
         // Slowloris: a request head that never ends.
         let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();

@@ -67,6 +67,9 @@ pub struct ServingConfig {
     pub header_read_timeout_ms: u64,
     /// Connections open at once; past it new ones wait in the kernel's backlog.
     pub max_connections: usize,
+    /// A connection refused this many times in a row is read only after a pause that doubles up
+    /// to the refusals' `Retry-After` (`crate::http::pacing`); 0 (the default) turns pacing off.
+    pub pace_after_refusals: u32,
     /// Runtime scheduling lag, milliseconds, at which real-time ranking pauses and fallback lists
     /// are served (`crate::brownout`); 0 turns brownout off.
     pub brownout_lag_ms: u64,
@@ -82,6 +85,7 @@ impl Default for ServingConfig {
             request_timeout_ms: 5_000,
             header_read_timeout_ms: 10_000,
             max_connections: 4_096,
+            pace_after_refusals: 0,
             brownout_lag_ms: 20,
         }
     }
