@@ -12,9 +12,10 @@
 //!   file descriptor limit;
 //! - the request timeout is the router's ([`super::middleware::time_limit`]), so it covers the
 //!   handler, not the socket;
-//! - **pacing** ([`super::pacing`]): a connection refused by admission control several times in a
-//!   row is not read for a while (its next request waits in the kernel), so callers that ignore
-//!   `Retry-After` cannot keep the cores busy with refusals.
+//! - **pacing** ([`super::pacing`], off unless `serving.pace_after_refusals` is set): a connection
+//!   refused by admission control several times in a row is not read for a while (its next request
+//!   waits in the kernel), so callers that ignore `Retry-After` cannot keep the cores busy with
+//!   refusals.
 //!
 //! On shutdown the listener closes, every connection finishes its current request, and the call
 //! returns once all are closed.
@@ -182,7 +183,7 @@ mod tests {
         let limits = ServerLimits {
             header_read_timeout: Duration::from_millis(600),
             max_connections: 2,
-            pace_after_refusals: super::super::pacing::PACE_AFTER,
+            pace_after_refusals: 0,
         };
         let (address, _stop) = start(limits).await;
         // Slowloris: a request head that never ends.
