@@ -216,7 +216,7 @@ impl Config {
         if let Err(error) = crate::redis::tls::RedisTls::load(&self.redis.tls) {
             return Err(config_error("redis.tls", error.to_string()));
         }
-        let ranges: [(&str, usize, usize, usize); 15] = [
+        let ranges: [(&str, usize, usize, usize); 13] = [
             ("ranker.max_batch_rows", self.ranker.max_batch_rows, 1, 1 << 20),
             ("retrieval.candidates", self.retrieval.candidates, 1, 10_000),
             ("retrieval.nprobe", self.retrieval.nprobe, 1, 65_536),
@@ -229,8 +229,6 @@ impl Config {
             ("serving.request_timeout_ms", self.serving.request_timeout_ms as usize, 1, 600_000),
             ("serving.header_read_timeout_ms", self.serving.header_read_timeout_ms as usize, 1, 600_000),
             ("serving.max_connections", self.serving.max_connections, 1, 1 << 20),
-            ("serving.front_threads", self.serving.front_threads, 0, 1024),
-            ("serving.front_nice", self.serving.front_nice as usize, 0, 19),
             ("serving.brownout_lag_ms", self.serving.brownout_lag_ms as usize, 0, 10_000),
         ];
         for (field, value, min, max) in ranges {

@@ -117,20 +117,15 @@ impl Rig {
             proxies.push(FaultProxy::start(&format!("127.0.0.1:{}", shard.port)).await?);
         }
         let config = dir.path().join("cascade.toml");
-        // FAULTS_PACE_AFTER_REFUSALS=4 measures the origin with pacing on, FAULTS_FRONT_THREADS=0
-        // without a front runtime, FAULTS_FRONT_NICE its threads' priority (README, "Failure
-        // behaviour"); unset, the origin's defaults.
-        let mut serving = format!("fault_injection = true\nmax_in_flight = {max_in_flight}\n");
-        for (variable, setting) in [
-            ("FAULTS_PACE_AFTER_REFUSALS", "pace_after_refusals"),
-            ("FAULTS_FRONT_THREADS", "front_threads"),
-            ("FAULTS_FRONT_NICE", "front_nice"),
-        ] {
-            if let Some(value) = std::env::var(variable).ok().and_then(|v| v.parse::<u32>().ok()) {
-                serving.push_str(&format!("{setting} = {value}\n"));
-            }
-        }
-        std::fs::write(&config, format!("[serving]\n{serving}[cache]\nl1_ttl_secs = 1\n"))?;
+        // FAULTS_PACE_AFTER_REFUSALS=4 measures the origin with pacing on (README, "Failure behaviour").
+        let pacing = std::env::var("FAULTS_PACE_AFTER_REFUSALS").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+        std::fs::write(
+            &config,
+            format!(
+                "[serving]\nfault_injection = true\nmax_in_flight = {max_in_flight}\npace_after_refusals = {pacing}\n\
+                 [cache]\nl1_ttl_secs = 1\n"
+            ),
+        )?;
         let origin_env = vec![
             ("CASCADE_CONFIG", config.display().to_string()),
             ("CASCADE_BUNDLE", original.display().to_string()),

@@ -53,8 +53,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         header_read_timeout: Duration::from_millis(config.serving.header_read_timeout_ms),
         max_connections: config.serving.max_connections,
         pace_after_refusals: config.serving.pace_after_refusals,
-        front_threads: config.serving.front_threads,
-        front_nice: config.serving.front_nice,
     };
     let app = App::new(config)?;
     let state = build_state(&app).await?.with_config_file(args.config.clone());

@@ -220,13 +220,11 @@ pub fn router(state: AppState) -> Router {
     // metric label; admin, health and metrics bypass it by path: an overloaded origin still
     // answers its load balancer (shedding requests is not being down) and its operator (a reload
     // or a fault switch is what an overload may need; found by the fault suite, whose knob could
-    // not be turned off while the origin shed load). Everything inside it runs on the main runtime
-    // (`server::hand_over`: connections may be served by a front runtime of their own).
+    // not be turned off while the origin shed load).
     let (router, _document) = OpenApiRouter::new().merge(api).merge(admin).merge(operations).split_for_parts();
     router
         .fallback(handlers::not_found)
         .layer(from_fn_with_state(state.clone(), middleware::observe))
-        .layer(axum::middleware::from_fn(server::hand_over))
         .layer(from_fn_with_state(state.clone(), middleware::shed))
         .with_state(state)
 }

@@ -15,36 +15,22 @@
 //! - **pacing** ([`super::pacing`], off unless `serving.pace_after_refusals` is set): a connection
 //!   refused by admission control several times in a row is not read for a while (its next request
 //!   waits in the kernel), so callers that ignore `Retry-After` cannot keep the cores busy with
-//!   refusals;
-//! - **a front runtime** (off unless `serving.front_threads` is set; `serving.front_nice`):
-//!   accepting, reading, admission control and writing answers run on threads of their own, at a
-//!   lower scheduling priority; an admitted request is handed to the main runtime ([`hand_over`]), where the
-//!   stores, the batcher and every other task live. Under a flood of requests that will be refused,
-//!   the refusals then queue behind each other on the front, not in front of admitted requests'
-//!   wake-ups (a request wakes up at each Redis reply, FAISS search and batch), and the kernel
-//!   gives the admitted work the cores first. The hand-over costs two cross-thread wake-ups per
-//!   request, which is why it is off by default: L1 hits, a few microseconds of work each, lost
-//!   20-50% of their throughput in the measurement (README, "Failure behaviour").
+//!   refusals.
 //!
 //! On shutdown the listener closes, every connection finishes its current request, and the call
 //! returns once all are closed.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::runtime::Handle;
-use tokio::sync::{Semaphore, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
 /// What one server accepts.
@@ -56,107 +42,10 @@ pub struct ServerLimits {
     pub max_connections: usize,
     /// Refusals in a row before a connection is paced ([`super::pacing`]); 0: never.
     pub pace_after_refusals: u32,
-    /// Threads of the front runtime; 0: connections are served on the caller's runtime.
-    pub front_threads: usize,
-    /// The front threads' nice value (Linux; 0 to 19, higher yields the cores to admitted work).
-    pub front_nice: u32,
 }
 
-thread_local! {
-    /// On a front thread: the runtime admitted requests are handed to.
-    static WORK: RefCell<Option<Handle>> = const { RefCell::new(None) };
-}
-
-/// Middleware, right inside admission control: on a front thread, runs the rest of the request
-/// on the main runtime and waits for its answer (elsewhere, in place). The handed-over task is
-/// aborted if the connection goes away first, as the request would have been without the hop; a
-/// panic in it is answered 500 `internal` rather than ending the connection.
-pub async fn hand_over(request: Request, next: Next) -> Response {
-    let Some(work) = WORK.with(|work| work.borrow().clone()) else {
-        return next.run(request).await;
-    };
-    let mut task = AbortOnDrop(work.spawn(next.run(request)));
-    match (&mut task.0).await {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::error!(%error, "request task failed");
-            super::error::ApiError::Internal.into_response()
-        }
-    }
-}
-
-/// Aborts the task when dropped (a no-op once it has finished).
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, then drains the connections. With
-/// `limits.front_threads` set, the connections are served on a front runtime of their own and
-/// admitted requests handed back to the caller's ([`hand_over`], which `router` must contain).
+/// Serves `router` on `listener` until `shutdown` completes, then drains the connections.
 pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    limits: ServerLimits,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    if limits.front_threads == 0 {
-        return accept_loop(listener, router, limits, shutdown).await;
-    }
-    // A listener belongs to the reactor it was registered with: move it to the front's.
-    let listener = listener.into_std()?;
-    // From here to `shutdown_background` nothing returns early: a runtime dropped on a runtime's
-    // thread panics.
-    let front = front_runtime(limits.front_threads, limits.front_nice, Handle::current())?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let mut served = front.spawn(async move {
-        let listener = TcpListener::from_std(listener)?;
-        accept_loop(listener, router, limits, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    tokio::pin!(shutdown);
-    let served = tokio::select! {
-        served = &mut served => served,
-        () = &mut shutdown => {
-            let _ = stop.send(());
-            served.await
-        }
-    };
-    front.shutdown_background();
-    served.map_err(std::io::Error::other)?
-}
-
-/// The front runtime: `threads` workers named `cascade-front`, each at `nice`, each knowing `work`.
-fn front_runtime(threads: usize, nice: u32, work: Handle) -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("cascade-front")
-        .enable_all()
-        .on_thread_start(move || {
-            WORK.with(|slot| *slot.borrow_mut() = Some(work.clone()));
-            lower_priority(nice);
-        })
-        .build()
-}
-
-/// Sets this thread's nice value (on Linux a thread's own; raising it needs no privilege).
-fn lower_priority(nice: u32) {
-    if nice == 0 {
-        return;
-    }
-    let nice = i32::try_from(nice).unwrap_or(19);
-    if let Err(error) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
-        tracing::warn!(nice, %error, "cannot lower the front threads' priority");
-    }
-}
-
-/// Accepts and serves connections on the current runtime until `shutdown`, then drains them.
-async fn accept_loop(
     listener: TcpListener,
     router: Router,
     limits: ServerLimits,
@@ -242,56 +131,6 @@ mod tests {
         read.ok().map(|_| String::from_utf8_lossy(&received).into_owned())
     }
 
-    /// One request on a connection of its own: the whole answer.
-    async fn fetch(address: std::net::SocketAddr, path: &str) -> String {
-        let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        socket.write_all(request.as_bytes()).await.unwrap();
-        read_until_closed(&mut socket, Duration::from_secs(5)).await.unwrap_or_default()
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_front_runtime_reads_and_the_main_runtime_works_and_a_panic_is_answered_500() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        // The handler says where it ran; the outer layer (admission control's place) where it did.
-        let router = Router::new()
-            .route("/", get(|| async { std::thread::current().name().unwrap_or_default().to_string() }))
-            .route("/panic", get(|| async { panic!("a handler panicked") as String }))
-            .layer(axum::middleware::from_fn(hand_over))
-            .layer(axum::middleware::from_fn(|request: Request, next: Next| async move {
-                let thread = std::thread::current().name().unwrap_or_default().to_string();
-                let nice = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(-100);
-                let mut response = next.run(request).await;
-                let front = axum::http::HeaderValue::from_str(&format!("{thread} {nice}")).unwrap();
-                response.headers_mut().insert("x-front", front);
-                response
-            }));
-        let limits = ServerLimits {
-            header_read_timeout: Duration::from_secs(5),
-            max_connections: 8,
-            pace_after_refusals: 0,
-            front_threads: 1,
-            front_nice: 7,
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, router, limits, async move {
-            let _ = stopped.await;
-        }));
-        let answer = fetch(address, "/").await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        assert!(answer.contains("x-front: cascade-front 7\r\n"), "read on a front thread at nice 7: {answer}");
-        let worked_on = answer.rsplit("\r\n\r\n").next().unwrap_or_default();
-        assert!(!worked_on.is_empty() && worked_on != "cascade-front", "worked on the main runtime: {worked_on:?}");
-        let panicked = fetch(address, "/panic").await;
-        assert!(panicked.starts_with("HTTP/1.1 500") && panicked.contains("\"internal\""), "{panicked}");
-        assert!(fetch(address, "/").await.starts_with("HTTP/1.1 200"), "the server goes on after a panic");
-        // Shutdown ends the front runtime and returns.
-        stop.send(()).unwrap();
-        let stopped = tokio::time::timeout(Duration::from_secs(5), server).await;
-        assert!(matches!(stopped, Ok(Ok(Ok(())))), "serve returned: {stopped:?}");
-    }
-
     #[tokio::test]
     async fn a_connection_refused_again_and_again_is_read_only_after_a_pause() {
         use super::super::pacing::{FIRST_PAUSE, PACE_AFTER, refused};
@@ -312,8 +151,6 @@ mod tests {
             header_read_timeout: Duration::from_secs(5),
             max_connections: 8,
             pace_after_refusals: PACE_AFTER,
-            front_threads: 0,
-            front_nice: 0,
         };
         tokio::spawn(serve(listener, router, limits, std::future::pending()));
         let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
@@ -347,8 +184,6 @@ mod tests {
             header_read_timeout: Duration::from_millis(600),
             max_connections: 2,
             pace_after_refusals: 0,
-            front_threads: 0,
-            front_nice: 0,
         };
         let (address, _stop) = start(limits).await;
         // Slowloris: a request head that never ends.

@@ -70,14 +70,6 @@ pub struct ServingConfig {
     /// A connection refused this many times in a row is read only after a pause that doubles up
     /// to the refusals' `Retry-After` (`crate::http::pacing`); 0 (the default) turns pacing off.
     pub pace_after_refusals: u32,
-    /// Threads that accept, read, refuse and answer connections, apart from the runtime that
-    /// does the admitted work (`crate::http::server`); 0 (the default) serves connections on the
-    /// main runtime. Under a flood of refusals it halves the origin's p99, but the hand-over
-    /// costs 20-50% of the L1-hit throughput (README, "Failure behaviour").
-    pub front_threads: usize,
-    /// The front threads' nice value (Linux): how far the refusals of a flood yield the cores to
-    /// admitted requests.
-    pub front_nice: u32,
     /// Runtime scheduling lag, milliseconds, at which real-time ranking pauses and fallback lists
     /// are served (`crate::brownout`); 0 turns brownout off.
     pub brownout_lag_ms: u64,
@@ -94,8 +86,6 @@ impl Default for ServingConfig {
             header_read_timeout_ms: 10_000,
             max_connections: 4_096,
             pace_after_refusals: 0,
-            front_threads: 0,
-            front_nice: 10,
             brownout_lag_ms: 20,
         }
     }
