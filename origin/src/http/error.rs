@@ -52,6 +52,9 @@ pub enum ApiError {
     /// The configuration file offered for a reload is wrong (the rules in force stay).
     #[error("configuration refused, the rules in force stay: {0}")]
     Config(#[from] crate::config::ConfigError),
+    /// The handler panicked (the panic hook logged where); the origin goes on.
+    #[error("internal error; see the log")]
+    Internal,
 }
 
 /// How an error is answered.
@@ -84,6 +87,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "catalogue_unavailable", true)
             }
             ApiError::Config(_) => (StatusCode::UNPROCESSABLE_ENTITY, "config_rejected", false),
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
             ApiError::TimedOut(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout", true),
             ApiError::Events(_) => (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", true),
             ApiError::Recommend(RecommendError::NothingToServe(_)) => {

@@ -8,6 +8,7 @@
 //! (no queueing), which is what tower's `ConcurrencyLimit` + `LoadShed` would do, plus the
 //! in-flight gauge, in fewer moving parts.
 
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -16,6 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cascade_shared::signing::{RequestTarget, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use cascade_shared::validate::is_valid_request_id;
+use futures::FutureExt;
 use tracing::Instrument;
 
 use super::AppState;
@@ -52,8 +54,12 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         span.record("trace_id", joined.trace_hex());
     }
     // `instrument`, never `span.enter()` across an await: a guard held over a suspension point
-    // corrupts the subscriber's span stack (it panicked under the reload test's load).
-    let mut response = next.run(request).instrument(span.clone()).await;
+    // corrupts the subscriber's span stack (it panicked under the reload test's load). A panic in
+    // the handler (a bug) is answered 500 `internal` here, inside admission control, so the caller
+    // gets an answer with its request id, the metrics count it, and the permit and in-flight gauge
+    // are given back; unwinding through hyper would drop the connection and leave the gauge up.
+    let answer = AssertUnwindSafe(next.run(request)).catch_unwind().instrument(span.clone()).await;
+    let mut response = answer.unwrap_or_else(|_| ApiError::Internal.into_response());
     let status = response.status();
     let elapsed = started.elapsed().as_secs_f64();
     state.metrics.requests.with_label_values(&[route, status.as_str()]).inc();

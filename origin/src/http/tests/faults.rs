@@ -142,3 +142,52 @@ async fn in_brownout_users_get_the_fallback_chain_and_real_time_resumes_after() 
     let (_, _, body) = get(&h.state, "/v1/users/u1/recs?n=3&page=browse").await;
     assert_eq!(body["source"], "realtime", "{body}");
 }
+
+/// A user state backend whose reads panic (a fake standing in for a bug in a handler's path).
+struct PanickingState;
+
+#[async_trait]
+impl UserStateBackend for PanickingState {
+    async fn generation(&self, _: &str) -> Result<u64, StoreError> {
+        panic!("a bug in the state read (test fake)")
+    }
+    async fn bump_generation(&self, _: &str) -> Result<u64, StoreError> {
+        Ok(1)
+    }
+    async fn add_purchase(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn purchases(&self, _: &str) -> Result<std::collections::HashSet<String>, StoreError> {
+        Ok(Default::default())
+    }
+    async fn push_recent(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn recent(&self, _: &str) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn l2_get(&self, _: &ListKey) -> Result<Option<Vec<cascade_shared::wire::RecItem>>, StoreError> {
+        Ok(None)
+    }
+    async fn l2_set(&self, _: &ListKey, _: &[cascade_shared::wire::RecItem], _: Duration) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_answered_500_and_gives_its_permit_back() {
+    let mut config = Config::default();
+    config.serving.max_in_flight = 1;
+    let stores = Stores { embeddings: Arc::new(StalledStore), state: Arc::new(PanickingState) };
+    let h = harness_over(&["i1"], None, config, Some(stores)).await;
+    for attempt in 0..2 {
+        let (status, headers, body) = get(&h.state, "/v1/users/u1/recs").await;
+        assert_eq!((status, error_code(&body)), (StatusCode::INTERNAL_SERVER_ERROR, "internal"), "{attempt}: {body}");
+        assert!(headers.contains_key(REQUEST_ID), "the answer carries the request id");
+        assert!(!body.to_string().contains("test fake"), "no panic message leaks: {body}");
+    }
+    // The one permit came back each time (the second request was not shed), and the gauge is 0.
+    let metrics = h.state.metrics.render();
+    assert!(metrics.contains("cascade_requests_in_flight 0"), "{metrics}");
+    assert!(metrics.contains("status=\"500\"} 2"), "both counted as 500: {metrics}");
+}
