@@ -8,9 +8,9 @@
 //! (origin and Redis alone on one), the admitted requests' p99 seen by the client was 118-128 ms
 //! against the origin's own 97-99 ms: requests waiting in the socket for a core the refusals held.
 //!
-//! So a connection refused `serving.pace_after_refusals` ([`PACE_AFTER`]) times in a row without an admission between is not read
-//! for a pause that doubles from [`FIRST_PAUSE`] up to the `Retry-After` the refusals asked for
-//! ([`LONGEST_PAUSE`], 1 s). Its 503s are still answered at once; only its next request waits, in
+//! So a connection refused `serving.pace_after_refusals` ([`PACE_AFTER`]) times in a row, with no
+//! admission between, is not read for a pause that doubles from [`FIRST_PAUSE`] up to the
+//! `Retry-After` the refusals asked for ([`LONGEST_PAUSE`], 1 s). Its 503s are still answered at once; only its next request waits, in
 //! the kernel's buffer, costing the origin nothing. A caller that honours `Retry-After` never
 //! meets it, one admission resets the count, and a caller that opens a new connection instead
 //! starts from zero but pays a handshake for it.
